@@ -1,0 +1,150 @@
+"""Settings from the environment, read in one place; a bad value stops the process at start."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("WEBHOOKS_VAR_DIR", ROOT / "var"))
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed."""
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _delays(name: str, default: str) -> tuple[float, ...]:
+    raw = os.environ.get(name) or default
+    try:
+        values = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds, got {raw!r}") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{name} may not hold negative delays, got {raw!r}")
+    return values
+
+
+def normalize_database_url(url: str) -> str:
+    """Make a libpq-style URL use the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _secret_key() -> bytes:
+    raw = os.environ.get("WEBHOOKS_SECRET_KEY")
+    if not raw:
+        # Development only: a key generated once and kept beside the embedded databases.
+        path = VAR_DIR / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+            path.chmod(0o600)
+        raw = path.read_text().strip()
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError("WEBHOOKS_SECRET_KEY must be 32 bytes in URL-safe base64")
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    secret_key: bytes = field(repr=False)
+    retry_delays: tuple[float, ...] = (2, 4, 8, 16, 32)
+    retry_jitter: float = 0.1
+    http_timeout: float = 10.0
+    circuit_failure_threshold: int = 5
+    circuit_cooldown: float = 60.0
+    watchdog_interval: float = 30.0
+    lost_after: float = 60.0
+    allow_private_targets: bool = False
+    max_payload_bytes: int = 262_144
+    worker_metrics_port: int = 9808
+    rotation_grace: float = 86_400.0
+    retention_days: int = 30
+    rate_limit: str = "600/minute"
+    max_response_body: int = 4096
+    retry_after_max: float = 3600.0
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery may stay in flight before the watchdog takes it back."""
+        return self.http_timeout + 20.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings once per process."""
+    database_url = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    if not database_url:
+        raise ConfigError("DATABASE_URL is not set (make run starts an embedded PostgreSQL)")
+    if not redis_url:
+        raise ConfigError("REDIS_URL is not set (make run starts an embedded Redis)")
+    watchdog_interval = _float("WEBHOOKS_WATCHDOG_INTERVAL_SECONDS", 30.0, minimum=0.1)
+    return Settings(
+        database_url=normalize_database_url(database_url),
+        redis_url=redis_url,
+        secret_key=_secret_key(),
+        retry_delays=_delays("WEBHOOKS_RETRY_DELAYS", "2,4,8,16,32"),
+        retry_jitter=_float("WEBHOOKS_RETRY_JITTER", 0.1),
+        http_timeout=_float("WEBHOOKS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        circuit_failure_threshold=_int("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1),
+        circuit_cooldown=_float("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", 60.0, minimum=0.1),
+        watchdog_interval=watchdog_interval,
+        lost_after=_float("WEBHOOKS_LOST_AFTER_SECONDS", max(60.0, 2 * watchdog_interval), 0.1),
+        allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
+        max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
+        worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
+        rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
+        retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
+        rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),
+        retry_after_max=_float("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
+    )

@@ -1,0 +1,47 @@
+"""Celery settings shared by the workers and by the API, which only sends tasks by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings
+
+QUEUE = "webhooks"
+# Retries waiting longer than this are not Celery countdowns: the watchdog sends them from
+# PostgreSQL when they are due, so no worker holds a long wait in memory.
+MAX_COUNTDOWN_SECONDS = 300
+# Redis hands an unacknowledged message to another worker after this long. It must exceed any
+# countdown, or a task waiting in a worker's memory would be delivered twice.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Return the Celery configuration of every process."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "retry_on_timeout": True,
+            "health_check_interval": 10,
+        },
+        "task_default_queue": QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A task is acknowledged only when it ends, and goes back to the queue if its process
+        # dies, so a crash never drops a message. Tasks are idempotent (they claim a row first).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

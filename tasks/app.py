@@ -1,0 +1,35 @@
+"""The Celery app of the workers and of beat."""
+
+from __future__ import annotations
+
+import os
+
+from config import VAR_DIR
+
+# prometheus_client picks its storage when first imported: in a worker every pool process
+# writes its samples to files in this folder, which the main process serves together.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _dir = VAR_DIR / "metrics" / f"celery-{os.getpid()}"
+    _dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
+
+from celery import Celery  # noqa: E402
+
+from config import get_settings  # noqa: E402
+from config.celery import celery_config  # noqa: E402
+from tasks.schedule import beat_schedule  # noqa: E402
+from webhooks.logs import configure_logging  # noqa: E402
+
+CONTROL_QUEUE = "control"
+
+configure_logging()
+settings = get_settings()  # fails fast, with a clear message, on a missing or bad setting
+app = Celery("tasks", include=["tasks.delivery", "tasks.maintenance", "tasks.signals"])
+app.conf.update(celery_config(settings))
+app.conf.beat_schedule = beat_schedule(settings)
+# Housekeeping has its own queue so it never waits behind a backlog of deliveries.
+app.conf.task_routes = {
+    "tasks.watchdog": {"queue": CONTROL_QUEUE},
+    "tasks.release_parked": {"queue": CONTROL_QUEUE},
+    "tasks.retention": {"queue": CONTROL_QUEUE},
+}

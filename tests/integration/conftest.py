@@ -1,0 +1,166 @@
+"""Fixtures for integration tests: a clean database, the API, tenants, receivers, workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import BASE_ENV, Servers, reset_settings
+from tests.support import Process, Receiver, celery
+
+# Retry waits short enough for tests, long enough to measure.
+FAST_ENV = {
+    "WEBHOOKS_RETRY_DELAYS": "0.5,1",
+    "WEBHOOKS_RETRY_JITTER": "0",
+    "WEBHOOKS_HTTP_TIMEOUT_SECONDS": "3",
+    "WEBHOOKS_WATCHDOG_INTERVAL_SECONDS": "1",
+    "WEBHOOKS_LOST_AFTER_SECONDS": "3",
+    "WEBHOOKS_WORKER_METRICS_PORT": "0",
+}
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def clean(servers: Servers) -> Iterator[None]:
+    """Start every test with empty tables, an empty Redis and the default settings."""
+    import redis
+
+    from webhooks.db import get_engine
+
+    for key in FAST_ENV:
+        os.environ.pop(key, None)
+    os.environ.update(BASE_ENV | {"DATABASE_URL": servers.database_url,
+                                   "REDIS_URL": servers.redis_url})
+    reset_settings()
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE tenants, api_keys, subscriptions, events, deliveries, "
+                          "attempts RESTART IDENTITY CASCADE"))
+    redis.Redis.from_url(servers.redis_url).flushdb()
+    yield
+
+
+@pytest.fixture
+def app(servers: Servers) -> Any:
+    from webhooks import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def make_tenant(name: str = "acme") -> dict[str, Any]:
+    from webhooks.db import session_scope
+    from webhooks.services.tenants import create_tenant
+
+    with session_scope() as session:
+        tenant, key = create_tenant(session, name)
+        tenant_id = tenant.id
+    return {"id": tenant_id, "key": key, "headers": {"Authorization": f"Bearer {key}"}}
+
+
+@pytest.fixture
+def tenant() -> dict[str, Any]:
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def other_tenant() -> dict[str, Any]:
+    return make_tenant("globex")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def process_env(servers: Servers) -> Callable[..., dict[str, str]]:
+    """Build the environment of a worker or beat process, with overrides."""
+
+    def build(**overrides: Any) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(BASE_ENV)
+        env.update(FAST_ENV)
+        env.update({"DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url})
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update({k: str(v) for k, v in overrides.items()})
+        return env
+
+    return build
+
+
+@pytest.fixture
+def start_worker(
+    servers: Servers, process_env: Callable[..., dict[str, str]], tmp_path: Any
+) -> Iterator[Callable[..., Process]]:
+    """Start `celery worker` processes (prefork); all are stopped at the end of the test."""
+    started: list[Process] = []
+
+    def start(concurrency: int = 2, name: str | None = None, **env: Any) -> Process:
+        name = name or f"w{len(started)}"
+        proc = celery(
+            "worker",
+            process_env(**env),
+            tmp_path / f"{name}.log",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "-Q", "webhooks,control",
+            "-n", f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def start_beat(
+    servers: Servers, process_env: Callable[..., dict[str, str]], tmp_path: Any
+) -> Iterator[Callable[..., Process]]:
+    started: list[Process] = []
+
+    def start(**env: Any) -> Process:
+        n = len(started)
+        proc = celery("beat", process_env(**env), tmp_path / f"beat{n}.log",
+                      "-s", str(tmp_path / f"beat{n}-schedule"))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def publish(client: Any, tenant: dict[str, Any], event_type: str, payload: Any,
+            **headers: str) -> Any:
+    return client.post("/v1/events", json={"event_type": event_type, "payload": payload},
+                       headers=tenant["headers"] | headers)
+
+
+def subscribe(client: Any, tenant: dict[str, Any], url: str,
+              event_types: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    resp = client.post("/v1/subscriptions",
+                       json={"url": url, "event_types": event_types or ["*"], **extra},
+                       headers=tenant["headers"])
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()

@@ -1,0 +1,201 @@
+"""Real processes for the tests: a recording HTTP receiver, Celery workers and beat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+@dataclass
+class Reply:
+    status: int = 204
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class Receiver:
+    """An HTTP server on loopback that records every POST and answers as planned per path."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._plans: dict[str, list[Reply]] = {}
+        self._defaults: dict[str, Reply | Callable[[Received], Reply]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                body, time.time())
+                reply = receiver._reply_for(item)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                with receiver._lock:
+                    receiver.received.append(item)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def plan(self, path: str, *replies: Reply, then: Reply | Callable[[Received], Reply] | None = None) -> None:
+        """Answer the next requests to `path` with `replies` in order, then with `then`."""
+        with self._lock:
+            self._plans[path] = list(replies)
+            if then is not None:
+                self._defaults[path] = then
+
+    def _reply_for(self, item: Received) -> Reply:
+        path = item.path.split("?", 1)[0]
+        with self._lock:
+            queue = self._plans.get(path)
+            if queue:
+                return queue.pop(0)
+            default = self._defaults.get(path, Reply())
+        return default(item) if callable(default) else default
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path.split("?", 1)[0] == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 30) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.at(path)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{path}: expected {count} requests, got {len(self.at(path))}")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Process:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str | None):
+        self.args = args
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if ready:
+            self.wait_for_log(ready)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[:3]} exited early:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.args[:3]} not ready in {timeout}s:\n{self.output()[-3000:]}")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """kill -9 the whole process group, as a crash of the machine would."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        # Pool children left behind by a kill -9 of their parent.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._out.close()
+
+
+def celery(kind: str, env: dict[str, str], log: Path, *extra: str) -> Process:
+    """Start `celery -A tasks worker|beat` and wait until it is ready."""
+    args = [str(VENV_BIN / "celery"), "-A", "tasks", kind, "--loglevel=INFO", *extra]
+    ready = "ready." if kind == "worker" else "beat: Starting..."
+    return Process(args, env, log, ready)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1,
+               message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)

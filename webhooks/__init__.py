@@ -1,0 +1,70 @@
+"""The Flask app: `flask --app webhooks ...`, gunicorn `webhooks.wsgi:app`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from config import get_settings
+from webhooks.logs import configure_logging
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access_log = logging.getLogger("webhooks.access")
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; every setting comes from the environment (config/)."""
+    configure_logging()
+    settings = get_settings()
+    app = Flask(__name__)
+    app.config.update(
+        JSON_SORT_KEYS=False,
+        # A backstop for bodies without Content-Length; each view applies its own limit.
+        MAX_CONTENT_LENGTH=max(settings.max_payload_bytes, 1 << 20) + (64 << 10),
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from webhooks.api import deliveries, events, health, subscriptions
+    from webhooks.api.common import close_db, register_error_handlers
+    from webhooks.cli import register_commands
+    from webhooks.openapi import register_openapi
+    from webhooks.web_metrics import init_metrics
+
+    for blueprint in (subscriptions.bp, events.bp, deliveries.bp, health.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    register_openapi(app)
+    register_commands(app)
+    app.teardown_appcontext(close_db)
+    init_metrics(app)
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        access_log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
+                "tenant_id": str(g.get("tenant_id")) if g.get("tenant_id") else None,
+            },
+        )
+        return response
+
+    return app

@@ -1,0 +1,130 @@
+"""What every view shares: the error envelope, body and query parsing, auth, pagination."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import Response, g, jsonify, request
+from marshmallow import Schema, ValidationError
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from webhooks.db import new_session
+from webhooks.schemas import encode_cursor
+from webhooks.services import ServiceError
+from webhooks.services.tenants import authenticate
+
+DEFAULT_BODY_LIMIT = 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    return response
+
+
+def db() -> Session:
+    """Return this request's session (closed at teardown)."""
+    if "db" not in g:
+        g.db = new_session()
+    return g.db
+
+
+def close_db(_: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def require_tenant() -> uuid.UUID:
+    """Authenticate the bearer key; remember and return its tenant."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+    tenant_id = authenticate(db(), key.strip())
+    if tenant_id is None:
+        raise ApiError(401, "unauthorized", "the API key is invalid or revoked")
+    g.tenant_id = tenant_id
+    return tenant_id
+
+
+def read_json(limit: int = DEFAULT_BODY_LIMIT) -> tuple[Any, bytes]:
+    """Return the parsed JSON body and its raw bytes, or raise 415, 413 or 400."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"the body may be at most {limit} bytes",
+                       {"limit": limit})
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"the body may be at most {limit} bytes",
+                       {"limit": limit})
+    try:
+        return json.loads(raw), raw
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+
+
+def load(schema: Schema, data: Any, **kwargs: Any) -> Any:
+    """Validate with a schema; raise a 422 naming each bad field."""
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation_error", "the body must be a JSON object")
+    try:
+        return schema.load(data, **kwargs)
+    except ValidationError as exc:
+        raise ApiError(
+            422, "validation_error", "some fields are missing or invalid", {"fields": exc.messages}
+        ) from None
+
+
+def load_query(schema: Schema) -> Any:
+    try:
+        return schema.load(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            422, "validation_error", "some query parameters are invalid", {"fields": exc.messages}
+        ) from None
+
+
+def page(items: list[Any], limit: int, dump: Schema) -> dict[str, Any]:
+    """Return one page: `limit` items and the cursor of the next page, or null."""
+    more = len(items) > limit
+    items = items[:limit]
+    return {
+        "data": dump.dump(items, many=True),
+        "next_cursor": encode_cursor(items[-1].id) if more and items else None,
+    }
+
+
+def register_error_handlers(app: Any) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        for header in ("Allow", "Retry-After"):
+            value = exc.get_response().headers.get(header)
+            if value:
+                response.headers[header] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_error", "something went wrong on our side")

@@ -1,0 +1,175 @@
+"""A circuit breaker per subscription, its state in a Redis hash changed only by Lua scripts.
+
+States: closed (deliveries flow), open (deliveries park in PostgreSQL), half_open (one probe
+delivery tests the subscriber). Losing the hash means closed, which is safe: the breaker
+only protects capacity, PostgreSQL keeps every delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "wh:circuit:"
+OPEN_SET = "wh:circuits:open"
+# Idle hashes expire: a subscription not heard from for a week starts closed again.
+TTL_SECONDS = 7 * 86_400
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+
+# KEYS: hash, open set. ARGV: cooldown, probe ttl, member, ttl.
+# Returns {decision, state, until, transitioned}.
+_ACQUIRE = (
+    _NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'closed' then return {'allow', 'closed', '0', '0'} end
+if state == 'open' then
+  local ready = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0') + tonumber(ARGV[1])
+  if now < ready then return {'deny', 'open', tostring(ready), '0'} end
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', tostring(now + tonumber(ARGV[2])))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {'probe', 'half_open', tostring(now + tonumber(ARGV[2])), '1'}
+end
+local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
+if now < probe_until then return {'deny', 'half_open', tostring(probe_until), '0'} end
+redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[2])))
+return {'probe', 'half_open', tostring(now + tonumber(ARGV[2])), '0'}
+"""
+)
+
+# KEYS: hash, open set. ARGV: member. Returns the state it left.
+_SUCCESS = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'closed' end
+if state == 'closed' and redis.call('HGET', KEYS[1], 'failures') == '0' then return 'closed' end
+redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', '0')
+redis.call('HDEL', KEYS[1], 'opened_at', 'probe_until')
+redis.call('SREM', KEYS[2], ARGV[1])
+return state
+"""
+
+# KEYS: hash, open set. ARGV: threshold, member, ttl. Returns {state before, state after}.
+_FAILURE = (
+    _NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local after = state
+if state == 'half_open' then
+  after = 'open'
+elseif state == 'closed' then
+  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  if failures >= tonumber(ARGV[1]) then after = 'open' else
+    redis.call('HSET', KEYS[1], 'state', 'closed')
+  end
+end
+if after == 'open' and state ~= 'open' then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now))
+  redis.call('HDEL', KEYS[1], 'probe_until')
+  redis.call('SADD', KEYS[2], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {state, after}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the breaker says about sending now."""
+
+    allowed: bool
+    state: str
+    # For a denial: the unix time at which asking again may succeed.
+    retry_at: float = 0.0
+    probe: bool = False
+    transitioned: bool = False
+
+
+class CircuitBreaker:
+    def __init__(self, client: redis.Redis, threshold: int, cooldown: float, probe_ttl: float):
+        self.client = client
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.probe_ttl = probe_ttl
+        self._acquire = client.register_script(_ACQUIRE)
+        self._success = client.register_script(_SUCCESS)
+        self._failure = client.register_script(_FAILURE)
+
+    def _keys(self, subscription_id: str) -> list[str]:
+        return [KEY_PREFIX + subscription_id, OPEN_SET]
+
+    def acquire(self, subscription_id: str) -> Decision:
+        """Ask whether a delivery to this subscription may be sent now (fails open)."""
+        try:
+            decision, state, until, moved = self._acquire(
+                keys=self._keys(subscription_id),
+                args=[self.cooldown, self.probe_ttl, subscription_id, TTL_SECONDS],
+            )
+        except redis.RedisError as exc:
+            log.warning("circuit state unavailable, treating as closed: %s", exc)
+            return Decision(True, "closed")
+        decision, state = _text(decision), _text(state)
+        return Decision(
+            allowed=decision != "deny",
+            state=state,
+            retry_at=float(until),
+            probe=decision == "probe",
+            transitioned=_text(moved) == "1",
+        )
+
+    def record_success(self, subscription_id: str) -> str | None:
+        """Close the circuit; return the state it left if that was not closed."""
+        try:
+            before = _text(self._success(keys=self._keys(subscription_id), args=[subscription_id]))
+        except redis.RedisError as exc:
+            log.warning("circuit state unavailable: %s", exc)
+            return None
+        return before if before != "closed" else None
+
+    def record_failure(self, subscription_id: str) -> bool:
+        """Count a failure; return True if it opened the circuit."""
+        try:
+            before, after = self._failure(
+                keys=self._keys(subscription_id),
+                args=[self.threshold, subscription_id, TTL_SECONDS],
+            )
+        except redis.RedisError as exc:
+            log.warning("circuit state unavailable: %s", exc)
+            return False
+        return _text(after) == "open" and _text(before) != "open"
+
+    def state(self, subscription_id: str) -> dict[str, Any]:
+        """Return the circuit's state for the health endpoint (closed when unknown)."""
+        try:
+            raw = self.client.hgetall(KEY_PREFIX + subscription_id)
+        except redis.RedisError:
+            return {"state": "unknown", "consecutive_failures": None, "opened_at": None}
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        state = fields.get("state", "closed")
+        opened_at = float(fields["opened_at"]) if "opened_at" in fields else None
+        return {
+            "state": state,
+            "consecutive_failures": int(fields.get("failures", 0)),
+            "opened_at": opened_at,
+            "probe_at": opened_at + self.cooldown if opened_at and state == "open" else None,
+            "probe_until": float(fields["probe_until"]) if "probe_until" in fields else None,
+        }
+
+    def open_count(self) -> int:
+        """Count the circuits open or half-open now."""
+        return int(self.client.scard(OPEN_SET))
+
+    def reset(self, subscription_id: str) -> None:
+        """Forget a subscription's circuit (it closes)."""
+        self.client.delete(KEY_PREFIX + subscription_id)
+        self.client.srem(OPEN_SET, subscription_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,135 @@
+"""Administration commands: `flask --app webhooks <command>`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import click
+from flask import Flask
+
+from webhooks.db import session_scope
+
+
+def register_commands(app: Flask) -> None:
+    @app.cli.command("create-tenant")
+    @click.argument("name")
+    def create_tenant(name: str) -> None:
+        """Create a tenant and print its API key on the last line."""
+        from webhooks.services.tenants import create_tenant as create
+
+        with session_scope() as session:
+            tenant, key = create(session, name)
+            tenant_id = tenant.id
+        click.echo(f"tenant {tenant_id} ({name}) created; its API key (shown once):")
+        click.echo(key)
+
+    @app.cli.command("create-key")
+    @click.argument("tenant_id", type=click.UUID)
+    def create_key(tenant_id: uuid.UUID) -> None:
+        """Issue another API key for a tenant and print it on the last line."""
+        from webhooks.services.tenants import issue_key
+
+        with session_scope() as session:
+            key = issue_key(session, tenant_id)
+        click.echo(key)
+
+    @app.cli.command("list-keys")
+    @click.option("--tenant", "tenant_id", type=click.UUID, default=None)
+    def list_keys(tenant_id: uuid.UUID | None) -> None:
+        """List API keys (ID, tenant, prefix, created, revoked); never the keys themselves."""
+        from webhooks.services.tenants import list_keys as keys
+
+        with session_scope() as session:
+            for key in keys(session, tenant_id):
+                revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+                click.echo(
+                    f"{key.id}  {key.tenant_id}  {key.prefix}…  "
+                    f"{key.created_at.isoformat()}  revoked={revoked}"
+                )
+
+    @app.cli.command("revoke-key")
+    @click.argument("key_id", type=click.UUID)
+    def revoke_key(key_id: uuid.UUID) -> None:
+        """Revoke an API key by its ID."""
+        from webhooks.services.tenants import revoke_key as revoke
+
+        with session_scope() as session:
+            if not revoke(session, key_id):
+                raise click.ClickException(f"no live key {key_id}")
+        click.echo(f"revoked {key_id}")
+
+    @app.cli.command("retry-delivery")
+    @click.argument("delivery_id", type=click.UUID)
+    def retry_delivery(delivery_id: uuid.UUID) -> None:
+        """Give a finished delivery a fresh set of attempts."""
+        from sqlalchemy import select
+
+        from webhooks.models import Delivery
+        from webhooks.services import recovery
+
+        with session_scope() as session:
+            tenant_id = session.scalar(select(Delivery.tenant_id).where(Delivery.id == delivery_id))
+            if tenant_id is None:
+                raise click.ClickException(f"no delivery {delivery_id}")
+            recovery.retry(session, tenant_id, delivery_id)
+        click.echo(f"requeued {delivery_id}")
+
+    @app.cli.command("replay")
+    @click.argument("subscription_id", type=click.UUID)
+    @click.option("--since", type=click.DateTime(), required=True)
+    @click.option("--until", type=click.DateTime(), default=None)
+    @click.option("--status", type=click.Choice(["delivered", "failed"]), default=None)
+    def replay(
+        subscription_id: uuid.UUID, since: datetime, until: datetime | None, status: str | None
+    ) -> None:
+        """Replay a subscription's finished deliveries created in a time range (UTC)."""
+        from datetime import UTC
+
+        from sqlalchemy import select
+
+        from webhooks.models import Subscription
+        from webhooks.services import recovery
+
+        with session_scope() as session:
+            tenant_id = session.scalar(
+                select(Subscription.tenant_id).where(Subscription.id == subscription_id)
+            )
+            if tenant_id is None:
+                raise click.ClickException(f"no subscription {subscription_id}")
+            count, more = recovery.replay(
+                session,
+                tenant_id,
+                subscription_id,
+                since.replace(tzinfo=UTC),
+                until.replace(tzinfo=UTC) if until else None,
+                status,
+            )
+        click.echo(f"requeued {count}" + (" (more remain: run again)" if more else ""))
+
+    @app.cli.command("dead-letters")
+    @click.option("--limit", default=50, show_default=True)
+    def dead_letters(limit: int) -> None:
+        """List the most recent failed deliveries."""
+        from sqlalchemy import select
+
+        from webhooks.models import Delivery, DeliveryStatus
+
+        with session_scope() as session:
+            rows = session.scalars(
+                select(Delivery)
+                .where(Delivery.status == DeliveryStatus.FAILED)
+                .order_by(Delivery.id.desc())
+                .limit(limit)
+            )
+            for d in rows:
+                click.echo(f"{d.id}  sub={d.subscription_id}  attempts={d.attempt_count}  "
+                           f"{d.last_error or ''}")
+
+    @app.cli.command("purge")
+    @click.option("--days", type=int, default=None, help="default: WEBHOOKS_RETENTION_DAYS")
+    def purge(days: int | None) -> None:
+        """Delete events older than the retention period, with their deliveries and attempts."""
+        from webhooks.services.retention import purge as run
+
+        click.echo(f"deleted {run(days)} events")

@@ -1,0 +1,91 @@
+"""The SQLAlchemy base, the engine of this process, and sessions."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import DateTime, MetaData, create_engine, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from config import get_settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+def uuid7() -> uuid.UUID:
+    """Return a time-ordered UUID (RFC 9562 version 7), so IDs sort by creation."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def get_engine() -> Engine:
+    """Return this process's engine, made anew after a fork so no connection is shared."""
+    global _engine, _engine_pid, _sessionmaker
+    if _engine is None or _engine_pid != os.getpid():
+        if _engine is not None:
+            # Inherited from the parent: drop its pool without closing the parent's sockets.
+            _engine.dispose(close=False)
+        _engine = create_engine(
+            get_settings().database_url,
+            pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
+            max_overflow=10,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+        _engine_pid = os.getpid()
+        _sessionmaker = sessionmaker(bind=_engine, expire_on_commit=False)
+    return _engine
+
+
+def new_session() -> Session:
+    """Open a session on this process's engine."""
+    get_engine()
+    assert _sessionmaker is not None
+    return _sessionmaker()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """Yield a session that commits on success, rolls back on error, and always closes."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,89 @@
+"""Prometheus metrics shared by the API and the workers (labels are bounded: no IDs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+EVENTS_INGESTED = Counter("webhooks_events_ingested", "Events accepted by the API")
+DELIVERIES = Counter(
+    "webhooks_deliveries", "Deliveries that reached a final state", ["outcome"]
+)
+ATTEMPTS = Counter("webhooks_delivery_attempts", "Delivery attempts by result", ["result"])
+ATTEMPT_DURATION = Histogram(
+    "webhooks_delivery_attempt_duration_seconds",
+    "Time of one outbound HTTP attempt",
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END = Histogram(
+    "webhooks_end_to_end_latency_seconds",
+    "From ingest to delivered",
+    buckets=LATENCY_BUCKETS,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "webhooks_circuit_transitions", "Circuit breaker state changes", ["to"]
+)
+WATCHDOG_REQUEUED = Counter(
+    "webhooks_watchdog_requeued", "Deliveries the watchdog sent again", ["reason"]
+)
+PARKED = Counter("webhooks_deliveries_parked", "Deliveries parked behind an open circuit")
+ENQUEUE_FAILURES = Counter(
+    "webhooks_enqueue_failures", "Task sends that failed and were left to the watchdog"
+)
+
+
+class BacklogCollector(Collector):
+    """Read the backlog from PostgreSQL and the open circuits from Redis at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from sqlalchemy import text
+
+        from webhooks.circuit import OPEN_SET
+        from webhooks.db import get_engine
+        from webhooks.redis_client import get_redis
+
+        pending = GaugeMetricFamily(
+            "webhooks_pending_deliveries", "Deliveries not yet delivered or failed"
+        )
+        oldest = GaugeMetricFamily(
+            "webhooks_oldest_pending_age_seconds", "Age of the oldest unfinished delivery"
+        )
+        try:
+            with get_engine().connect() as conn:
+                count, age = conn.execute(
+                    text(
+                        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                        " FROM deliveries WHERE status IN ('pending', 'retrying', 'in_flight')"
+                    )
+                ).one()
+            pending.add_metric([], float(count))
+            oldest.add_metric([], float(age))
+        except Exception as exc:  # a scrape must answer even when the database does not
+            log.warning("backlog metrics unavailable: %s", exc)
+        yield pending
+        yield oldest
+        circuits = GaugeMetricFamily("webhooks_circuits_open", "Circuits open or half-open now")
+        try:
+            circuits.add_metric([], float(get_redis().scard(OPEN_SET)))
+        except Exception as exc:
+            log.warning("circuit metrics unavailable: %s", exc)
+        yield circuits
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> None:
+    """Empty the directory where pool processes write their samples (at process-group start)."""
+    target = Path(path)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True, exist_ok=True)

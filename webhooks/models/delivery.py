@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from webhooks.db import Base, Timestamped, uuid7
+
+
+def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
+    return Enum(cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e])
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class AttemptResult(enum.StrEnum):
+    SUCCESS = "success"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    REFUSED = "refused"
+    # Not sent: the worker died or hung past its lease, so the outcome is unknown.
+    LEASE_EXPIRED = "lease_expired"
+
+
+class Delivery(Timestamped, Base):
+    """One event on its way to one subscription; its ID is the stable `webhook-id`."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_tenant_id_id", "tenant_id", "id"),
+        Index("ix_deliveries_tenant_id_status_id", "tenant_id", "status", "id"),
+        Index("ix_deliveries_subscription_id_id", "subscription_id", "id"),
+        Index("ix_deliveries_event_id", "event_id"),
+        # The watchdog's scans: due work, expired leases, parked work per subscription.
+        Index(
+            "ix_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'retrying') AND NOT parked"),
+        ),
+        Index(
+            "ix_deliveries_in_flight",
+            "lease_expires_at",
+            postgresql_where=text("status = 'in_flight'"),
+        ),
+        Index(
+            "ix_deliveries_parked",
+            "subscription_id",
+            "id",
+            postgresql_where=text("parked"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    )
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus), nullable=False, default=DeliveryStatus.PENDING
+    )
+    # Every attempt made, probes included; numbers the attempts.
+    attempt_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Failed attempts that count against WEBHOOKS_RETRY_DELAYS in the current cycle.
+    # A manual retry resets it; a failed probe of a half-open circuit does not add to it.
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a task for it was last put on the broker; the watchdog re-sends lost ones.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Waiting in PostgreSQL behind an open circuit; spends no attempts.
+    parked: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+class Attempt(Timestamped, Base):
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_delivery_id_number", "delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    result: Mapped[AttemptResult] = mapped_column(_enum(AttemptResult), nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    response_truncated: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    url: Mapped[str | None] = mapped_column(String(2048))

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint, Uuid
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from webhooks.db import Base, Timestamped, uuid7
+
+
+class Event(Timestamped, Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_events_tenant_idempotency_key"),
+        Index("ix_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_events_created_at", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    event_type: Mapped[str] = mapped_column(String(200), nullable=False)
+    payload: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the request body, to tell a replayed request from a reused key.
+    request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from webhooks.models import DeliveryStatus
+from webhooks.schemas.common import PageQuery
+
+STATUSES = [s.value for s in DeliveryStatus]
+
+
+class AttemptSchema(Schema):
+    number = fields.Integer()
+    result = fields.String()
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Float(allow_none=True)
+    response_body = fields.String(allow_none=True)
+    response_truncated = fields.Boolean()
+    created_at = fields.DateTime()
+
+
+class DeliverySchema(Schema):
+    id = fields.UUID()
+    event_id = fields.UUID()
+    subscription_id = fields.UUID()
+    status = fields.String()
+    attempt_count = fields.Integer()
+    next_attempt_at = fields.DateTime(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    parked = fields.Boolean()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class DeliveryDetailSchema(DeliverySchema):
+    attempts = fields.List(fields.Nested(AttemptSchema))
+
+
+class DeliveryListQuery(PageQuery):
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    subscription_id = fields.UUID(load_default=None)
+    event_id = fields.UUID(load_default=None)

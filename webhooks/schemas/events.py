@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from webhooks.schemas.deliveries import DeliverySchema
+
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+MAX_DEPTH = 32
+
+
+def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Return the nesting depth of a JSON value, stopping once it passes `limit`."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        nxt: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        level = [i for i in nxt if isinstance(i, dict | list)]
+    return depth
+
+
+event_type_field = fields.String(
+    required=True,
+    validate=[
+        validate.Length(min=1, max=200),
+        validate.Regexp(
+            EVENT_TYPE_PATTERN,
+            error="must be dot-separated names of letters, digits, '_' and '-'",
+        ),
+    ],
+)
+
+
+class EventCreateSchema(Schema):
+    event_type = event_type_field
+    payload = fields.Raw(required=True, allow_none=False)
+
+    @validates("payload")
+    def _payload_depth(self, value: Any, **_: Any) -> None:
+        if json_depth(value) > MAX_DEPTH:
+            raise ValidationError(f"nests deeper than {MAX_DEPTH} levels")
+
+
+class EventSchema(Schema):
+    id = fields.UUID()
+    event_type = fields.String()
+    payload = fields.Raw()
+    idempotency_key = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    deliveries = fields.Integer()
+
+
+class EventDetailSchema(EventSchema):
+    deliveries = fields.List(fields.Nested(DeliverySchema))  # type: ignore[assignment]

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from webhooks.schemas.deliveries import STATUSES
+from webhooks.schemas.events import EVENT_TYPE_PATTERN
+
+MAX_URL_LENGTH = 2048
+MAX_EVENT_TYPES = 100
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 1024
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+# Ours to set, or meaningless per request: a subscription may not override them.
+RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "user-agent",
+    "expect",
+}
+
+
+def _check_event_type(value: str) -> None:
+    if value == "*":
+        return
+    validate.Length(min=1, max=200)(value)
+    validate.Regexp(EVENT_TYPE_PATTERN, error="must be an event type name or '*'")(value)
+
+
+def _check_headers(value: dict[str, Any]) -> None:
+    if len(value) > MAX_HEADERS:
+        raise ValidationError(f"at most {MAX_HEADERS} headers")
+    problems: dict[str, str] = {}
+    for name, header_value in value.items():
+        lower = name.lower()
+        if not validate.Regexp(HEADER_NAME_PATTERN).regex.match(name):
+            problems[name] = "is not a valid header name"
+        elif lower in RESERVED_HEADERS or lower.startswith("webhook-"):
+            problems[name] = "is set by the service and may not be overridden"
+        elif not isinstance(header_value, str):
+            problems[name] = "value must be a string"
+        elif len(header_value) > MAX_HEADER_VALUE or any(c in header_value for c in "\r\n\0"):
+            problems[name] = f"value must be one line of at most {MAX_HEADER_VALUE} characters"
+    if problems:
+        raise ValidationError(problems)
+
+
+class SubscriptionCreateSchema(Schema):
+    url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_LENGTH))
+    event_types = fields.List(
+        fields.String(validate=_check_event_type),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_EVENT_TYPES),
+    )
+    description = fields.String(allow_none=True, validate=validate.Length(max=1000))
+    headers = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_headers)
+
+
+class SubscriptionUpdateSchema(SubscriptionCreateSchema):
+    status = fields.String(validate=validate.OneOf(["active", "disabled"]))
+
+
+class SubscriptionSchema(Schema):
+    id = fields.UUID()
+    url = fields.String()
+    event_types = fields.List(fields.String())
+    description = fields.String(allow_none=True)
+    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    status = fields.String()
+    disabled_reason = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class SubscriptionWithSecretSchema(SubscriptionSchema):
+    secret = fields.String()
+
+
+class CircuitSchema(Schema):
+    state = fields.String()
+    consecutive_failures = fields.Integer(allow_none=True)
+    opened_at = fields.DateTime(allow_none=True)
+    probe_at = fields.DateTime(allow_none=True)
+
+
+class SubscriptionHealthSchema(Schema):
+    subscription_id = fields.UUID()
+    status = fields.String()
+    circuit = fields.Nested(CircuitSchema)
+    deliveries = fields.Dict(keys=fields.String(), values=fields.Integer())
+    parked = fields.Integer()
+
+
+class ReplaySchema(Schema):
+    since = fields.AwareDateTime(required=True, default_timezone=None)
+    until = fields.AwareDateTime(load_default=None, allow_none=True)
+    status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(STATUSES))
+
+

@@ -1,0 +1,106 @@
+"""Manual recovery: retry one delivery, replay a subscription's deliveries over a time range."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from webhooks import dispatch, metrics
+from webhooks.models import Delivery, DeliveryStatus
+from webhooks.models.subscription import SubscriptionStatus
+from webhooks.services import Conflict, NotFound
+from webhooks.services import subscriptions as subscription_service
+
+FINAL = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+REPLAY_LIMIT = 1000
+
+_FRESH_START: dict[str, Any] = {
+    "status": DeliveryStatus.PENDING,
+    "failures": 0,
+    "parked": False,
+    "lease_expires_at": None,
+    "last_error": None,
+}
+
+
+def retry(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery:
+    """Give a finished delivery a fresh set of attempts (same webhook-id) and send it now."""
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
+    )
+    if delivery is None:
+        raise NotFound("no such delivery", {"id": str(delivery_id)})
+    subscription = subscription_service.get(session, tenant_id, delivery.subscription_id)
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise Conflict("the subscription is disabled; enable it first", {"id": str(delivery_id)})
+    moved = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status.in_(FINAL))
+        .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
+    ).rowcount
+    if not moved:
+        raise Conflict(
+            "the delivery is still in progress", {"id": str(delivery_id), "status": delivery.status}
+        )
+    session.commit()
+    session.refresh(delivery)
+    _send([delivery.id])
+    return delivery
+
+
+def replay(
+    session: Session,
+    tenant_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    since: datetime,
+    until: datetime | None,
+    status: str | None,
+    limit: int = REPLAY_LIMIT,
+) -> tuple[int, bool]:
+    """Send again the finished deliveries created in [since, until), oldest first, at most
+    `limit`; return how many and whether more remain. Unfinished ones are left alone, so a
+    second call while they are pending requeues nothing."""
+    subscription = subscription_service.get(session, tenant_id, subscription_id)
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise Conflict("the subscription is disabled; enable it first", {"id": str(subscription_id)})
+    statuses = [DeliveryStatus(status)] if status else list(FINAL)
+    statuses = [s for s in statuses if s in FINAL]
+    if not statuses:
+        return 0, False
+    query = select(Delivery.id).where(
+        Delivery.tenant_id == tenant_id,
+        Delivery.subscription_id == subscription.id,
+        Delivery.status.in_(statuses),
+        Delivery.created_at >= since,
+    )
+    if until is not None:
+        query = query.where(Delivery.created_at < until)
+    ids = session.scalars(
+        query.order_by(Delivery.id).limit(limit + 1).with_for_update(skip_locked=True)
+    ).all()
+    more = len(ids) > limit
+    ids = ids[:limit]
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
+        )
+    session.commit()
+    _send(ids)
+    return len(ids), more
+
+
+def _now() -> Any:
+    from sqlalchemy import func
+
+    return func.now()
+
+
+def _send(ids: list[uuid.UUID]) -> None:
+    if ids and not dispatch.enqueue_deliveries(ids):
+        metrics.ENQUEUE_FAILURES.inc(len(ids))

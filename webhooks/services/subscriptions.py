@@ -1,0 +1,148 @@
+"""Create, change, delete and inspect subscriptions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config import get_settings
+from webhooks.db import uuid7
+from webhooks.crypto import decrypt_secret, encrypt_secret
+from webhooks.http import AddressRefused, check_url
+from webhooks.models import Delivery, DeliveryStatus, Subscription
+from webhooks.models.subscription import SubscriptionStatus
+from webhooks.services import Invalid, NotFound
+from webhooks.services.delivery import disable_subscription, get_breaker
+from webhooks.signing import generate_secret
+
+
+def _check_target(url: str) -> None:
+    try:
+        check_url(url, get_settings().allow_private_targets)
+    except AddressRefused as exc:
+        raise Invalid(f"url is refused: {exc}", {"url": [str(exc)]}) from None
+
+
+def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
+    """Return one of the tenant's live subscriptions, or raise NotFound."""
+    found = session.scalar(
+        select(Subscription).where(
+            Subscription.id == subscription_id,
+            Subscription.tenant_id == tenant_id,
+            Subscription.deleted_at.is_(None),
+        )
+    )
+    if found is None:
+        raise NotFound("no such subscription", {"id": str(subscription_id)})
+    return found
+
+
+def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> tuple[Subscription, str]:
+    """Create a subscription; return it with its new signing secret (shown only now)."""
+    _check_target(data["url"])
+    secret = generate_secret()
+    subscription = Subscription(
+        id=uuid7(),
+        tenant_id=tenant_id,
+        url=data["url"],
+        event_types=sorted(set(data["event_types"])),
+        description=data.get("description"),
+        headers=data.get("headers") or {},
+        status=SubscriptionStatus.ACTIVE,
+    )
+    subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
+    session.add(subscription)
+    session.commit()
+    return subscription, secret
+
+
+def update_one(
+    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, data: dict[str, Any]
+) -> Subscription:
+    """Change the given fields; re-enabling a subscription closes its circuit."""
+    subscription = get(session, tenant_id, subscription_id)
+    if "url" in data:
+        _check_target(data["url"])
+        subscription.url = data["url"]
+    if "event_types" in data:
+        subscription.event_types = sorted(set(data["event_types"]))
+    if "description" in data:
+        subscription.description = data["description"]
+    if "headers" in data:
+        subscription.headers = data["headers"] or {}
+    status = data.get("status")
+    if status == "active" and subscription.status != SubscriptionStatus.ACTIVE:
+        subscription.status = SubscriptionStatus.ACTIVE
+        subscription.disabled_reason = None
+        get_breaker().reset(str(subscription.id))
+    elif status == "disabled" and subscription.status != SubscriptionStatus.DISABLED:
+        disable_subscription(session, subscription.id, "disabled through the API")
+        session.refresh(subscription)
+    session.commit()
+    return subscription
+
+
+def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> None:
+    """Delete a subscription; its unfinished deliveries end as failed, its history stays."""
+    subscription = get(session, tenant_id, subscription_id)
+    disable_subscription(session, subscription.id, "subscription deleted")
+    subscription.deleted_at = datetime.now(UTC)
+    session.commit()
+
+
+def rotate_secret(
+    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID
+) -> tuple[Subscription, str]:
+    """Make a new secret; the old one keeps signing too until the grace period ends."""
+    subscription = get(session, tenant_id, subscription_id)
+    associated = str(subscription.id).encode()
+    secret = generate_secret()
+    subscription.previous_secret_ciphertext = subscription.secret_ciphertext
+    subscription.previous_secret_expires_at = datetime.now(UTC) + timedelta(
+        seconds=get_settings().rotation_grace
+    )
+    subscription.secret_ciphertext = encrypt_secret(secret, associated)
+    session.commit()
+    return subscription, secret
+
+
+def current_secret(subscription: Subscription) -> str:
+    return decrypt_secret(subscription.secret_ciphertext, str(subscription.id).encode())
+
+
+def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> dict[str, Any]:
+    """Return the circuit state and the delivery counts of a subscription."""
+    subscription = get(session, tenant_id, subscription_id)
+    counts = {status.value: 0 for status in DeliveryStatus}
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.subscription_id == subscription.id)
+        .group_by(Delivery.status)
+    ).all()
+    for status, count in rows:
+        counts[DeliveryStatus(status).value] = count
+    parked = session.scalar(
+        select(func.count()).where(Delivery.subscription_id == subscription.id, Delivery.parked)
+    )
+    circuit = get_breaker().state(str(subscription.id))
+    return {
+        "subscription_id": subscription.id,
+        "status": subscription.status.value,
+        "circuit": {
+            "state": circuit["state"],
+            "consecutive_failures": circuit["consecutive_failures"],
+            "opened_at": _when(circuit["opened_at"]),
+            "probe_at": _when(circuit["probe_at"]),
+        },
+        "deliveries": counts,
+        "parked": int(parked or 0),
+    }
+
+
+def _when(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
