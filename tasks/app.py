@@ -13,6 +13,14 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     _dir.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
 
+# The celery command loads Flower's plugin, which imports prometheus_client before this module
+# runs: switch its value storage to files now, before webhooks.metrics makes any metric.
+import prometheus_client.metrics  # noqa: E402
+import prometheus_client.values  # noqa: E402
+
+prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()
+prometheus_client.metrics.ValueClass = prometheus_client.values.ValueClass  # type: ignore[attr-defined]
+
 from celery import Celery  # noqa: E402
 
 from config import get_settings  # noqa: E402
