@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 from marshmallow import Schema, ValidationError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -122,6 +123,14 @@ def register_error_handlers(app: Any) -> None:
             value = exc.get_response().headers.get(header)
             if value:
                 response.headers[header] = value
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        # Nothing was accepted: the client may safely send the same request again.
+        app.logger.error("database unavailable: %s", exc)
+        response = error_response(503, "unavailable", "the database is unavailable; retry later")
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)
