@@ -112,11 +112,13 @@ class Settings:
     rate_limit: str = "600/minute"
     max_response_body: int = 4096
     retry_after_max: float = 3600.0
+    # Added to the HTTP timeout to make a claim's lease: time to record the outcome after it.
+    lease_margin: float = 20.0
 
     @property
     def lease_seconds(self) -> float:
         """How long a claimed delivery may stay in flight before the watchdog takes it back."""
-        return self.http_timeout + 20.0
+        return self.http_timeout + self.lease_margin
 
 
 @lru_cache(maxsize=1)
@@ -147,4 +149,5 @@ def get_settings() -> Settings:
         retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
         rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),
         retry_after_max=_float("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
+        lease_margin=_float("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),
     )
