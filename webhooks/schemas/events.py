@@ -58,3 +58,33 @@ class EventSchema(Schema):
 
 class EventDetailSchema(EventSchema):
     deliveries = fields.List(fields.Nested(DeliverySchema))  # type: ignore[assignment]
+
+
+MAX_BATCH_EVENTS = 500
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class BatchEventSchema(EventCreateSchema):
+    idempotency_key = fields.String(
+        validate=[
+            validate.Length(min=1, max=MAX_IDEMPOTENCY_KEY),
+            validate.Predicate("isprintable", error="must hold printable characters only"),
+        ]
+    )
+
+
+class EventBatchCreateSchema(Schema):
+    events = fields.List(
+        fields.Nested(BatchEventSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH_EVENTS),
+    )
+
+
+class BatchAcceptedSchema(Schema):
+    id = fields.UUID()
+    event_type = fields.String()
+    idempotency_key = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    deliveries = fields.Integer()
+    replayed = fields.Boolean()
