@@ -204,9 +204,14 @@ class Client:
                 preload_content=False,
                 assert_same_host=False,
             )
+        except NewConnectionError as exc:
+            # Caught first: urllib3 2 makes a refused connection a ConnectTimeoutError subclass.
+            return Response(
+                AttemptResult.CONNECTION_ERROR, error=_describe(exc), duration=_since(started)
+            )
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             return Response(AttemptResult.TIMEOUT, error=_describe(exc), duration=_since(started))
-        except (NewConnectionError, ProtocolError, SSLError, HTTPError, OSError) as exc:
+        except (ProtocolError, SSLError, HTTPError, OSError) as exc:
             return Response(
                 AttemptResult.CONNECTION_ERROR, error=_describe(exc), duration=_since(started)
             )
