@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from standardwebhooks import Webhook
@@ -42,3 +43,228 @@ def test_event_fans_out_to_three_subscriptions_each_signed_once(
     assert {d["subscription_id"] for d in deliveries} == {s["id"] for s in subs}
     time.sleep(1.0)  # a duplicate send would show up by now
     assert [len(receiver.at(f"/s{i}")) for i in range(3)] == [1, 1, 1]
+
+
+def _delivery(client, tenant, event_id):
+    (only,) = _get(client, tenant, f"/v1/events/{event_id}")["deliveries"]
+    return _get(client, tenant, f"/v1/deliveries/{only['id']}")
+
+
+def _settled(client, tenant, event_id, status):
+    def check():
+        detail = _delivery(client, tenant, event_id)
+        return detail if detail["status"] == status else None
+
+    return wait_until(check, timeout=40, message=f"delivery {status}")
+
+
+def test_receiver_failing_twice_gets_the_delivery_on_attempt_3_after_the_scheduled_waits(
+    client, tenant, receiver, start_worker
+):
+    delays = (1.0, 2.0)
+    sub = subscribe(client, tenant, receiver.url("/flaky"), ["order.created"])
+    receiver.plan("/flaky", Reply(500), Reply(500), then=Reply(204))
+    start_worker(WEBHOOKS_RETRY_DELAYS="1,2", WEBHOOKS_RETRY_JITTER="0")
+    event = publish(client, tenant, "order.created", {"order": 7}).get_json()
+
+    got = receiver.wait_for("/flaky", 3, timeout=40)
+    detail = _settled(client, tenant, event["id"], "delivered")
+    assert detail["attempt_count"] == 3
+    assert [(a["number"], a["status_code"], a["result"]) for a in detail["attempts"]] == [
+        (1, 500, "http_error"),
+        (2, 500, "http_error"),
+        (3, 204, "success"),
+    ]
+    # The waits of the schedule, measured at the receiver (generous slack for a busy machine).
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert delay <= gap < delay + 3.0, (gap, delay)
+    # Every attempt carries the same message: same webhook-id, same body, each validly signed.
+    assert {r.webhook_id for r in got} == {detail["id"]}
+    assert len({r.body for r in got}) == 1
+    for r in got:
+        Webhook(sub["secret"]).verify(r.body, r.headers)
+    time.sleep(0.5)
+    assert len(receiver.at("/flaky")) == 3
+
+
+def test_failing_receivers_leave_failed_deliveries_with_every_attempt_and_redirects_unfollowed(
+    client, tenant, receiver, start_worker
+):
+    # FAST_ENV: retries after 0.5 s and 1 s, so three attempts in all.
+    big = b"E" * 10_240
+    receiver.plan("/down", then=Reply(500, body=big))
+    receiver.plan(
+        "/moved", Reply(302, headers={"Location": receiver.url("/elsewhere")}), then=Reply(204)
+    )
+    subscribe(client, tenant, receiver.url("/down"), ["down.test"])
+    subscribe(client, tenant, receiver.url("/moved"), ["moved.test"])
+    start_worker()
+    down = publish(client, tenant, "down.test", {"n": 1}).get_json()
+    moved = publish(client, tenant, "moved.test", {"n": 2}).get_json()
+
+    detail = _settled(client, tenant, down["id"], "failed")
+    attempts = detail["attempts"]
+    assert detail["attempt_count"] == 3
+    assert [a["number"] for a in attempts] == [1, 2, 3]
+    for attempt in attempts:
+        assert attempt["result"] == "http_error"
+        assert attempt["status_code"] == 500
+        assert attempt["error"] == "HTTP 500"
+        assert attempt["duration_ms"] > 0
+        assert attempt["created_at"]
+        # The response body is kept, cut to 4 KiB.
+        assert attempt["response_body"] == "E" * 4096
+        assert attempt["response_truncated"] is True
+    assert detail["last_error"] == "HTTP 500"
+    listed = _get(client, tenant, "/v1/deliveries?status=failed")["data"]
+    assert [d["id"] for d in listed] == [detail["id"]]
+
+    # A redirect is a failed attempt, retried at the same URL, never followed.
+    detail = _settled(client, tenant, moved["id"], "delivered")
+    first, second = detail["attempts"]
+    assert (first["status_code"], first["result"]) == (302, "http_error")
+    assert "redirect" in first["error"]
+    assert (second["status_code"], second["result"]) == (204, "success")
+    assert receiver.at("/elsewhere") == []
+
+    # A failed delivery is final: nothing more is sent.
+    time.sleep(1.5)
+    assert len(receiver.at("/down")) == 3
+    assert len(receiver.at("/moved")) == 2
+
+
+def _deliveries_to(client, tenant, event_id):
+    data = _get(client, tenant, f"/v1/events/{event_id}")["deliveries"]
+    return {d["subscription_id"] for d in data}
+
+
+def test_event_type_nobody_subscribed_to_creates_no_delivery(client, tenant):
+    from tests.integration.test_api import counts
+
+    subscribe(client, tenant, "http://127.0.0.1:9/a", ["order.created", "order.updated"])
+    before = counts()
+    for event_type in ("user.deleted", "order", "order.created.v2", "Order.Created", "order.*"):
+        resp = publish(client, tenant, event_type, {})
+        if event_type == "order.*":
+            assert resp.status_code == 422
+            continue
+        assert resp.status_code == 202, resp.get_json()
+        event = resp.get_json()
+        assert event["deliveries"] == 0
+        assert _deliveries_to(client, tenant, event["id"]) == set()
+    after = counts()
+    assert after["events"] == before["events"] + 4
+    assert after["deliveries"] == before["deliveries"]
+
+
+def test_subscriptions_match_an_exact_event_type_or_star_and_only_when_live(
+    client, tenant, other_tenant
+):
+    url = "http://127.0.0.1:9/"
+    exact = subscribe(client, tenant, url + "exact", ["order.created"])["id"]
+    star = subscribe(client, tenant, url + "star", ["*"])["id"]
+    several = subscribe(client, tenant, url + "several", ["invoice.paid", "order.created"])["id"]
+    disabled = subscribe(client, tenant, url + "disabled", ["*"])["id"]
+    deleted = subscribe(client, tenant, url + "deleted", ["order.created"])["id"]
+    resp = client.patch(
+        f"/v1/subscriptions/{disabled}", json={"status": "disabled"}, headers=tenant["headers"]
+    )
+    assert resp.status_code == 200
+    assert client.delete(f"/v1/subscriptions/{deleted}", headers=tenant["headers"]).status_code == (
+        204
+    )
+    subscribe(client, other_tenant, url + "other", ["*"])
+
+    cases = {
+        "order.created": {exact, star, several},
+        "invoice.paid": {star, several},
+        "order.updated": {star},
+        "order": {star},
+        "order.created.v2": {star},
+    }
+    for event_type, expected in cases.items():
+        event = publish(client, tenant, event_type, {}).get_json()
+        assert event["deliveries"] == len(expected), event_type
+        assert _deliveries_to(client, tenant, event["id"]) == expected, event_type
+
+    # Changing the filter changes what matches from then on.
+    resp = client.patch(
+        f"/v1/subscriptions/{exact}",
+        json={"event_types": ["order.updated"]},
+        headers=tenant["headers"],
+    )
+    assert resp.status_code == 200
+    event = publish(client, tenant, "order.updated", {}).get_json()
+    assert _deliveries_to(client, tenant, event["id"]) == {exact, star}
+
+
+def test_other_tenants_resources_are_404_and_never_listed(client, tenant, other_tenant):
+    from tests.integration.test_api import assert_error, counts, resource_calls
+
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/mine", ["order.created"])
+    event = publish(client, tenant, "order.created", {"secret": "mine"}).get_json()
+    (delivery,) = _get(client, tenant, f"/v1/events/{event['id']}")["deliveries"]
+    # The other tenant has resources of its own, so its lists are not trivially empty.
+    theirs = subscribe(client, other_tenant, "http://127.0.0.1:9/theirs", ["*"])
+    their_event = publish(client, other_tenant, "order.created", {}).get_json()
+    assert their_event["deliveries"] == 1
+
+    before = counts()
+    for method, path, body in resource_calls(sub["id"], event["id"], delivery["id"]):
+        resp = client.open(path, method=method, json=body, headers=other_tenant["headers"])
+        error = assert_error(resp, 404, "not_found")
+        assert "mine" not in str(error)
+    assert counts() == before
+
+    def listed(path):
+        return [item["id"] for item in _get(client, other_tenant, path)["data"]]
+
+    assert listed("/v1/subscriptions") == [theirs["id"]]
+    their_deliveries = listed("/v1/deliveries")
+    assert len(their_deliveries) == 1 and delivery["id"] not in their_deliveries
+    assert listed(f"/v1/deliveries?event_id={event['id']}") == []
+    assert listed(f"/v1/deliveries?subscription_id={sub['id']}") == []
+    assert listed("/v1/deliveries?status=pending") == their_deliveries
+
+    # The owner still sees everything unchanged: nothing above touched it.
+    assert _get(client, tenant, f"/v1/subscriptions/{sub['id']}") == {
+        k: v for k, v in sub.items() if k != "secret"
+    }
+    assert _get(client, tenant, f"/v1/events/{event['id']}")["payload"] == {"secret": "mine"}
+    assert _get(client, tenant, f"/v1/deliveries/{delivery['id']}")["status"] == "pending"
+    assert _get(client, tenant, f"/v1/subscriptions/{sub['id']}/health")["circuit"]
+    assert [d["id"] for d in _get(client, tenant, "/v1/deliveries")["data"]] == [delivery["id"]]
+
+
+def test_idempotency_key_returns_the_same_event_and_refuses_another_body(
+    client, tenant, other_tenant
+):
+    from tests.integration.test_api import assert_error, counts
+
+    subscribe(client, tenant, "http://127.0.0.1:9/a", ["order.created"])
+    key = {"Idempotency-Key": "order-42-created"}
+    first = publish(client, tenant, "order.created", {"order": 42}, **key)
+    assert first.status_code == 202
+    assert first.get_json()["deliveries"] == 1
+    before = counts()
+
+    again = publish(client, tenant, "order.created", {"order": 42}, **key)
+    assert again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.get_json()["deliveries"] == 1
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert counts() == before
+
+    for event_type, payload in (("order.created", {"order": 43}), ("order.updated", {"order": 42})):
+        error = assert_error(publish(client, tenant, event_type, payload, **key), 409, "conflict")
+        assert error["details"]["event_id"] == first.get_json()["id"]
+    assert counts() == before
+
+    # Keys belong to their tenant: the same key elsewhere is a new event.
+    theirs = publish(client, other_tenant, "order.created", {"order": 42}, **key)
+    assert theirs.status_code == 202
+    assert theirs.get_json()["id"] != first.get_json()["id"]
+    # Without a key, the same body is a new event every time.
+    plain = [publish(client, tenant, "order.created", {"order": 42}).get_json() for _ in range(2)]
+    assert len({p["id"] for p in plain} | {first.get_json()["id"]}) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -70,9 +71,58 @@ def read_json(limit: int = DEFAULT_BODY_LIMIT) -> tuple[Any, bytes]:
         raise ApiError(413, "payload_too_large", f"the body may be at most {limit} bytes",
                        {"limit": limit})
     try:
-        return json.loads(raw), raw
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's stack
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    _check_storable(data)
+    return data, raw
+
+
+def _not_json(name: str) -> Any:
+    # Python reads NaN and Infinity, which are not JSON and which PostgreSQL's jsonb refuses.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _unstorable(value: Any) -> str | None:
+    """Say why PostgreSQL cannot store a string somewhere in this JSON value, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "text may not contain the NUL character (\\u0000)"
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return "text may not contain unpaired surrogates (\\ud800-\\udfff)"
+    return None
+
+
+def _check_storable(data: Any) -> None:
+    """Raise a 422 naming each top-level field that holds text PostgreSQL refuses."""
+    if not isinstance(data, dict):
+        return
+    problems: dict[str, list[str]] = {}
+    for key, value in data.items():
+        reason = _unstorable(key) or _unstorable(value)
+        if reason:
+            problems[key] = [reason]
+    if problems:
+        raise ApiError(
+            422, "validation_error", "some fields are missing or invalid", {"fields": problems}
+        )
 
 
 def load(schema: Schema, data: Any, **kwargs: Any) -> Any:

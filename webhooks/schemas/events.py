@@ -6,7 +6,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from webhooks.schemas.deliveries import DeliverySchema
 
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+# \Z, not $: in Python $ also matches before a trailing newline.
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\Z"
 MAX_DEPTH = 32
 
 

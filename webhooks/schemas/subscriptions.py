@@ -11,7 +11,8 @@ MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 100
 MAX_HEADERS = 20
 MAX_HEADER_VALUE = 1024
-HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+# \Z, not $: in Python $ also matches before a trailing newline.
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}\Z"
 # Ours to set, or meaningless per request: a subscription may not override them.
 RESERVED_HEADERS = {
     "host",

@@ -24,7 +24,7 @@ def _check_target(url: str) -> None:
     try:
         check_url(url, get_settings().allow_private_targets)
     except AddressRefused as exc:
-        raise Invalid(f"url is refused: {exc}", {"url": [str(exc)]}) from None
+        raise Invalid(f"url is refused: {exc}", {"fields": {"url": [str(exc)]}}) from None
 
 
 def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:

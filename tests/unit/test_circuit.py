@@ -1,0 +1,149 @@
+"""The circuit breaker's Lua logic, run by fakeredis (a Lua-capable in-memory Redis)."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from webhooks.circuit import KEY_PREFIX, OPEN_SET, CircuitBreaker
+
+SUB = "sub-1"
+COOLDOWN = 0.3
+# Long enough that a loaded machine cannot outlive a probe in the middle of a test.
+PROBE_TTL = 5.0
+
+
+@pytest.fixture
+def client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def breaker(client) -> CircuitBreaker:
+    return CircuitBreaker(client, threshold=3, cooldown=COOLDOWN, probe_ttl=PROBE_TTL)
+
+
+def open_circuit(breaker: CircuitBreaker) -> None:
+    for _ in range(breaker.threshold):
+        breaker.record_failure(SUB)
+    assert breaker.state(SUB)["state"] == "open"
+
+
+def test_unknown_subscription_is_closed(breaker):
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state, decision.probe) == (True, "closed", False)
+    assert breaker.state(SUB)["state"] == "closed"
+
+
+def test_threshold_of_consecutive_failures_opens_the_circuit(breaker):
+    assert breaker.record_failure(SUB) is False
+    assert breaker.record_failure(SUB) is False
+    assert breaker.acquire(SUB).allowed
+    before = time.time()
+    assert breaker.record_failure(SUB) is True
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state) == (False, "open")
+    assert before + COOLDOWN - 0.05 <= decision.retry_at <= time.time() + COOLDOWN + 0.05
+    assert breaker.open_count() == 1
+    # Further failures while open do not count as opening it again.
+    assert breaker.record_failure(SUB) is False
+
+
+def test_success_resets_the_count_of_consecutive_failures(breaker):
+    breaker.record_failure(SUB)
+    breaker.record_failure(SUB)
+    assert breaker.record_success(SUB) is None  # it was closed, no transition
+    breaker.record_failure(SUB)
+    assert breaker.record_failure(SUB) is False
+    assert breaker.acquire(SUB).allowed
+    assert breaker.state(SUB)["consecutive_failures"] == 2
+
+
+def test_circuits_are_per_subscription(breaker):
+    open_circuit(breaker)
+    assert breaker.acquire("sub-2").allowed
+    assert not breaker.acquire(SUB).allowed
+
+
+def test_after_cooldown_exactly_one_probe_is_let_through(breaker):
+    open_circuit(breaker)
+    time.sleep(COOLDOWN + 0.05)
+    first = breaker.acquire(SUB)
+    assert (first.allowed, first.probe, first.state, first.transitioned) == (
+        True,
+        True,
+        "half_open",
+        True,
+    )
+    for _ in range(5):
+        other = breaker.acquire(SUB)
+        assert (other.allowed, other.state) == (False, "half_open")
+
+
+def test_successful_probe_closes_the_circuit(breaker):
+    open_circuit(breaker)
+    time.sleep(COOLDOWN + 0.05)
+    assert breaker.acquire(SUB).probe
+    assert breaker.record_success(SUB) == "half_open"
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state, decision.probe) == (True, "closed", False)
+    assert breaker.open_count() == 0
+    assert breaker.state(SUB)["consecutive_failures"] == 0
+
+
+def test_failed_probe_reopens_the_circuit_for_another_cooldown(breaker):
+    open_circuit(breaker)
+    time.sleep(COOLDOWN + 0.05)
+    assert breaker.acquire(SUB).probe
+    reopened_at = time.time()
+    assert breaker.record_failure(SUB) is True
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state) == (False, "open")
+    assert decision.retry_at >= reopened_at + COOLDOWN - 0.05
+    assert breaker.open_count() == 1
+
+
+def test_probe_whose_outcome_never_arrives_is_replaced_after_its_ttl(client):
+    breaker = CircuitBreaker(client, threshold=3, cooldown=COOLDOWN, probe_ttl=0.3)
+    open_circuit(breaker)
+    time.sleep(COOLDOWN + 0.05)
+    assert breaker.acquire(SUB).probe
+    assert not breaker.acquire(SUB).allowed
+    time.sleep(0.35)
+    again = breaker.acquire(SUB)
+    assert (again.allowed, again.probe, again.transitioned) == (True, True, False)
+
+
+def test_lost_state_means_closed(breaker, client):
+    open_circuit(breaker)
+    client.delete(KEY_PREFIX + SUB)
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state) == (True, "closed")
+    assert breaker.state(SUB)["state"] == "closed"
+
+
+def test_circuit_state_expires_when_idle(breaker, client):
+    open_circuit(breaker)
+    assert 0 < client.ttl(KEY_PREFIX + SUB) <= 7 * 86_400
+
+
+def test_reset_closes_the_circuit(breaker, client):
+    open_circuit(breaker)
+    breaker.reset(SUB)
+    assert breaker.acquire(SUB).allowed
+    assert not client.sismember(OPEN_SET, SUB)
+
+
+def test_unreachable_redis_fails_open():
+    server = fakeredis.FakeServer()
+    server.connected = False
+    breaker = CircuitBreaker(
+        fakeredis.FakeRedis(server=server), threshold=1, cooldown=COOLDOWN, probe_ttl=PROBE_TTL
+    )
+    decision = breaker.acquire(SUB)
+    assert (decision.allowed, decision.state) == (True, "closed")
+    assert breaker.record_failure(SUB) is False
+    assert breaker.record_success(SUB) is None
+    assert breaker.state(SUB)["state"] == "unknown"
