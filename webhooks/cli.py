@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import click
 from flask import Flask
 
 from webhooks.db import session_scope
+from webhooks.services import ServiceError
+
+
+@contextmanager
+def _refusals_as_errors() -> Iterator[None]:
+    """Print a refused operation (in progress, disabled, not found) as a one-line error."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
 
 
 def register_commands(app: Flask) -> None:
@@ -72,7 +84,8 @@ def register_commands(app: Flask) -> None:
             tenant_id = session.scalar(select(Delivery.tenant_id).where(Delivery.id == delivery_id))
             if tenant_id is None:
                 raise click.ClickException(f"no delivery {delivery_id}")
-            recovery.retry(session, tenant_id, delivery_id)
+            with _refusals_as_errors():
+                recovery.retry(session, tenant_id, delivery_id)
         click.echo(f"requeued {delivery_id}")
 
     @app.cli.command("replay")
@@ -80,8 +93,13 @@ def register_commands(app: Flask) -> None:
     @click.option("--since", type=click.DateTime(), required=True)
     @click.option("--until", type=click.DateTime(), default=None)
     @click.option("--status", type=click.Choice(["delivered", "failed"]), default=None)
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="default: 1000")
     def replay(
-        subscription_id: uuid.UUID, since: datetime, until: datetime | None, status: str | None
+        subscription_id: uuid.UUID,
+        since: datetime,
+        until: datetime | None,
+        status: str | None,
+        limit: int | None,
     ) -> None:
         """Replay a subscription's finished deliveries created in a time range (UTC)."""
         from datetime import UTC
@@ -97,14 +115,16 @@ def register_commands(app: Flask) -> None:
             )
             if tenant_id is None:
                 raise click.ClickException(f"no subscription {subscription_id}")
-            count, more = recovery.replay(
-                session,
-                tenant_id,
-                subscription_id,
-                since.replace(tzinfo=UTC),
-                until.replace(tzinfo=UTC) if until else None,
-                status,
-            )
+            with _refusals_as_errors():
+                count, more = recovery.replay(
+                    session,
+                    tenant_id,
+                    subscription_id,
+                    since.replace(tzinfo=UTC),
+                    until.replace(tzinfo=UTC) if until else None,
+                    status,
+                    limit,
+                )
         click.echo(f"requeued {count}" + (" (more remain: run again)" if more else ""))
 
     @app.cli.command("dead-letters")
@@ -123,8 +143,10 @@ def register_commands(app: Flask) -> None:
                 .limit(limit)
             )
             for d in rows:
-                click.echo(f"{d.id}  sub={d.subscription_id}  attempts={d.attempt_count}  "
-                           f"{d.last_error or ''}")
+                click.echo(
+                    f"{d.id}  sub={d.subscription_id}  attempts={d.attempt_count}  "
+                    f"{d.last_error or ''}"
+                )
 
     @app.cli.command("purge")
     @click.option("--days", type=int, default=None, help="default: WEBHOOKS_RETENTION_DAYS")

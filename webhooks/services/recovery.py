@@ -59,11 +59,12 @@ def replay(
     since: datetime,
     until: datetime | None,
     status: str | None,
-    limit: int = REPLAY_LIMIT,
+    limit: int | None = None,
 ) -> tuple[int, bool]:
     """Send again the finished deliveries created in [since, until), oldest first, at most
-    `limit`; return how many and whether more remain. Unfinished ones are left alone, so a
-    second call while they are pending requeues nothing."""
+    `limit` (default REPLAY_LIMIT); return how many and whether more remain. Unfinished ones
+    are left alone, so a second call while they are pending requeues nothing."""
+    limit = REPLAY_LIMIT if limit is None else limit
     subscription = subscription_service.get(session, tenant_id, subscription_id)
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise Conflict("the subscription is disabled; enable it first", {"id": str(subscription_id)})
