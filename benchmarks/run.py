@@ -1,0 +1,658 @@
+"""`make bench`: each figure of the service beside a ceiling measured in the same run.
+
+    python -m benchmarks.run [--quick] [--pool prefork|threads] [--concurrency N]
+                             [--only ingest,batch,delivery,isolation,latency,parked]
+
+Starts its own PostgreSQL, Redis and receiver, runs gunicorn and celery from the Procfile's
+command lines, prints a table and writes benchmarks/results/latest.json. The machine is
+shared and noisy, so a figure is judged by its ratio to the ceiling, not by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from benchmarks.load import (
+    MARKER,
+    LoadResult,
+    percentile,
+    post_json,
+    request_bytes,
+    run_load,
+    run_paced,
+)
+from benchmarks.stack import ROOT, Stack
+
+RESULTS = ROOT / "benchmarks" / "results"
+SCENARIOS = ("ingest", "batch", "delivery", "isolation", "latency", "parked")
+
+
+@dataclass
+class Sizes:
+    ingest_seconds: float = 10
+    batch_seconds: float = 10
+    deliveries: int = 10_000
+    isolation_events: int = 600
+    latency_seconds: float = 10
+    parked: int = 20_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            ingest_seconds=3,
+            batch_seconds=3,
+            deliveries=2_000,
+            isolation_events=200,
+            latency_seconds=4,
+            parked=5_000,
+        )
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    ceiling: float | None = None
+    ceiling_name: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, stack: Stack, sizes: Sizes, pool: str, concurrency: int):
+        self.stack = stack
+        self.sizes = sizes
+        self.pool = pool
+        self.concurrency = concurrency
+        self.figures: list[Figure] = []
+        self.key = ""
+        self.auth: dict[str, str] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def setup_tenant(self) -> None:
+        from webhooks.db import session_scope
+        from webhooks.services.tenants import create_tenant
+
+        with session_scope() as session:
+            _, self.key = create_tenant(session, "bench")
+        self.auth = {"Authorization": f"Bearer {self.key}"}
+
+    def subscribe(self, port: int, path: str, event_types: list[str]) -> str:
+        status, body = post_json(
+            port,
+            "/v1/subscriptions",
+            {
+                "url": f"http://127.0.0.1:{self.stack.receiver_port}{path}",
+                "event_types": event_types,
+            },
+            self.auth,
+        )
+        assert status == 201, (status, body)
+        return str(body["id"])
+
+    def ingest_batches(self, port: int, event_type: str, count: int) -> None:
+        """Publish `count` events through the batch endpoint, 500 at a time."""
+        sent = 0
+        while sent < count:
+            n = min(500, count - sent)
+            events = [{"event_type": event_type, "payload": _payload(sent + i)} for i in range(n)]
+            status, body = post_json(port, "/v1/events/batch", {"events": events}, self.auth)
+            assert status == 202, (status, body)
+            sent += n
+
+    def queue_length(self) -> int:
+        client = _redis()
+        return int(sum(client.llen(key) for key in client.keys("webhooks*")))
+
+    def unacked(self) -> int:
+        return int(_redis().hlen("unacked"))
+
+    def wait_for_drain_start(self, total: int, timeout: float = 120) -> float:
+        """Return the moment the queue of `total` messages starts to shrink."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.queue_length() < total:
+                return time.time()
+            time.sleep(0.005)
+        raise RuntimeError("the worker took no message")
+
+    def wait_received(self, paths: list[str], each: int, timeout: float = 400) -> float:
+        """Wait until every path has `each` distinct deliveries; return the last arrival."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stack.receiver_stats()
+            got = [stats.get(p, {}).get("unique", 0) for p in paths]
+            if all(g >= each for g in got):
+                return max(stats[p]["last"] for p in paths)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"receiver has {got} of {each} at {paths}")
+            time.sleep(0.05)
+
+    def add(self, figure: Figure) -> None:
+        self.figures.append(figure)
+        print(_row(figure), flush=True)
+
+    # -- 0: the receiver alone -----------------------------------------------------------------
+    def receiver_alone(self) -> None:
+        body = json.dumps(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "order.created",
+                "timestamp": "2026-01-01T00:00:00Z",
+                "data": _payload(1),
+            }
+        ).encode()
+        req = request_bytes("/alone", body, {"webhook-id": "msg_1"})
+        result = run_load(self.stack.receiver_port, [req], connections=8, seconds=2)
+        self.add(
+            Figure(
+                "receiver alone (8 conns)",
+                result.rate,
+                "req/s",
+                extra={"p99_ms": result.percentile(99)},
+            )
+        )
+        self.stack.reset_data()
+
+    # -- 1 and 2: ingest, single and batch ------------------------------------------------------
+    def ingest(self, do_single: bool, do_batch: bool) -> None:
+        singles = [
+            request_bytes(
+                "/v1/events",
+                json.dumps({"event_type": "order.created", "payload": _payload(i)}).encode(),
+                self.auth,
+            )
+            for i in range(16)
+        ]
+        batch = request_bytes(
+            "/v1/events/batch",
+            json.dumps(
+                {
+                    "events": [
+                        {"event_type": "order.created", "payload": _payload(i)} for i in range(500)
+                    ]
+                }
+            ).encode(),
+            self.auth,
+        )
+        secs_single, secs_batch = self.sizes.ingest_seconds, self.sizes.batch_seconds
+
+        bare: dict[str, LoadResult] = {}
+        with self.stack.web("benchmarks.bare:app") as port:
+            if do_single:
+                run_load(port, singles, 32, 1)  # warm-up
+                bare["single"] = run_load(port, singles, 32, secs_single)
+            if do_batch:
+                bare["batch"] = run_load(port, [batch], 4, secs_batch)
+        real: dict[str, LoadResult] = {}
+        with self.stack.web() as port:
+            self.subscribe(port, "/ingest", ["order.created"])
+            if do_single:
+                run_load(port, singles, 32, 1)
+                real["single"] = run_load(port, singles, 32, secs_single)
+            if do_batch:
+                real["batch"] = run_load(port, [batch], 4, secs_batch)
+        self.stack.reset_data()
+
+        if do_single:
+            r, b = real["single"], bare["single"]
+            ratio = r.rate / b.rate
+            p99 = r.percentile(99)
+            self.add(
+                Figure(
+                    "ingest POST /v1/events, 32 conns",
+                    r.rate,
+                    "req/s",
+                    b.rate,
+                    "bare Flask",
+                    ratio,
+                    ">= 0.35, p99 < 50 ms",
+                    ratio >= 0.35 and p99 < 50,
+                    {
+                        "p50_ms": r.percentile(50),
+                        "p99_ms": p99,
+                        "statuses": r.statuses,
+                        "errors": r.errors,
+                        "bare_p50_ms": b.percentile(50),
+                        "bare_p99_ms": b.percentile(99),
+                    },
+                )
+            )
+        if do_batch:
+            r, b = real["batch"], bare["batch"]
+            events, ceiling = r.rate * 500, b.rate * 500
+            self.add(
+                Figure(
+                    "batch ingest, 500/request, 4 conns",
+                    events,
+                    "events/s",
+                    ceiling,
+                    "bare Flask, same body",
+                    events / ceiling,
+                    ">= 10,000 events/s",
+                    events >= 10_000,
+                    {
+                        "p50_ms": r.percentile(50),
+                        "p99_ms": r.percentile(99),
+                        "statuses": r.statuses,
+                        "errors": r.errors,
+                    },
+                )
+            )
+
+    # -- 3: delivery throughput ----------------------------------------------------------------
+    def delivery(self, web_port: int) -> None:
+        from webhooks import dispatch
+
+        n = self.sizes.deliveries
+        # The ceiling: no-op tasks through the same broker, settings and pool.
+        dispatch.send("benchmarks.noop", [str(uuid.uuid4()) for _ in range(n)])
+        assert self.queue_length() == n
+        worker = self.stack.worker(self.pool, self.concurrency, include="benchmarks.noop")
+        started = self.wait_for_drain_start(n)
+        while self.queue_length() or self.unacked():
+            time.sleep(0.005)
+        noop_rate = n / (time.time() - started)
+        self.stack.kill(worker)
+        self.stack.reset_data()
+
+        self.subscribe(web_port, "/d", ["delivery.test"])
+        self.ingest_batches(web_port, "delivery.test", n)
+        assert self.queue_length() == n, self.queue_length()
+        rss_before = 0
+        worker = self.stack.worker(self.pool, self.concurrency)
+        rss_before = worker.tree_rss()
+        started = self.wait_for_drain_start(n)
+        last = self.wait_received(["/d"], n)
+        rate = n / (last - started)
+        rss_after = worker.tree_rss()
+        self.stack.kill(worker)
+        dupes = self.stack.receiver_stats()["/d"]["count"] - n
+        self.stack.reset_data()
+        ratio = rate / noop_rate
+        self.add(
+            Figure(
+                f"deliveries/s, {n} queued",
+                rate,
+                "deliveries/s",
+                noop_rate,
+                "no-op Celery task",
+                ratio,
+                ">= 0.5",
+                ratio >= 0.5,
+                {
+                    "duplicates": dupes,
+                    "worker_rss_mb": rss_after / 2**20,
+                    "worker_rss_start_mb": rss_before / 2**20,
+                },
+            )
+        )
+
+    # -- 4: isolation ----------------------------------------------------------------------------
+    def isolation(self, web_port: int) -> None:
+        m = self.sizes.isolation_events
+        healthy = [f"/h{i}" for i in range(9)]
+        rates = {}
+        extra: dict[str, Any] = {}
+        for hanging in (False, True):
+            paths = [*healthy, "/hang" if hanging else "/h9"]
+            for path in paths:
+                self.subscribe(web_port, path, ["iso.test"])
+            self.ingest_batches(web_port, "iso.test", m)
+            total = self.queue_length()
+            worker = self.stack.worker(
+                self.pool, self.concurrency, WEBHOOKS_HTTP_TIMEOUT_SECONDS="1"
+            )
+            started = self.wait_for_drain_start(total)
+            last = self.wait_received(healthy, m)
+            rates[hanging] = 9 * m / (last - started)
+            if hanging:
+                extra["hanging_requests"] = (
+                    self.stack.receiver_stats().get("/hang", {}).get("count", 0)
+                )
+                extra["parked"] = _scalar("SELECT count(*) FROM deliveries WHERE parked")
+            self.stack.kill(worker)
+            self.stack.reset_data()
+        ratio = rates[True] / rates[False]
+        extra["events"] = m
+        self.add(
+            Figure(
+                "healthy deliveries/s, 1 of 10 hangs",
+                rates[True],
+                "deliveries/s",
+                rates[False],
+                "same, all 10 healthy",
+                ratio,
+                ">= 0.8",
+                ratio >= 0.8,
+                extra,
+            )
+        )
+
+    # -- 5: latency at a steady rate -------------------------------------------------------------
+    def latency(self, web_port: int) -> None:
+        from webhooks import dispatch
+
+        secs = self.sizes.latency_seconds
+        self.subscribe(web_port, "/lat", ["latency.test"])
+        worker = self.stack.worker(self.pool, self.concurrency, include="benchmarks.noop")
+        body = b'{"event_type":"latency.test","payload":{"t":' + MARKER + b"}}"
+        run_paced(web_port, request_bytes("/v1/events", body, self.auth), 50, 1)  # warm-up
+        self.wait_received(["/lat"], 50)
+        self.stack.reset_data()
+        self.subscribe(web_port, "/lat", ["latency.test"])
+        sent = run_paced(web_port, request_bytes("/v1/events", body, self.auth), 100, secs)
+        self.wait_received(["/lat"], sent.requests)
+        latencies = self.stack.receiver_stats(latencies=True)["/lat"]["latencies"]
+
+        # The floor: one task hop and one plain POST, sent at the same pace.
+        app = dispatch._producer_app()
+        url = f"http://127.0.0.1:{self.stack.receiver_port}/lat-echo"
+        count = int(secs * 100)
+        with app.producer_or_acquire() as producer:
+            start = time.time()
+            for i in range(count):
+                wait = start + i / 100 - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                app.send_task(
+                    "benchmarks.echo", args=[url, f"{time.time():.6f}"], producer=producer
+                )
+        self.wait_received(["/lat-echo"], 0)
+        deadline = time.monotonic() + 60
+        while self.stack.receiver_stats().get("/lat-echo", {}).get("count", 0) < count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        floor = self.stack.receiver_stats(latencies=True).get("/lat-echo", {}).get("latencies", [])
+        self.stack.kill(worker)
+        self.stack.reset_data()
+
+        p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+        self.add(
+            Figure(
+                "ingest-to-delivered at 100 events/s, p50",
+                p50,
+                "ms",
+                percentile(floor, 50) * 1000,
+                "task hop + plain POST",
+                None,
+                "< 50 ms",
+                p50 < 50,
+                {
+                    "samples": len(latencies),
+                    "ingest_p50_ms": sent.percentile(50),
+                    "ingest_p99_ms": sent.percentile(99),
+                },
+            )
+        )
+        self.add(
+            Figure(
+                "ingest-to-delivered at 100 events/s, p99",
+                p99,
+                "ms",
+                percentile(floor, 99) * 1000,
+                "task hop + plain POST",
+                None,
+                "< 250 ms",
+                p99 < 250,
+                {"max_ms": max(latencies) * 1000 if latencies else None},
+            )
+        )
+
+    # -- 6: memory with deliveries parked ------------------------------------------------------
+    def parked(self, web_port: int) -> None:
+        from webhooks.services.delivery import get_breaker
+
+        n = self.sizes.parked
+        self.subscribe(web_port, "/warm", ["warm.test"])
+        parked_sub = self.subscribe(web_port, "/parked", ["parked.test"])
+        worker = self.stack.worker(
+            self.pool, self.concurrency, WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS="3600"
+        )
+        # Warm up every code path the parked deliveries will take, then take the baseline.
+        self.ingest_batches(web_port, "warm.test", 2000)
+        self.wait_received(["/warm"], 2000)
+        time.sleep(1)
+        rss_before, redis_before = worker.tree_rss(), _redis_memory()
+
+        breaker = get_breaker()
+        for _ in range(breaker.threshold):
+            breaker.record_failure(parked_sub)
+        assert breaker.state(parked_sub)["state"] == "open"
+        redis_peak = 0
+        started = time.monotonic()
+        self.ingest_batches(web_port, "parked.test", n)
+        while _scalar("SELECT count(*) FROM deliveries WHERE parked") < n:
+            redis_peak = max(redis_peak, _redis_memory())
+            if time.monotonic() - started > 300:
+                raise RuntimeError("deliveries were not parked within 300 s")
+            time.sleep(0.25)
+        while self.queue_length() or self.unacked():
+            time.sleep(0.1)
+        park_seconds = time.monotonic() - started
+        time.sleep(1)
+        rss_after, redis_after = worker.tree_rss(), _redis_memory()
+        self.stack.kill(worker)
+        self.stack.reset_data()
+        rss_growth = (rss_after - rss_before) / 2**20
+        redis_growth = (redis_after - redis_before) / 2**20
+        self.add(
+            Figure(
+                f"worker RSS growth, {n} parked",
+                rss_growth,
+                "MB",
+                rss_before / 2**20,
+                "worker RSS before",
+                None,
+                "< 30 MB",
+                rss_growth < 30,
+                {"rss_after_mb": rss_after / 2**20, "park_seconds": park_seconds},
+            )
+        )
+        self.add(
+            Figure(
+                f"Redis memory growth, {n} parked",
+                redis_growth,
+                "MB",
+                redis_before / 2**20,
+                "Redis used_memory before",
+                None,
+                "< 10 MB",
+                redis_growth < 10,
+                {"redis_after_mb": redis_after / 2**20, "redis_peak_mb": redis_peak / 2**20},
+            )
+        )
+
+
+def _payload(i: int) -> dict[str, Any]:
+    return {
+        "order_id": f"ord_{i:08d}",
+        "amount": 1999 + i % 100,
+        "currency": "EUR",
+        "customer": {"id": f"cus_{i % 977:05d}", "email": "buyer@example.com"},
+        "items": [{"sku": "sku_1", "qty": 1}, {"sku": "sku_2", "qty": 2}],
+    }
+
+
+@lru_cache(maxsize=1)
+def _redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+def _redis_memory() -> int:
+    return int(_redis().info("memory")["used_memory"])
+
+
+def _scalar(sql: str) -> int:
+    from sqlalchemy import text
+
+    from webhooks.db import get_engine
+
+    with get_engine().connect() as conn:
+        return int(conn.execute(text(sql)).scalar() or 0)
+
+
+# -- output ----------------------------------------------------------------------------------
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    return f"{text} {unit}".strip()
+
+
+HEADER = f"{'figure':<42} {'measured':>18} {'ceiling (same run)':>34} {'ratio':>6}  target"
+
+
+def _row(f: Figure) -> str:
+    ceiling = f"{_fmt(f.ceiling)} ({f.ceiling_name})" if f.ceiling is not None else "-"
+    ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
+    met = {True: "met", False: "MISSED", None: ""}[f.met]
+    line = f"{f.name:<42} {_fmt(f.value, f.unit):>18} {ceiling:>34} {ratio:>6}  {f.target} {met}"
+    if "p50_ms" in f.extra:
+        line += f"\n{'':<42} p50 {f.extra['p50_ms']:.1f} ms, p99 {f.extra['p99_ms']:.1f} ms"
+    return line
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(mem / 2**30, 1),
+        "python": platform.python_version(),
+        "load_before": os.getloadavg(),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Return the table as Markdown, for docs/performance.md."""
+    lines = [
+        "| figure | measured | ceiling (same run) | ratio | target | |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for f in report["figures"]:
+        ceiling = f"{_fmt(f['ceiling'])} ({f['ceiling_name']})" if f["ceiling"] is not None else "-"
+        ratio = f"{f['ratio']:.2f}" if f["ratio"] is not None else "-"
+        met = {True: "met", False: "**missed**", None: ""}[f["met"]]
+        value = _fmt(f["value"], f["unit"])
+        if "p50_ms" in f["extra"] and f["unit"] != "ms":
+            value += f" (p50 {f['extra']['p50_ms']:.0f} ms, p99 {f['extra']['p99_ms']:.0f} ms)"
+        lines.append(f"| {f['name']} | {value} | {ceiling} | {ratio} | {f['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    parser.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "4"))
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help="comma-separated scenarios: " + ",".join(SCENARIOS),
+    )
+    parser.add_argument(
+        "--fast-pg",
+        action="store_true",
+        help="PostgreSQL without fsync (default: durable, as in production)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    sizes = Sizes.quick() if args.quick else Sizes()
+    workdir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
+    stack = Stack(workdir, durable_pg=not args.fast_pg)
+    began = time.monotonic()
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "quick": args.quick,
+        "worker": {"pool": args.pool, "concurrency": args.concurrency},
+        "durable_pg": not args.fast_pg,
+    }
+    ok = False
+    try:
+        stack.start()
+        bench = Bench(stack, sizes, args.pool, args.concurrency)
+        bench.setup_tenant()
+        print(
+            f"machine: {report['machine']}\nworker: {args.pool} x {args.concurrency}"
+            f"{', quick' if args.quick else ''}\n\n{HEADER}",
+            flush=True,
+        )
+        bench.receiver_alone()
+        if only & {"ingest", "batch"}:
+            bench.ingest("ingest" in only, "batch" in only)
+        steps: list[tuple[str, Callable[[int], None]]] = [
+            ("delivery", bench.delivery),
+            ("isolation", bench.isolation),
+            ("latency", bench.latency),
+            ("parked", bench.parked),
+        ]
+        if only & {name for name, _ in steps}:
+            with stack.web() as port:
+                for name, step in steps:
+                    if name in only:
+                        step(port)
+        report["figures"] = [asdict(f) for f in bench.figures]
+        report["seconds"] = round(time.monotonic() - began, 1)
+        for f in report["figures"]:
+            f["extra"].pop("latencies", None)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"\n{markdown(report)}\n\nwrote {args.output} in {report['seconds']} s")
+        ok = True
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process", file=sys.stderr)
+    finally:
+        stack.stop()
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir / 'logs'}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
