@@ -29,7 +29,14 @@ _broker_down_until = 0.0
 @lru_cache(maxsize=1)
 def _producer_app() -> Celery:
     app = Celery("webhooks-producer")
-    app.conf.update(celery_config(get_settings()))
+    conf = celery_config(get_settings())
+    # Sends here never retry (a failed send is left to the watchdog), and a connection that
+    # retries no command by itself lets kombu pipeline a batch of sends into one round trip.
+    conf["broker_transport_options"] = {
+        **conf["broker_transport_options"],
+        "retry_on_timeout": False,
+    }
+    app.conf.update(conf)
     return app
 
 
@@ -43,7 +50,7 @@ def send(task: str, ids: Iterable[uuid.UUID | str]) -> bool:
         return False
     app = _producer_app()
     try:
-        with app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer, producer.batch():
             for delivery_id in ids:
                 app.send_task(task, args=[delivery_id], producer=producer, retry=False)
     except Exception as exc:  # any broker failure: the watchdog re-sends from PostgreSQL

@@ -83,9 +83,20 @@ class EventBatchCreateSchema(Schema):
 
 
 class BatchAcceptedSchema(Schema):
-    id = fields.UUID()
-    event_type = fields.String()
-    idempotency_key = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    deliveries = fields.Integer()
-    replayed = fields.Boolean()
+    id = fields.UUID(required=True)
+    event_type = fields.String(required=True)
+    idempotency_key = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    deliveries = fields.Integer(required=True)
+    replayed = fields.Boolean(
+        required=True, metadata={"description": "an earlier event with this idempotency key"}
+    )
+
+
+class EventBatchResultSchema(Schema):
+    data = fields.List(fields.Nested(BatchAcceptedSchema), required=True)
+    created = fields.Integer(required=True, metadata={"description": "new events"})
+    replayed = fields.Integer(
+        required=True, metadata={"description": "events found by their idempotency key"}
+    )
+    deliveries = fields.Integer(required=True, metadata={"description": "new deliveries"})
