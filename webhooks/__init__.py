@@ -67,4 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
         return response
 
+    from webhooks.ratelimit import init_rate_limiting
+
+    init_rate_limiting(app)  # last: its checks run after the request ID is set
     return app

@@ -26,7 +26,10 @@ USER_AGENT = "webhooks/0.1 (+https://www.standardwebhooks.com/)"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 8215 local-use translation: it reaches whatever IPv4 network the local translator serves,
+# and the IPv4 address sits in different bits per prefix length, so refuse the whole range.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 class AddressRefused(ValueError):
@@ -36,8 +39,12 @@ class AddressRefused(ValueError):
 def refusal_reason(ip: IPAddress) -> str | None:
     """Say why an address may not be a webhook target, or None if it may."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return "a local-use NAT64 address"
+        if ip.is_site_local:
+            return "a site-local address"
         embedded: ipaddress.IPv4Address | None = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and any(ip in net for net in _NAT64):
+        if embedded is None and ip in _NAT64:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is None and ip.teredo is not None:
             return "a Teredo address"
@@ -54,9 +61,11 @@ def refusal_reason(ip: IPAddress) -> str | None:
         return "the unspecified address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
         return "a carrier-grade NAT address"
+    if ip.is_reserved:  # before is_private, which also holds for 240.0.0.0/4
+        return "a reserved address"
     if ip.is_private:
         return "a private address"
-    if ip.is_reserved or not ip.is_global:
+    if not ip.is_global:
         return "a reserved address"
     return None
 

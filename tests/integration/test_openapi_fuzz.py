@@ -1,0 +1,156 @@
+"""Schemathesis fuzzes every operation of /openapi.json against the app (in process, real
+PostgreSQL and Redis): no answer is a 5xx, and each one is described (status, media type, headers
+and body schema). Invalid input must be refused with a 4xx."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from sqlalchemy import text
+
+from tests.conftest import reset_settings
+from tests.integration.conftest import publish, subscribe
+from webhooks.db import get_engine
+from webhooks.openapi import build_spec, undocumented_rules
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+# Real IDs of the tenant's resources, so that operations on a path ID reach their 2xx answers
+# and not only 404. Filled by the fixture before any case is generated.
+KNOWN: dict[str, str] = {}
+# A loopback port nothing listens on: no worker runs here, nothing is sent.
+TARGET = "http://127.0.0.1:9/fuzz"
+# Fixed, because the fuzzer builds some cases at collection time, before any fixture runs.
+FUZZ_KEY = "whk_" + "fuzz" * 11
+
+
+# Loaded from the builder that serves /openapi.json (a test below checks they are the same), so
+# that pytest can make one test per operation at collection time.
+schema = schemathesis.openapi.from_dict(build_spec())
+
+
+@schema.auth(refresh_interval=None)
+class ApiKey:
+    """Send the fuzz tenant's key, except where the fuzzer negates the credential itself."""
+
+    def get(self, case: Any, context: Any) -> str:
+        return f"Bearer {FUZZ_KEY}"
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": data}
+
+
+@schema.hook
+def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
+    """Use the tenant's real IDs for half of the well-formed path IDs."""
+    values = path_parameters or {}
+    known = {k: KNOWN[k] for k in values if k in KNOWN}
+    if not known or not all(_is_uuid(v) for v in values.values()):
+        return st.just(path_parameters)
+    return st.sampled_from([{**values, **known}, path_parameters])
+
+
+@schema.hook
+def flatmap_body(context: Any, body: Any) -> Any:
+    """Point half of the subscription bodies with a well-formed URL at an address that resolves,
+    so that creating and changing subscriptions reach their 2xx answers too."""
+    url = body.get("url") if isinstance(body, dict) else None
+    if not isinstance(url, str) or not 1 <= len(url) <= 2048:
+        return st.just(body)
+    return st.sampled_from([body, {**body, "url": TARGET}])
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.fixture
+def fuzz_app(servers: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The app with a tenant that has a subscription, an event and a delivery."""
+    # The fuzzer sends hundreds of requests a minute with one key: lift the limit for it.
+    monkeypatch.setenv("WEBHOOKS_RATE_LIMIT", "100000/minute")
+    reset_settings()
+    from webhooks import create_app
+
+    app = create_app({"TESTING": True})
+    client = app.test_client()
+    tenant = _tenant_with_key(FUZZ_KEY)
+    sub = subscribe(client, tenant, TARGET, ["*"])
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    detail = client.get(f"/v1/events/{event['id']}", headers=tenant["headers"]).get_json()
+    with get_engine().begin() as conn:
+        # A finished delivery, so that retry and replay have something to send again.
+        conn.execute(text("UPDATE deliveries SET status = 'failed'"))
+    KNOWN.update(
+        subscription_id=sub["id"],
+        event_id=event["id"],
+        delivery_id=detail["deliveries"][0]["id"],
+    )
+    return app
+
+
+def _tenant_with_key(key: str) -> dict[str, Any]:
+    from webhooks.db import session_scope
+    from webhooks.models import ApiKey, Tenant
+    from webhooks.services.tenants import hash_key
+
+    with session_scope() as session:
+        tenant = Tenant(name="fuzz")
+        session.add(tenant)
+        session.flush()
+        session.add(ApiKey(tenant_id=tenant.id, prefix=key[:12], key_hash=hash_key(key)))
+    return {"headers": {"Authorization": f"Bearer {key}"}}
+
+
+def test_every_route_of_the_app_is_described(app: Any) -> None:
+    """A new endpoint needs its `Route` in webhooks/openapi.py (and its schemas in SCHEMAS)."""
+    assert undocumented_rules(app) == []
+
+
+def test_docs_page_shows_every_operation_without_fetching_anything(client: Any) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    for path, item in build_spec()["paths"].items():
+        for operation in item.values():
+            assert f'id="{operation["operationId"]}"' in html, path
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_fuzzed_description_is_the_one_served(client: Any) -> None:
+    assert client.get("/openapi.json").get_json() == build_spec()
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
+def test_every_operation_answers_as_described_and_never_5xx(case: Any, fuzz_app: Any) -> None:
+    case.call_and_validate(app=fuzz_app, checks=CHECKS)
