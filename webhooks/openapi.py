@@ -21,6 +21,7 @@ from marshmallow import Schema, fields
 from webhooks import schemas as s
 from webhooks.models import AttemptResult
 from webhooks.schemas.deliveries import STATUSES
+from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
 from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS
 
 TITLE = "webhooks"
@@ -76,6 +77,7 @@ SCHEMAS: dict[str, Schema] = {
     "SubscriptionUpdate": s.SubscriptionUpdateSchema(partial=True),
     "Replay": s.ReplaySchema(),
     "EventCreate": s.EventCreateSchema(),
+    "EventBatchCreate": EventBatchCreateSchema(),
 }
 OUTPUT_SCHEMAS: dict[str, Schema] = {
     # Nested schemas come before the ones that hold them (apispec names nested ones itself).
@@ -91,6 +93,7 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "ReplayResult": ReplayResultSchema(),
     "Event": s.EventSchema(),
     "EventDetail": s.EventDetailSchema(),
+    "EventBatchResult": EventBatchResultSchema(),
     "Liveness": LivenessSchema(),
     "ReadinessChecks": ReadinessChecksSchema(),
     "Readiness": ReadinessSchema(),
@@ -239,6 +242,23 @@ ROUTES: list[Route] = [
                 "schema": {"type": "string", "enum": ["true"]},
             }
         },
+    ),
+    Route(
+        "post",
+        "/v1/events/batch",
+        "Publish up to 500 events at once",
+        "events",
+        status=202,
+        response="EventBatchResult",
+        body="EventBatchCreate",
+        errors=(409,),
+        description="All or nothing, in one transaction. Each event may carry its own "
+        "`idempotency_key` (distinct within the batch): an event whose key was used before with "
+        "the same event_type and payload is answered as then and creates nothing "
+        "(`replayed: true`); a key used with another event rejects the whole batch with 409 "
+        "naming its index. A bad event answers 422 naming `events.<index>.<field>`. The body may "
+        "be max(WEBHOOKS_MAX_PAYLOAD_BYTES, 1 MiB), each event in it at most "
+        "WEBHOOKS_MAX_PAYLOAD_BYTES (413 naming its index).",
     ),
     Route(
         "get",
