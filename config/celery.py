@@ -26,6 +26,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_timeout": 10,
             "retry_on_timeout": True,
             "health_check_interval": 10,
+            # A send while the broker is down fails after one quick retry, not after kombu's
+            # default of about 6 s of reconnecting (2 s sleeps within broker_connection_timeout):
+            # the API still answers 202 at once and the watchdog sends the rows later. The
+            # worker's own reconnect loop (broker_connection_retry) passes its own limits.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
         },
         "task_default_queue": QUEUE,
         "task_serializer": "json",

@@ -25,6 +25,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    # The status the receiver answered with (set once the reply is chosen).
+    status: int = 0
 
     @property
     def json(self) -> Any:
@@ -62,6 +64,7 @@ class Receiver:
                 item = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
                                 body, time.time())
                 reply = receiver._reply_for(item)
+                item.status = reply.status
                 if reply.delay:
                     time.sleep(reply.delay)
                 with receiver._lock:
