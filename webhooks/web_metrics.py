@@ -15,7 +15,7 @@ from webhooks.metrics import BacklogCollector
 _backlog_registered = False
 
 
-class MultiprocessMetrics(GunicornInternalPrometheusMetrics):  # type: ignore[misc]
+class MultiprocessMetrics(GunicornInternalPrometheusMetrics):
     """Sum the samples every gunicorn worker wrote, and add the backlog gauges."""
 
     def generate_metrics(
@@ -27,7 +27,7 @@ class MultiprocessMetrics(GunicornInternalPrometheusMetrics):  # type: ignore[mi
         multiprocess.MultiProcessCollector(registry)
         registry.register(BacklogCollector())
         target = registry.restricted_registry(names) if names else registry
-        generate_latest, content_type = choose_encoder(accept_header)
+        generate_latest, content_type = choose_encoder(accept_header or "")
         return generate_latest(target).decode("utf-8"), content_type
 
 

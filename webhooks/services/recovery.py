@@ -67,7 +67,9 @@ def replay(
     limit = REPLAY_LIMIT if limit is None else limit
     subscription = subscription_service.get(session, tenant_id, subscription_id)
     if subscription.status != SubscriptionStatus.ACTIVE:
-        raise Conflict("the subscription is disabled; enable it first", {"id": str(subscription_id)})
+        raise Conflict(
+            "the subscription is disabled; enable it first", {"id": str(subscription_id)}
+        )
     statuses = [DeliveryStatus(status)] if status else list(FINAL)
     statuses = [s for s in statuses if s in FINAL]
     if not statuses:
