@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -234,3 +235,315 @@ def test_redis_restarted_empty_loses_nothing_and_ingest_stays_accepted(
         ids = _event_delivery_ids(client, tenant, event_ids, sub["id"])
         _all_delivered(client, tenant, receiver, path, ids, timeout=60)
     assert [d for d in _deliveries(client, tenant) if d["status"] == "failed"] == []
+
+
+# 4 ---------------------------------------------------------------------------------------------
+
+COOLDOWN = 2.0
+WATCHDOG_INTERVAL = 1.0  # FAST_ENV
+# The breaker opens after THRESHOLD consecutive failures, no later than a delivery's last retry,
+# so an outage parks deliveries before any of them spends all its attempts.
+CIRCUIT_ENV = {
+    "WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS": COOLDOWN,
+    "WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD": 3,
+    "WEBHOOKS_RETRY_DELAYS": "0.5,1,1",
+}
+
+
+@pytest.fixture
+def circuit_settings(monkeypatch):
+    """Give the API process the workers' circuit settings (the health endpoint reads them)."""
+    from tests.conftest import reset_settings
+
+    for name, value in CIRCUIT_ENV.items():
+        monkeypatch.setenv(name, str(value))
+    reset_settings()
+    yield CIRCUIT_ENV
+    monkeypatch.undo()
+    reset_settings()
+
+
+def _first_ok_at(receipts: list[Received]) -> dict[str, float]:
+    """When each event id first got a 2xx at a receiver."""
+    firsts: dict[str, float] = {}
+    for r in sorted(receipts, key=lambda r: r.at):
+        if 200 <= r.status < 300:
+            firsts.setdefault(r.json["id"], r.at)
+    return firsts
+
+
+def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recovery(
+    client, tenant, receiver, start_worker, start_beat, circuit_settings
+):
+    down = threading.Event()
+    down.set()
+    receiver.plan("/sick", then=lambda item: Reply(503) if down.is_set() else Reply(204))
+    receiver.plan("/healthy", then=Reply(204))
+    healthy = subscribe(client, tenant, receiver.url("/healthy"))
+    sick = subscribe(client, tenant, receiver.url("/sick"))
+    start_worker(concurrency=2, **CIRCUIT_ENV)
+    start_beat(**CIRCUIT_ENV)
+
+    published: list[tuple[float, str]] = []
+    health_during: dict[str, Any] = {}
+    outage_started = time.time()
+    while time.time() < outage_started + 30:
+        resp = publish(client, tenant, "order.created", {"n": len(published)})
+        assert resp.status_code == 202
+        published.append((time.time(), resp.get_json()["id"]))
+        if not health_during and time.time() > outage_started + 10:
+            health_during = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+        time.sleep(0.5)
+    down.clear()
+    recovered_at = time.time()
+    sick_during = [r for r in receiver.at("/sick") if r.at < recovered_at]
+    for n in range(3):
+        resp = publish(client, tenant, "order.created", {"after": n})
+        published.append((time.time(), resp.get_json()["id"]))
+
+    event_ids = [event_id for _, event_id in published]
+    sick_ids = _event_delivery_ids(client, tenant, event_ids, sick["id"])
+    _all_delivered(client, tenant, receiver, "/sick", sick_ids, timeout=60)
+    healthy_ids = _event_delivery_ids(client, tenant, event_ids, healthy["id"])
+    _all_delivered(client, tenant, receiver, "/healthy", healthy_ids, timeout=30)
+
+    # While the subscriber was down its circuit was open and its deliveries parked.
+    assert health_during["circuit"]["state"] in ("open", "half_open"), health_during
+    assert health_during["circuit"]["consecutive_failures"] >= 3
+    assert health_during["circuit"]["opened_at"] is not None
+    assert health_during["parked"] > 0
+    # The open circuit spared the subscriber: without it each event would be tried four times.
+    assert len(sick_during) < len(published), len(sick_during)
+    assert all(r.status == 503 for r in sick_during)
+
+    # Nothing failed, and the backlog arrived within two cooldowns of the recovery.
+    assert [d for d in _deliveries(client, tenant) if d["status"] == "failed"] == []
+    sick_firsts = _first_ok_at(receiver.at("/sick"))
+    drained_in = max(sick_firsts.values()) - recovered_at
+    assert drained_in <= 2 * COOLDOWN + WATCHDOG_INTERVAL + 3.0, drained_in
+
+    # The healthy subscription kept flowing during the outage.
+    healthy_firsts = _first_ok_at(receiver.at("/healthy"))
+    during = [eid for t, eid in published if outage_started < t < recovered_at - 5]
+    assert len(during) > 40
+    assert all(healthy_firsts[eid] < recovered_at for eid in during)
+
+    health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+    assert health["circuit"]["state"] == "closed"
+    assert health["circuit"]["consecutive_failures"] == 0
+    assert health["circuit"]["opened_at"] is None
+    assert health["parked"] == 0
+    assert health["deliveries"]["delivered"] == len(sick_ids)
+    assert health["deliveries"]["failed"] == 0
+    print(f"sick receipts during the outage: {len(sick_during)}, drained in {drained_in:.1f} s")
+
+
+# 5 ---------------------------------------------------------------------------------------------
+
+
+def _release_all_parked_at_once() -> list[str]:
+    """Unpark every parked delivery and send them all together, so worker processes race."""
+    from sqlalchemy import text
+
+    from webhooks import dispatch
+    from webhooks.db import session_scope
+
+    with session_scope() as session:
+        ids = [
+            str(i)
+            for i in session.execute(
+                text(
+                    "UPDATE deliveries SET parked = false, next_attempt_at = now(),"
+                    " dispatched_at = now() WHERE parked RETURNING id"
+                )
+            ).scalars()
+        ]
+    assert dispatch.enqueue_deliveries(ids)
+    return ids
+
+
+def test_half_open_circuit_lets_exactly_one_probe_through_across_worker_processes(
+    client, tenant, receiver, start_worker, start_beat, circuit_settings
+):
+    probe_seconds = 1.5
+    phase = {"reply": Reply(503)}
+    receiver.plan("/sick", then=lambda item: phase["reply"])
+    sick = subscribe(client, tenant, receiver.url("/sick"))
+    start_worker(concurrency=4, **CIRCUIT_ENV)
+
+    events = [publish(client, tenant, "order.created", {"n": n}).get_json() for n in range(40)]
+    ids = _event_delivery_ids(client, tenant, [e["id"] for e in events], sick["id"])
+
+    def all_parked() -> bool:
+        health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+        return health["parked"] == len(ids) and health["circuit"]["state"] == "open"
+
+    wait_until(all_parked, timeout=30, interval=0.2, message="every delivery parked")
+    health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+    opened_at = datetime.fromisoformat(health["circuit"]["opened_at"]).timestamp()
+    time.sleep(max(0.0, opened_at + COOLDOWN + 0.2 - time.time()))
+
+    # Half-open now: 40 deliveries reach four worker processes at once; the probe is slow.
+    phase["reply"] = Reply(503, delay=probe_seconds)
+    released_at = time.time()
+    assert len(_release_all_parked_at_once()) == len(ids)
+    # The failed probe reopens the circuit; everyone else parks again without a request.
+    wait_until(all_parked, timeout=30, interval=0.2, message="every delivery parked again")
+    window = [r for r in receiver.at("/sick") if r.at >= released_at]
+    assert len(window) == 1, [round(r.at - released_at, 2) for r in window]
+
+    # The subscriber recovers: the watchdog's next probe closes the circuit and all arrive.
+    phase["reply"] = Reply(204)
+    start_beat(**CIRCUIT_ENV)
+    _all_delivered(client, tenant, receiver, "/sick", ids, timeout=60)
+    assert [d for d in _deliveries(client, tenant) if d["status"] == "failed"] == []
+
+
+# 6 ---------------------------------------------------------------------------------------------
+
+_MAKE_STALE = {
+    # Claimed by a worker that died: the lease ran out a minute ago.
+    "expired": "status = 'in_flight', attempt_count = 1, failures = 0,"
+    " lease_expires_at = now() - interval '1 minute'",
+    # Committed, but the send after the commit failed.
+    "unsent": "status = 'pending', dispatched_at = NULL",
+    # Sent ten minutes ago and never taken: Redis lost the message.
+    "lost": "status = 'retrying', failures = 1, attempt_count = 1,"
+    " next_attempt_at = now() - interval '10 minutes',"
+    " dispatched_at = now() - interval '10 minutes'",
+    # Parked behind a circuit that is closed now (its Redis hash is gone).
+    "parked": "status = 'pending', dispatched_at = NULL",
+}
+
+
+def _race_two_watchdogs() -> list[Any]:
+    """Run two watchdog passes at the same moment from two threads; return their reports."""
+    from webhooks.services import watchdog
+
+    start = threading.Barrier(2)
+    reports: list[Any] = []
+
+    def run() -> None:
+        start.wait()
+        reports.append(watchdog.run())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return reports
+
+
+def test_two_watchdogs_at_once_requeue_each_stale_row_exactly_once(client, tenant, receiver):
+    import redis
+    from sqlalchemy import text
+
+    from config import get_settings
+    from config.celery import QUEUE
+    from webhooks.db import session_scope
+
+    subs = {kind: subscribe(client, tenant, receiver.url(f"/{kind}")) for kind in _MAKE_STALE}
+    for n in range(150):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    broker = redis.Redis.from_url(get_settings().redis_url)
+
+    for _round in range(3):
+        with session_scope() as session:
+            for kind, assignment in _MAKE_STALE.items():
+                # Fixed fragments from _MAKE_STALE, no input.
+                sql = f"UPDATE deliveries SET {assignment}, parked = {kind == 'parked'}"  # noqa: S608
+                session.execute(
+                    text(sql + " WHERE subscription_id = :sub"), {"sub": subs[kind]["id"]}
+                )
+            session.execute(text("DELETE FROM attempts"))
+            stale = {str(i) for i in session.execute(text("SELECT id FROM deliveries")).scalars()}
+        assert len(stale) == 600
+        broker.flushdb()
+
+        reports = _race_two_watchdogs()
+        sent = [i for report in reports for i in report.sent]
+        assert len(reports) == 2
+        assert Counter(sent).most_common(1)[0][1] == 1, "a row was requeued twice"
+        assert set(sent) == stale
+        assert broker.llen(QUEUE) == len(stale)
+        with session_scope() as session:
+            lease_attempts = session.execute(
+                text("SELECT delivery_id, count(*) FROM attempts GROUP BY delivery_id")
+            ).all()
+            expired_failures = (
+                session.execute(
+                    text("SELECT DISTINCT failures FROM deliveries WHERE subscription_id = :sub"),
+                    {"sub": subs["expired"]["id"]},
+                )
+                .scalars()
+                .all()
+            )
+        assert len(lease_attempts) == 150 and {n for _, n in lease_attempts} == {1}
+        assert expired_failures == [1]
+
+
+# 7 ---------------------------------------------------------------------------------------------
+
+
+def test_410_gone_disables_subscription_and_fails_its_pending_deliveries(
+    client, tenant, receiver, start_worker
+):
+    # The 410 comes slowly, so the other deliveries are still pending when it arrives.
+    receiver.plan("/gone", Reply(410, delay=1.0), then=Reply(204))
+    receiver.plan("/other", then=Reply(204))
+    gone = subscribe(client, tenant, receiver.url("/gone"))
+    other = subscribe(client, tenant, receiver.url("/other"))
+    start_worker(concurrency=1)
+    events = [publish(client, tenant, "order.created", {"n": n}).get_json() for n in range(5)]
+    gone_ids = _event_delivery_ids(client, tenant, [e["id"] for e in events], gone["id"])
+    other_ids = _event_delivery_ids(client, tenant, [e["id"] for e in events], other["id"])
+
+    def gone_all_failed() -> list[dict[str, Any]]:
+        found = _deliveries(client, tenant, subscription_id=gone["id"])
+        return found if all(d["status"] == "failed" for d in found) else []
+
+    failed = wait_until(gone_all_failed, timeout=30, interval=0.2, message="deliveries failed")
+    assert {d["id"] for d in failed} == gone_ids
+    assert all("410" in d["last_error"] for d in failed), [d["last_error"] for d in failed]
+    subscription = _get(client, tenant, f"/v1/subscriptions/{gone['id']}")
+    assert subscription["status"] == "disabled"
+    assert "410" in subscription["disabled_reason"]
+    _all_delivered(client, tenant, receiver, "/other", other_ids)
+
+    # Nothing more is sent to it, and new events no longer create deliveries for it.
+    resp = publish(client, tenant, "order.created", {"n": "after"})
+    assert resp.get_json()["deliveries"] == 1
+    time.sleep(1.0)
+    assert len(receiver.at("/gone")) == 1
+    health = _get(client, tenant, f"/v1/subscriptions/{gone['id']}/health")
+    assert health["status"] == "disabled"
+    assert health["deliveries"]["failed"] == len(gone_ids)
+
+
+def test_retry_after_on_429_and_503_is_honoured_within_the_clamp(
+    client, tenant, receiver, start_worker
+):
+    # Our own retry delays are short (FAST_ENV: 0.5 s), so any longer wait is the subscriber's.
+    receiver.plan("/busy", Reply(429, headers={"Retry-After": "2"}), then=Reply(204))
+    receiver.plan("/down", Reply(503, headers={"Retry-After": "86400"}), then=Reply(204))
+    busy = subscribe(client, tenant, receiver.url("/busy"))
+    down = subscribe(client, tenant, receiver.url("/down"))
+    start_worker(concurrency=2, WEBHOOKS_RETRY_AFTER_MAX_SECONDS=3)
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    busy_id = _event_delivery_ids(client, tenant, [event["id"]], busy["id"])
+    down_id = _event_delivery_ids(client, tenant, [event["id"]], down["id"])
+
+    _all_delivered(client, tenant, receiver, "/busy", busy_id, timeout=30)
+    # A day is clamped to WEBHOOKS_RETRY_AFTER_MAX_SECONDS (3 s): the retry comes today.
+    _all_delivered(client, tenant, receiver, "/down", down_id, timeout=30)
+
+    first, second = receiver.at("/busy")
+    assert second.at - first.at >= 2.0 - 0.1, "retried before Retry-After"
+    first, second = receiver.at("/down")
+    assert second.at - first.at >= 3.0 - 0.1, "retried before the clamped Retry-After"
+    detail = _get(client, tenant, f"/v1/deliveries/{next(iter(busy_id))}")
+    assert [(a["result"], a["status_code"]) for a in detail["attempts"]] == [
+        ("http_error", 429),
+        ("success", 204),
+    ]
