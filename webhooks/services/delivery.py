@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import create_engine, insert, text, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -21,7 +21,7 @@ from config.celery import MAX_COUNTDOWN_SECONDS
 from webhooks import metrics
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_secret
-from webhooks.db import session_scope as _durable_scope
+from webhooks.db import session_scope
 from webhooks.http import Client, Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
@@ -32,8 +32,6 @@ log = logging.getLogger("webhooks.delivery")
 
 # A message may arrive a little before its row's due time (clocks, rounding): still take it.
 _EARLY_TOLERANCE = "2 seconds"
-
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO off")
 
 _CLAIM = text(
     f"""
@@ -56,18 +54,41 @@ SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
 )
 
 
-@contextmanager
-def session_scope() -> Iterator[Session]:
-    """A transaction that commits without waiting for the WAL flush to disk.
+_state_engine: Engine | None = None
+_state_pid: int | None = None
 
-    Safe for delivery state only: a database crash can lose the last moments of claims and
-    outcomes, which sends those deliveries again (at least once, same webhook-id), never loses
-    one. Waiting for the flush twice per attempt was the largest cost of a delivery (see
-    docs/performance.md). Ingest keeps full durability: its 202 promises the event is stored.
+
+def state_engine() -> Engine:
+    """Return this process's connections for delivery state (made anew after a fork).
+
+    Each statement is its own transaction (autocommit), and commits without waiting for the
+    WAL flush (synchronous_commit off). An attempt is then two statements, the claim and the
+    outcome, instead of eleven round trips (pings, BEGIN, SET, COMMIT). Safe for delivery
+    state only: a database crash can lose the last moments of claims and outcomes, which sends
+    those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
+    full durability: its 202 promises the event is stored. See docs/performance.md.
     """
-    with _durable_scope() as session:
-        session.execute(_ASYNC_COMMIT)
-        yield session
+    global _state_engine, _state_pid
+    if _state_engine is None or _state_pid != os.getpid():
+        if _state_engine is not None:
+            _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
+        _state_engine = create_engine(
+            get_settings().database_url,
+            pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
+            max_overflow=10,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"options": "-c synchronous_commit=off"},
+        )
+        _state_pid = os.getpid()
+    return _state_engine
+
+
+def _run(statement: Any, params: dict[str, Any] | None = None) -> Any:
+    """Execute one statement as its own transaction; return the rowcount."""
+    with state_engine().connect() as conn:
+        return conn.execute(statement, params or {}).rowcount
 
 
 @dataclass(frozen=True)
@@ -139,18 +160,15 @@ def retry_delay(failures: int, retry_after: float | None = None) -> float | None
 def attempt(delivery_id: str) -> Step:
     """Make one attempt at a delivery if it is due and unclaimed; say what should follow."""
     settings = get_settings()
-    with session_scope() as session:
-        row = session.execute(
-            _CLAIM, {"id": delivery_id, "lease": settings.lease_seconds}
-        ).first()
+    with state_engine().connect() as conn:
+        row = conn.execute(_CLAIM, {"id": delivery_id, "lease": settings.lease_seconds}).first()
     if row is None:
         # Delivered, claimed by another worker, parked, or not yet due: this message is stale.
         return DONE
 
     if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
         reason = "subscription deleted" if row.deleted_at else "subscription disabled"
-        with session_scope() as session:
-            _finish(session, row, DeliveryStatus.FAILED, error=reason, undo_claim=True)
+        _run(_finish(row, DeliveryStatus.FAILED, error=reason, undo_claim=True))
         metrics.DELIVERIES.labels(outcome="failed").inc()
         return DONE
 
@@ -160,8 +178,7 @@ def attempt(delivery_id: str) -> Step:
     if decision.transitioned:
         metrics.CIRCUIT_TRANSITIONS.labels(to="half_open").inc()
     if not decision.allowed:
-        with session_scope() as session:
-            _park(session, row)
+        _run(_park(row))
         metrics.ATTEMPTS.labels(result="circuit_open").inc()
         metrics.PARKED.inc()
         return DONE
@@ -192,64 +209,74 @@ def attempt(delivery_id: str) -> Step:
 
 
 def _record(row: Any, response: Response, probe: bool, breaker: CircuitBreaker) -> Step:
+    """Store the attempt and the delivery's next state in one statement; say what follows."""
     subscription_id = str(row.subscription_id)
-    with session_scope() as session:
-        session.execute(
-            insert(Attempt).values(
-                delivery_id=row.id,
-                number=row.attempt_count,
-                result=response.result,
-                status_code=response.status_code,
-                error=response.error,
-                duration_ms=round(response.duration * 1000, 3),
-                response_body=response.body,
-                response_truncated=response.truncated,
-                url=row.url[:2048],
-            )
-        )
-        if response.result is AttemptResult.SUCCESS:
-            if _finish(session, row, DeliveryStatus.DELIVERED):
-                metrics.DELIVERIES.labels(outcome="delivered").inc()
-                latency = datetime.now(UTC) - row.event_created_at
-                metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
-            left = breaker.record_success(subscription_id)
-            if left is not None:
-                metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
-                return Step(release_subscription=subscription_id)
-            return DONE
+    attempt_row = insert(Attempt).values(
+        delivery_id=row.id,
+        number=row.attempt_count,
+        result=response.result,
+        status_code=response.status_code,
+        error=response.error,
+        duration_ms=round(response.duration * 1000, 3),
+        response_body=response.body,
+        response_truncated=response.truncated,
+        url=row.url[:2048],
+    )
+    # The attempt is inserted by a CTE of the UPDATE, whether or not the UPDATE still owns
+    # the row, as two statements in one transaction would.
+    with_attempt = attempt_row.cte("recorded_attempt")
 
-        if response.status_code == 410:
-            # The subscriber says this endpoint is gone for good: stop sending to it.
-            _finish(session, row, DeliveryStatus.FAILED, error="410 Gone: subscription disabled")
+    if response.result is AttemptResult.SUCCESS:
+        if _run(_finish(row, DeliveryStatus.DELIVERED).add_cte(with_attempt)):
+            metrics.DELIVERIES.labels(outcome="delivered").inc()
+            latency = datetime.now(UTC) - row.event_created_at
+            metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
+        left = breaker.record_success(subscription_id)
+        if left is not None:
+            metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+            return Step(release_subscription=subscription_id)
+        return DONE
+
+    if response.status_code == 410:
+        # The subscriber says this endpoint is gone for good: stop sending to it. Rare, and
+        # several statements: one ordinary transaction.
+        with session_scope() as session:
+            session.execute(attempt_row)
+            session.execute(
+                _finish(row, DeliveryStatus.FAILED, error="410 Gone: subscription disabled")
+            )
             disable_subscription(session, row.subscription_id, "the endpoint answered 410 Gone")
+        metrics.DELIVERIES.labels(outcome="failed").inc()
+        return DONE
+
+    if breaker.record_failure(subscription_id):
+        metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+    if probe:
+        # A failed probe says the circuit stays open; the delivery waits again, unspent.
+        _run(_park(row, keep_attempt=True, error=response.error).add_cte(with_attempt))
+        return DONE
+
+    failures = row.failures + 1
+    delay = retry_delay(failures, response.retry_after)
+    if delay is None:
+        failed = _finish(row, DeliveryStatus.FAILED, error=response.error, failures=failures)
+        if _run(failed.add_cte(with_attempt)):
             metrics.DELIVERIES.labels(outcome="failed").inc()
-            return DONE
-
-        if breaker.record_failure(subscription_id):
-            metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
-        if probe:
-            # A failed probe says the circuit stays open; the delivery waits again, unspent.
-            _park(session, row, keep_attempt=True, error=response.error)
-            return DONE
-
-        failures = row.failures + 1
-        delay = retry_delay(failures, response.retry_after)
-        if delay is None:
-            if _finish(session, row, DeliveryStatus.FAILED, error=response.error, failures=failures):
-                metrics.DELIVERIES.labels(outcome="failed").inc()
-            return DONE
-        use_countdown = delay <= MAX_COUNTDOWN_SECONDS
-        moved = session.execute(
-            _owned(row).values(
-                status=DeliveryStatus.RETRYING,
-                failures=failures,
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
-                lease_expires_at=None,
-                # A long wait is left to the watchdog, which sends rows that are due.
-                dispatched_at=datetime.now(UTC) if use_countdown else None,
-                last_error=response.error,
-            )
-        ).rowcount
+        return DONE
+    use_countdown = delay <= MAX_COUNTDOWN_SECONDS
+    moved = _run(
+        _owned(row)
+        .values(
+            status=DeliveryStatus.RETRYING,
+            failures=failures,
+            next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
+            lease_expires_at=None,
+            # A long wait is left to the watchdog, which sends rows that are due.
+            dispatched_at=datetime.now(UTC) if use_countdown else None,
+            last_error=response.error,
+        )
+        .add_cte(with_attempt)
+    )
     if moved and use_countdown:
         return Step(retry_in=delay)
     return DONE
@@ -265,13 +292,13 @@ def _owned(row: Any) -> Any:
 
 
 def _finish(
-    session: Session,
     row: Any,
     status: DeliveryStatus,
     error: str | None = None,
     failures: int | None = None,
     undo_claim: bool = False,
-) -> bool:
+) -> Any:
+    """The UPDATE that ends this claim with `status`."""
     values: dict[str, Any] = {"status": status, "lease_expires_at": None, "last_error": error}
     if status is DeliveryStatus.DELIVERED:
         values["delivered_at"] = datetime.now(UTC)
@@ -279,11 +306,12 @@ def _finish(
         values["failures"] = failures
     if undo_claim:
         values["attempt_count"] = row.attempt_count - 1
-    return bool(session.execute(_owned(row).values(**values)).rowcount)
+    return _owned(row).values(**values)
 
 
-def _park(session: Session, row: Any, keep_attempt: bool = False, error: str | None = None) -> None:
-    """Put a claimed delivery back to wait behind its open circuit, spending no attempt."""
+def _park(row: Any, keep_attempt: bool = False, error: str | None = None) -> Any:
+    """The UPDATE that puts a claimed delivery back to wait behind its open circuit, spending
+    no attempt."""
     attempts = row.attempt_count if keep_attempt else row.attempt_count - 1
     values: dict[str, Any] = {
         "status": DeliveryStatus.PENDING if attempts == 0 else DeliveryStatus.RETRYING,
@@ -294,7 +322,7 @@ def _park(session: Session, row: Any, keep_attempt: bool = False, error: str | N
     }
     if error is not None:
         values["last_error"] = error
-    session.execute(_owned(row).values(**values))
+    return _owned(row).values(**values)
 
 
 def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: str) -> int:
