@@ -25,12 +25,14 @@ from celery import Celery  # noqa: E402
 
 from config import get_settings  # noqa: E402
 from config.celery import celery_config  # noqa: E402
+from tasks.broker import survive_broker_crash  # noqa: E402
 from tasks.schedule import beat_schedule  # noqa: E402
 from webhooks.logs import configure_logging  # noqa: E402
 
 CONTROL_QUEUE = "control"
 
 configure_logging()
+survive_broker_crash()
 settings = get_settings()  # fails fast, with a clear message, on a missing or bad setting
 app = Celery("tasks", include=["tasks.delivery", "tasks.maintenance", "tasks.signals"])
 app.conf.update(celery_config(settings))

@@ -189,21 +189,23 @@ def restartable_redis(servers, tmp_path):
         reset_settings()
 
 
-def test_redis_restarted_empty_loses_nothing_and_ingest_stays_accepted(
+def test_redis_crash_restarted_empty_loses_nothing_and_ingest_stays_accepted(
     client, tenant, receiver, start_worker, start_beat, restartable_redis
 ):
     redis_server = restartable_redis
-    # The circuit never opens here: the resent backlog's first receipts at /b all fail at once.
     env = {
         "REDIS_URL": redis_server.url,
         "WEBHOOKS_LEASE_MARGIN_SECONDS": LEASE_MARGIN,
+        # The circuit never opens here: the re-sent first receipts at /b all fail at once.
         "WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD": "100000",
+        # Retries wait long enough to be held, unacknowledged, by the worker when Redis dies.
+        "WEBHOOKS_RETRY_DELAYS": "5,5",
     }
     receiver.plan("/a", then=Reply(204, delay=0.2))
     _fail_first_receipt(receiver, "/b")
     sub_a = subscribe(client, tenant, receiver.url("/a"))
     sub_b = subscribe(client, tenant, receiver.url("/b"))
-    start_worker(concurrency=2, **env)
+    worker = start_worker(concurrency=4, **env)
     start_beat(**env)
 
     answers: list[int] = []
@@ -217,12 +219,19 @@ def test_redis_restarted_empty_loses_nothing_and_ingest_stays_accepted(
 
     for n in range(10):
         send(n)
-    # Some deliveries wait in the queue, some in retry countdowns, some are in flight.
-    redis_server.stop()
+    # Every /b delivery now waits in a retry countdown inside the idle worker: the moment a
+    # Redis crash used to stop the worker outright (see tasks/broker.py).
+    wait_until(
+        lambda: len(receiver.at("/b")) >= 10 and len(_ok_ids(receiver.at("/a"))) >= 10,
+        timeout=30,
+        message="first receipts",
+    )
+    time.sleep(0.5)
+    redis_server.kill()
     down_until = time.monotonic() + 4
     n = 10
     while time.monotonic() < down_until:
-        send(n)
+        send(n)  # committed, not enqueued: the watchdog sends them once Redis is back
         n += 1
         time.sleep(0.2)
     redis_server.start()  # empty: no queue, no unacknowledged messages, no circuit state
@@ -235,6 +244,8 @@ def test_redis_restarted_empty_loses_nothing_and_ingest_stays_accepted(
         ids = _event_delivery_ids(client, tenant, event_ids, sub["id"])
         _all_delivered(client, tenant, receiver, path, ids, timeout=60)
     assert [d for d in _deliveries(client, tenant) if d["status"] == "failed"] == []
+    assert worker.proc.poll() is None, "the worker stopped when Redis crashed"
+    assert "Unrecoverable error" not in worker.output()
 
 
 # 4 ---------------------------------------------------------------------------------------------
