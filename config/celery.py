@@ -7,6 +7,8 @@ from typing import Any
 from config import Settings
 
 QUEUE = "webhooks"
+# Housekeeping has its own queue so it never waits behind a backlog of deliveries.
+CONTROL_QUEUE = "control"
 # Retries waiting longer than this are not Celery countdowns: the watchdog sends them from
 # PostgreSQL when they are due, so no worker holds a long wait in memory.
 MAX_COUNTDOWN_SECONDS = 300
@@ -26,16 +28,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_timeout": 10,
             "retry_on_timeout": True,
             "health_check_interval": 10,
-            # A send while the broker is down fails after one quick retry, not after kombu's
-            # default of about 6 s of reconnecting (2 s sleeps within broker_connection_timeout):
-            # the API still answers 202 at once and the watchdog sends the rows later. The
-            # worker's own reconnect loop (broker_connection_retry) passes its own limits.
-            "max_retries": 1,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
         },
         "task_default_queue": QUEUE,
+        # In every app, so a release sent by a worker through webhooks.dispatch (which routes
+        # with its own producer app) goes to the control queue too, not behind the backlog.
+        "task_routes": {
+            "tasks.watchdog": {"queue": CONTROL_QUEUE},
+            "tasks.release_parked": {"queue": CONTROL_QUEUE},
+            "tasks.retention": {"queue": CONTROL_QUEUE},
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
