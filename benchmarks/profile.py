@@ -13,6 +13,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import shutil
 import sys
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
+        if os.environ.get("PROFILE_CALLERS"):
+            stats.print_callers(os.environ["PROFILE_CALLERS"])
         print(out.getvalue())
         print(f"{args.what}: {count} in {elapsed:.2f} s under the profiler")
     finally:

@@ -11,14 +11,13 @@ from config import get_settings
 from webhooks.api.common import ApiError, db, load, read_json, require_tenant
 from webhooks.models import Delivery, Event
 from webhooks.schemas import EventCreateSchema, EventDetailSchema, EventSchema
-from webhooks.schemas.events import BatchAcceptedSchema, EventBatchCreateSchema
+from webhooks.schemas.events import EventBatchCreateSchema
 from webhooks.services import NotFound, ingest
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
 
 create_schema = EventCreateSchema()
 batch_schema = EventBatchCreateSchema()
-batch_item_schema = BatchAcceptedSchema()
 event_schema = EventSchema()
 detail_schema = EventDetailSchema()
 MAX_IDEMPOTENCY_KEY = 255
@@ -96,12 +95,19 @@ def publish_batch() -> Any:
             )
         )
     accepted = ingest.publish_batch(db(), tenant_id, items)
-    out = []
-    for result in accepted:
-        item = batch_item_schema.dump(result.event)
-        item["deliveries"] = result.deliveries
-        item["replayed"] = not result.created
-        out.append(item)
+    # Built by hand, not by BatchAcceptedSchema (which describes it in the OpenAPI): dumping
+    # 500 items through marshmallow was a tenth of the request.
+    out = [
+        {
+            "id": str(result.event.id),
+            "event_type": result.event.event_type,
+            "idempotency_key": result.event.idempotency_key,
+            "created_at": result.event.created_at.isoformat(),
+            "deliveries": result.deliveries,
+            "replayed": not result.created,
+        }
+        for result in accepted
+    ]
     return {
         "data": out,
         "created": sum(1 for r in accepted if r.created),
