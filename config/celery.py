@@ -7,8 +7,6 @@ from typing import Any
 from config import Settings
 
 QUEUE = "webhooks"
-# Housekeeping has its own queue so it never waits behind a backlog of deliveries.
-CONTROL_QUEUE = "control"
 # Retries waiting longer than this are not Celery countdowns: the watchdog sends them from
 # PostgreSQL when they are due, so no worker holds a long wait in memory.
 MAX_COUNTDOWN_SECONDS = 300
@@ -30,13 +28,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health_check_interval": 10,
         },
         "task_default_queue": QUEUE,
-        # In every app, so a release sent by a worker through webhooks.dispatch (which routes
-        # with its own producer app) goes to the control queue too, not behind the backlog.
-        "task_routes": {
-            "tasks.watchdog": {"queue": CONTROL_QUEUE},
-            "tasks.release_parked": {"queue": CONTROL_QUEUE},
-            "tasks.retention": {"queue": CONTROL_QUEUE},
-        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

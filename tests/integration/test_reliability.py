@@ -349,6 +349,64 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
     print(f"sick receipts during the outage: {len(sick_during)}, drained in {drained_in:.1f} s")
 
 
+def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
+    client, tenant, receiver, start_worker, start_beat, circuit_settings
+):
+    from sqlalchemy import text
+
+    from webhooks.db import session_scope
+    from webhooks.services.delivery import get_breaker
+
+    # One request succeeds (the probe closes the circuit), then the subscriber fails again.
+    receiver.plan("/relapse", Reply(204), then=Reply(503))
+    sub = subscribe(client, tenant, receiver.url("/relapse"))
+    total = 2500  # more than one release batch (1000)
+    for first in range(0, total, 500):
+        events = [
+            {"event_type": "order.created", "payload": {"n": n}} for n in range(first, first + 500)
+        ]
+        resp = client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"])
+        assert resp.status_code == 202, resp.get_json()
+    with session_scope() as session:
+        session.execute(text("UPDATE deliveries SET parked = true, dispatched_at = NULL"))
+    redis_client = get_breaker().client
+    redis_client.delete("webhooks")
+    for _ in range(3):
+        get_breaker().record_failure(sub["id"])
+    assert get_breaker().state(sub["id"])["state"] == "open"
+
+    start_worker(concurrency=4, **CIRCUIT_ENV)
+    start_beat(**CIRCUIT_ENV)
+    # The probe succeeds, the circuit closes and releasing starts; three failures reopen it.
+    wait_until(lambda: len(receiver.at("/relapse")) >= 4, timeout=30, message="the relapse")
+    wait_until(lambda: get_breaker().state(sub["id"])["state"] == "open", timeout=30)
+
+    def parked() -> int:
+        with session_scope() as session:
+            return int(
+                session.execute(text("SELECT count(*) FROM deliveries WHERE parked")).scalar()
+            )
+
+    wait_until(lambda: parked() >= total - 1 - 3 - 4, timeout=30, message="re-parked")
+    time.sleep(2)
+    with session_scope() as session:
+        since = session.execute(text("SELECT now()")).scalar()
+    time.sleep(5)
+    with session_scope() as session:
+        touched = session.execute(
+            text("SELECT count(*) FROM deliveries WHERE updated_at > :since"), {"since": since}
+        ).scalar()
+    # Only the watchdog's probes (one per cooldown) may touch a parked delivery while it is open.
+    assert touched <= 5, f"{touched} parked deliveries were released again while it was open"
+
+    # It recovers for good: the next probe closes the circuit and every batch is released.
+    receiver.plan("/relapse", then=Reply(204))
+    ids = {d["id"] for d in _deliveries(client, tenant)}
+    assert len(ids) == total
+    _all_delivered(client, tenant, receiver, "/relapse", ids, timeout=90)
+    assert _deliveries(client, tenant, status="failed") == []
+
+
 # 5 ---------------------------------------------------------------------------------------------
 
 
