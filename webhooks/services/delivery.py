@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import create_engine, insert, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -32,6 +32,22 @@ log = logging.getLogger("webhooks.delivery")
 
 # A message may arrive a little before its row's due time (clocks, rounding): still take it.
 _EARLY_TOLERANCE = "2 seconds"
+
+# The common outcome as one prepared statement: the attempt, and the delivery delivered.
+_DELIVERED = text(
+    """
+WITH recorded_attempt AS (
+  INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms, response_body,
+                        response_truncated, url, created_at)
+  VALUES (:id, :number, 'success', :status_code, :duration_ms, :response_body,
+          :response_truncated, :url, now())
+)
+UPDATE deliveries
+   SET status = 'delivered', lease_expires_at = NULL, last_error = NULL, delivered_at = now(),
+       updated_at = now()
+ WHERE id = :id AND status = 'in_flight' AND attempt_count = :number
+"""
+)
 
 _CLAIM = text(
     f"""
@@ -85,10 +101,9 @@ def state_engine() -> Engine:
     return _state_engine
 
 
-def _run(statement: Any, params: dict[str, Any] | None = None) -> Any:
+def _run(conn: Connection, statement: Any, params: dict[str, Any] | None = None) -> Any:
     """Execute one statement as its own transaction; return the rowcount."""
-    with state_engine().connect() as conn:
-        return conn.execute(statement, params or {}).rowcount
+    return conn.execute(statement, params or {}).rowcount
 
 
 @dataclass(frozen=True)
@@ -159,16 +174,22 @@ def retry_delay(failures: int, retry_after: float | None = None) -> float | None
 
 def attempt(delivery_id: str) -> Step:
     """Make one attempt at a delivery if it is due and unclaimed; say what should follow."""
-    settings = get_settings()
+    # One connection for the attempt (one pool checkout and pre-ping, not two). It holds no
+    # transaction or lock while the HTTP request runs: every statement commits by itself.
     with state_engine().connect() as conn:
-        row = conn.execute(_CLAIM, {"id": delivery_id, "lease": settings.lease_seconds}).first()
+        return _attempt(conn, delivery_id)
+
+
+def _attempt(conn: Connection, delivery_id: str) -> Step:
+    settings = get_settings()
+    row = conn.execute(_CLAIM, {"id": delivery_id, "lease": settings.lease_seconds}).first()
     if row is None:
         # Delivered, claimed by another worker, parked, or not yet due: this message is stale.
         return DONE
 
     if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
         reason = "subscription deleted" if row.deleted_at else "subscription disabled"
-        _run(_finish(row, DeliveryStatus.FAILED, error=reason, undo_claim=True))
+        _run(conn, _finish(row, DeliveryStatus.FAILED, error=reason, undo_claim=True))
         metrics.DELIVERIES.labels(outcome="failed").inc()
         return DONE
 
@@ -178,7 +199,7 @@ def attempt(delivery_id: str) -> Step:
     if decision.transitioned:
         metrics.CIRCUIT_TRANSITIONS.labels(to="half_open").inc()
     if not decision.allowed:
-        _run(_park(row))
+        _run(conn, _park(row))
         metrics.ATTEMPTS.labels(result="circuit_open").inc()
         metrics.PARKED.inc()
         return DONE
@@ -205,12 +226,38 @@ def attempt(delivery_id: str) -> Step:
             "duration_ms": round(response.duration * 1000, 1),
         },
     )
-    return _record(row, response, decision.probe, breaker)
+    return _record(conn, row, response, decision.probe, breaker)
 
 
-def _record(row: Any, response: Response, probe: bool, breaker: CircuitBreaker) -> Step:
+def _record(
+    conn: Connection, row: Any, response: Response, probe: bool, breaker: CircuitBreaker
+) -> Step:
     """Store the attempt and the delivery's next state in one statement; say what follows."""
     subscription_id = str(row.subscription_id)
+    if response.result is AttemptResult.SUCCESS:
+        delivered = _run(
+            conn,
+            _DELIVERED,
+            {
+                "id": row.id,
+                "number": row.attempt_count,
+                "status_code": response.status_code,
+                "duration_ms": round(response.duration * 1000, 3),
+                "response_body": response.body,
+                "response_truncated": response.truncated,
+                "url": row.url[:2048],
+            },
+        )
+        if delivered:
+            metrics.DELIVERIES.labels(outcome="delivered").inc()
+            latency = datetime.now(UTC) - row.event_created_at
+            metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
+        left = breaker.record_success(subscription_id)
+        if left is not None:
+            metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+            return Step(release_subscription=subscription_id)
+        return DONE
+
     attempt_row = insert(Attempt).values(
         delivery_id=row.id,
         number=row.attempt_count,
@@ -225,17 +272,6 @@ def _record(row: Any, response: Response, probe: bool, breaker: CircuitBreaker) 
     # The attempt is inserted by a CTE of the UPDATE, whether or not the UPDATE still owns
     # the row, as two statements in one transaction would.
     with_attempt = attempt_row.cte("recorded_attempt")
-
-    if response.result is AttemptResult.SUCCESS:
-        if _run(_finish(row, DeliveryStatus.DELIVERED).add_cte(with_attempt)):
-            metrics.DELIVERIES.labels(outcome="delivered").inc()
-            latency = datetime.now(UTC) - row.event_created_at
-            metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
-        left = breaker.record_success(subscription_id)
-        if left is not None:
-            metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
-            return Step(release_subscription=subscription_id)
-        return DONE
 
     if response.status_code == 410:
         # The subscriber says this endpoint is gone for good: stop sending to it. Rare, and
@@ -253,18 +289,19 @@ def _record(row: Any, response: Response, probe: bool, breaker: CircuitBreaker) 
         metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
-        _run(_park(row, keep_attempt=True, error=response.error).add_cte(with_attempt))
+        _run(conn, _park(row, keep_attempt=True, error=response.error).add_cte(with_attempt))
         return DONE
 
     failures = row.failures + 1
     delay = retry_delay(failures, response.retry_after)
     if delay is None:
         failed = _finish(row, DeliveryStatus.FAILED, error=response.error, failures=failures)
-        if _run(failed.add_cte(with_attempt)):
+        if _run(conn, failed.add_cte(with_attempt)):
             metrics.DELIVERIES.labels(outcome="failed").inc()
         return DONE
     use_countdown = delay <= MAX_COUNTDOWN_SECONDS
     moved = _run(
+        conn,
         _owned(row)
         .values(
             status=DeliveryStatus.RETRYING,
@@ -275,7 +312,7 @@ def _record(row: Any, response: Response, probe: bool, breaker: CircuitBreaker) 
             dispatched_at=datetime.now(UTC) if use_countdown else None,
             last_error=response.error,
         )
-        .add_cte(with_attempt)
+        .add_cte(with_attempt),
     )
     if moved and use_countdown:
         return Step(retry_in=delay)
