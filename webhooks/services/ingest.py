@@ -21,36 +21,41 @@ from webhooks import dispatch, metrics
 from webhooks.db import uuid7
 from webhooks.services import Conflict, Invalid
 
-# Every active subscription of the tenant that wants at least one of the given types.
-_MATCHING_SUBSCRIPTIONS = text(
-    "SELECT id, event_types FROM subscriptions"
-    " WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL"
-    " AND event_types && CAST(:event_types AS varchar[])"
-    " ORDER BY id"
-)
-
-# One statement for a whole batch, its rows as one JSON document: one round trip, and one call
-# of the C JSON encoder instead of psycopg quoting each payload into an array, which cost more
-# than the insert itself (see docs/performance.md).
-_INSERT_EVENTS = text(
+# The events, and one delivery per new event and matching active subscription, in one
+# statement: one round trip whatever the batch size. The rows come as one JSON document (one
+# call of the C JSON encoder; psycopg quoting each payload into a text array cost more than
+# the insert). An event whose idempotency key is taken is skipped (ON CONFLICT) and gets no
+# deliveries. Delivery IDs are UUIDv7 made in SQL, like webhooks.db.uuid7: 48 bits of unix
+# milliseconds over a random UUID whose version bits are turned from 4 into 7.
+_INSERT = text(
     """
-INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, request_hash, created_at)
-SELECT e.id, :tenant_id, e.event_type, e.payload, e.key, decode(e.hash, 'hex'), :now
-  FROM jsonb_to_recordset(CAST(:events AS jsonb))
-       AS e(id uuid, event_type varchar, payload jsonb, key varchar, hash text)
-    ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
-RETURNING id
-"""
+WITH new_events AS (
+  INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, request_hash,
+                      created_at)
+  SELECT e.id, :tenant_id, e.event_type, e.payload, e.key, decode(e.hash, 'hex'), :now
+    FROM jsonb_to_recordset(CAST(:events AS jsonb))
+         AS e(id uuid, event_type varchar, payload jsonb, key varchar, hash text)
+      ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
+  RETURNING id, event_type
+), targets AS (
+  SELECT id, event_types FROM subscriptions
+   WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
+     AND event_types && CAST(:wanted AS varchar[])
+), new_deliveries AS (
+  INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status, attempt_count,
+                          failures, next_attempt_at, dispatched_at, parked, created_at,
+                          updated_at)
+  SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+                substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                          FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+         :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
+    FROM new_events e
+    JOIN targets t ON e.event_type = ANY(t.event_types) OR '*' = ANY(t.event_types)
+  RETURNING id, event_id
 )
-
-_INSERT_DELIVERIES = text(
-    """
-INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status, attempt_count,
-                        failures, next_attempt_at, dispatched_at, parked, created_at, updated_at)
-SELECT d.id, :tenant_id, d.event_id, d.subscription_id, 'pending', 0, 0, :now, :now, false,
-       :now, :now
-  FROM unnest(CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:subscription_ids AS uuid[]))
-       AS d(id, event_id, subscription_id)
+SELECT e.id AS event_id, d.id AS delivery_id
+  FROM new_events e LEFT JOIN new_deliveries d ON d.event_id = e.id
+ ORDER BY e.id, d.id
 """
 )
 
@@ -159,32 +164,59 @@ def _publish(
 
     now = datetime.now(UTC)
     new = [i for i, result in enumerate(results) if result is None]
-    event_ids = [uuid7() for _ in new]
-    if new:
-        inserted = set(
-            session.execute(
-                _INSERT_EVENTS,
-                {"tenant_id": tenant_id, "now": now, "events": _rows(items, new, event_ids)},
-            ).scalars()
-        )
-        if len(inserted) < len(new):
-            # A concurrent request with the same key committed first: answer as it did.
-            lost = {
-                items[i].idempotency_key: i
-                for i, eid in zip(new, event_ids, strict=True)
-                if eid not in inserted
-            }
-            _replay(session, tenant_id, items, lost, results, batch)
-            kept = [(i, eid) for i, eid in zip(new, event_ids, strict=True) if eid in inserted]
-            new, event_ids = [i for i, _ in kept], [eid for _, eid in kept]
-
-    delivery_ids = _fan_out(session, tenant_id, items, new, event_ids, now, results)
+    delivery_ids = _insert(session, tenant_id, items, new, now, results, batch) if new else []
     session.commit()
-    if new:
-        metrics.EVENTS_INGESTED.inc(len(new))
+    created = sum(1 for result in results if result is not None and result.created)
+    if created:
+        metrics.EVENTS_INGESTED.inc(created)
     if not dispatch.enqueue_deliveries(delivery_ids):
         metrics.ENQUEUE_FAILURES.inc(len(delivery_ids))
     return [result for result in results if result is not None]
+
+
+def _insert(
+    session: Session,
+    tenant_id: uuid.UUID,
+    items: Sequence[NewEvent],
+    new: list[int],
+    now: datetime,
+    results: list[Accepted | None],
+    batch: bool,
+) -> list[uuid.UUID]:
+    """Insert the new events and their deliveries, fill in their results, and return the
+    delivery IDs in the events' order."""
+    event_ids = [uuid7() for _ in new]
+    wanted = sorted({items[i].event_type for i in new})
+    rows = session.execute(
+        _INSERT,
+        {
+            "tenant_id": tenant_id,
+            "now": now,
+            "events": _rows(items, new, event_ids),
+            "wanted": [*wanted, "*"],
+        },
+    ).all()
+    deliveries: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for event_id, delivery_id in rows:
+        targets = deliveries.setdefault(event_id, [])
+        if delivery_id is not None:
+            targets.append(delivery_id)
+    lost: dict[str | None, int] = {}
+    delivery_ids: list[uuid.UUID] = []
+    for i, event_id in zip(new, event_ids, strict=True):
+        item = items[i]
+        if event_id not in deliveries:
+            # A concurrent request with the same key committed first: answer as it did.
+            lost[item.idempotency_key] = i
+            continue
+        delivery_ids.extend(deliveries[event_id])
+        event = EventRecord(
+            event_id, tenant_id, item.event_type, item.payload, item.idempotency_key, now
+        )
+        results[i] = Accepted(event, len(deliveries[event_id]), created=True)
+    if lost:
+        _replay(session, tenant_id, items, lost, results, batch)
+    return delivery_ids
 
 
 def _rows(items: Sequence[NewEvent], new: list[int], event_ids: list[uuid.UUID]) -> str:
@@ -203,58 +235,6 @@ def _rows(items: Sequence[NewEvent], new: list[int], event_ids: list[uuid.UUID])
             }
         )
     return json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
-
-
-def _fan_out(
-    session: Session,
-    tenant_id: uuid.UUID,
-    items: Sequence[NewEvent],
-    new: list[int],
-    event_ids: list[uuid.UUID],
-    now: datetime,
-    results: list[Accepted | None],
-) -> list[uuid.UUID]:
-    """Insert one delivery per new event and matching subscription; fill in the results."""
-    wanted = {items[i].event_type for i in new}
-    subscriptions: list[tuple[uuid.UUID, list[str]]] = []
-    if new:
-        subscriptions = [
-            (row.id, row.event_types)
-            for row in session.execute(
-                _MATCHING_SUBSCRIPTIONS,
-                {"tenant_id": tenant_id, "event_types": [*sorted(wanted), "*"]},
-            )
-        ]
-    by_type = {
-        event_type: [sid for sid, types in subscriptions if event_type in types or "*" in types]
-        for event_type in wanted
-    }
-    delivery_ids: list[uuid.UUID] = []
-    delivery_events: list[uuid.UUID] = []
-    delivery_subscriptions: list[uuid.UUID] = []
-    for i, event_id in zip(new, event_ids, strict=True):
-        item = items[i]
-        targets = by_type[item.event_type]
-        for subscription_id in targets:
-            delivery_ids.append(uuid7())
-            delivery_events.append(event_id)
-            delivery_subscriptions.append(subscription_id)
-        event = EventRecord(
-            event_id, tenant_id, item.event_type, item.payload, item.idempotency_key, now
-        )
-        results[i] = Accepted(event, len(targets), created=True)
-    if delivery_ids:
-        session.execute(
-            _INSERT_DELIVERIES,
-            {
-                "tenant_id": tenant_id,
-                "now": now,
-                "ids": delivery_ids,
-                "event_ids": delivery_events,
-                "subscription_ids": delivery_subscriptions,
-            },
-        )
-    return delivery_ids
 
 
 def _replay(
