@@ -198,3 +198,41 @@ def test_batch_limits_count_body_and_event_size(client, tenant):
 def test_batch_needs_an_api_key(client):
     resp = client.post("/v1/events/batch", json={"events": [{"event_type": "a", "payload": 1}]})
     assert resp.status_code == 401
+
+
+def test_full_batch_is_delivered_once_each_in_publish_order(client, tenant, receiver, start_worker):
+    subscribe(client, tenant, receiver.url("/seq"), ["seq"])
+    resp = _batch(client, tenant, [{"event_type": "seq", "payload": {"n": n}} for n in range(500)])
+    assert resp.status_code == 202
+    start_worker(concurrency=1)  # one process takes the messages in queue order
+    got = receiver.wait_for("/seq", 500, timeout=60)
+    assert [r.json["data"]["n"] for r in got] == list(range(500))
+    assert len({r.webhook_id for r in got}) == 500
+
+
+def test_task_messages_match_what_celery_itself_sends(servers):
+    """dispatch writes the broker messages itself (one LPUSH per batch); they must be the
+    messages Celery's send_task writes, but for their unique IDs."""
+    import json
+
+    import redis
+
+    from webhooks import dispatch
+
+    broker = redis.Redis.from_url(servers.redis_url)
+    dispatch._producer_app().send_task(dispatch.DELIVER_TASK, args=["d-1"], retry=False)
+    celery_message = json.loads(broker.rpop("webhooks"))
+    assert dispatch.send(dispatch.DELIVER_TASK, ["d-1"])
+    ours = json.loads(broker.rpop("webhooks"))
+
+    unique = {"id", "root_id", "correlation_id", "delivery_tag"}
+
+    def shape(message: dict[str, Any]) -> dict[str, Any]:
+        headers = {k: v for k, v in message["headers"].items() if k not in unique}
+        properties = {k: v for k, v in message["properties"].items() if k not in unique}
+        return {**message, "headers": headers, "properties": properties}
+
+    assert shape(ours) == shape(celery_message)
+    assert (
+        ours["headers"]["id"] == ours["properties"]["correlation_id"] == ours["headers"]["root_id"]
+    )
