@@ -36,7 +36,7 @@ from benchmarks.load import (
     run_load,
     run_paced,
 )
-from benchmarks.stack import ROOT, Stack
+from benchmarks.stack import ROOT, Stack, check_stop, interrupt
 
 RESULTS = ROOT / "benchmarks" / "results"
 SCENARIOS = ("ingest", "batch", "delivery", "isolation", "latency", "parked")
@@ -129,6 +129,7 @@ class Bench:
         """Return the moment the queue of `total` messages starts to shrink."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            check_stop()
             if self.queue_length() < total:
                 return time.time()
             time.sleep(0.005)
@@ -138,6 +139,7 @@ class Bench:
         """Wait until every path has `each` distinct deliveries; return the last arrival."""
         deadline = time.monotonic() + timeout
         while True:
+            check_stop()
             stats = self.stack.receiver_stats()
             got = [stats.get(p, {}).get("unique", 0) for p in paths]
             if all(g >= each for g in got):
@@ -269,6 +271,7 @@ class Bench:
         worker = self.stack.worker(self.pool, self.concurrency, include="benchmarks.noop")
         started = self.wait_for_drain_start(n)
         while self.queue_length() or self.unacked():
+            check_stop()
             time.sleep(0.005)
         noop_rate = n / (time.time() - started)
         self.stack.kill(worker)
@@ -379,6 +382,7 @@ class Bench:
         self.wait_received(["/lat-echo"], 0)
         deadline = time.monotonic() + 60
         while self.stack.receiver_stats().get("/lat-echo", {}).get("count", 0) < count:
+            check_stop()
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -442,11 +446,13 @@ class Bench:
         started = time.monotonic()
         self.ingest_batches(web_port, "parked.test", n)
         while _scalar("SELECT count(*) FROM deliveries WHERE parked") < n:
+            check_stop()
             redis_peak = max(redis_peak, _redis_memory())
             if time.monotonic() - started > 300:
                 raise RuntimeError("deliveries were not parked within 300 s")
             time.sleep(0.25)
         while self.queue_length() or self.unacked():
+            check_stop()
             time.sleep(0.1)
         park_seconds = time.monotonic() - started
         time.sleep(1)
@@ -597,10 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
 
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     sizes = Sizes.quick() if args.quick else Sizes()
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
     stack = Stack(workdir, durable_pg=not args.fast_pg)

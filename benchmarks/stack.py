@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,20 @@ from scripts.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# Set by Ctrl-C or SIGTERM. Some client libraries swallow the KeyboardInterrupt raised inside
+# them (a Celery control ping does), so every wait loop checks this too.
+STOP = threading.Event()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Signal handler: stop the run, whatever it is waiting on."""
+    STOP.set()
+    raise KeyboardInterrupt
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 class Proc:
@@ -53,6 +68,7 @@ class Proc:
     def wait_for_log(self, text: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            check_stop()
             if text in self.log.read_text(errors="replace"):
                 return
             if not self.alive():
@@ -239,6 +255,7 @@ def _wait_ping(name: str, proc: Proc, timeout: float = 90) -> None:
     control = dispatch._producer_app().control
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.alive():
+        check_stop()
         if control.ping(destination=[name], timeout=0.5):
             return
     raise RuntimeError(f"{proc.name} not ready:\n{proc.log.read_text(errors='replace')[-3000:]}")
@@ -249,6 +266,7 @@ def _wait_http(port: int, proc: Proc, timeout: float = 60) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        check_stop()
         if not proc.alive():
             break
         try:
