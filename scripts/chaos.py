@@ -144,9 +144,11 @@ class Proc:
         self.env = env
         self.log = logdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.offset = 0
 
-    def start(self, ready: str | None = None, timeout: float = 90) -> Proc:
+    def spawn(self) -> None:
         with open(self.log, "ab") as out:
+            self.offset = out.tell()
             self.proc = subprocess.Popen(
                 self.args,
                 env=self.env,
@@ -155,16 +157,14 @@ class Proc:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        offset = 0
+
+    def wait_ready(self, ready: str, timeout: float = 90) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while ready:
-            text = self.log.read_bytes()[offset:].decode(errors="replace")
-            if ready in text:
-                break
+        while ready not in self.log.read_bytes()[self.offset :].decode(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start; see {self.log}")
             time.sleep(0.1)
-        return self
 
     @property
     def pid(self) -> int:
@@ -251,6 +251,10 @@ def _pool() -> Any:
 _POOL: Any = None
 
 
+class Stopping(Exception):
+    """The run is being stopped: start nothing new."""
+
+
 @dataclass
 class Stack:
     """Everything the run starts, stopped in reverse order by close()."""
@@ -264,9 +268,19 @@ class Stack:
     headers: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
+    # Held while starting a process or restarting Redis, so close() never misses one that the
+    # chaos thread is starting at that moment; after close() nothing starts any more.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: bool = False
 
-    def add(self, proc: Proc) -> Proc:
-        self.procs.append(proc)
+    def start(self, proc: Proc, ready: str | None = None) -> Proc:
+        with self.lock:
+            if self.closing:
+                raise Stopping
+            proc.spawn()
+            self.procs.append(proc)
+        if ready:
+            proc.wait_ready(ready)
         return proc
 
     def worker(self, index: int, concurrency: int) -> Proc:
@@ -285,12 +299,23 @@ class Stack:
             "--without-gossip",
             "--without-mingle",
         ]
-        proc = self.add(Proc(f"worker{index}", args, self.env, self.tmp))
-        # Logging is at WARNING; celery prints its banner on start and this on readiness.
-        return proc.start(ready="[queues]")
+        # Logging is at WARNING: the banner's queue list is the sign it started.
+        return self.start(Proc(f"worker{index}", args, self.env, self.tmp), ready="[queues]")
+
+    def restart_redis(self, down: float) -> None:
+        """kill -9 Redis, wait, start it again (empty: it keeps no data)."""
+        with self.lock:
+            if self.closing:
+                raise Stopping
+            self.redis.kill()
+            time.sleep(down)
+            self.redis.start()
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
+        with self.lock:
+            self.closing = True
+            procs = list(self.procs)
+        for proc in reversed(procs):
             try:
                 proc.stop()
             except Exception as exc:  # keep stopping the others
@@ -345,23 +370,23 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     stack.headers = {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
 
     receiver_port = free_port()
-    stack.add(
+    stack.start(
         Proc(
             "receiver",
             [sys.executable, "-m", "scripts.chaos", "--serve-receiver", str(receiver_port)],
             env,
             tmp,
         )
-    ).start()
+    )
     stack.receiver_url = f"http://127.0.0.1:{receiver_port}"
-    stack.add(
+    stack.start(
         Proc(
             "web",
             [str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"],
             env,
             tmp,
         )
-    ).start()
+    )
     stack.api_url = f"http://127.0.0.1:{port}"
     _wait(lambda: _try_status(f"{stack.api_url}/healthz") == 200, 60, "the API")
     _wait(lambda: _try_status(f"{stack.receiver_url}/_stats", "GET") == 200, 30, "the receiver")
@@ -383,7 +408,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
             env,
             tmp,
         )
-        stack.add(beat).start(ready="beat: Starting...")
+        stack.start(beat, ready="beat: Starting...")
 
 
 def _try_status(url: str, method: str = "GET") -> int:
@@ -489,6 +514,14 @@ def run_chaos(
     stack: Stack, args: argparse.Namespace, duration: float, stop: threading.Event, chaos: Chaos
 ) -> None:
     """Kill workers at random, restart Redis once, take /outage down for a while."""
+    # Stopping: the run is being stopped (Ctrl-C, an error), close() takes it from here.
+    with contextlib.suppress(Stopping):
+        _chaos_loop(stack, args, duration, stop, chaos)
+
+
+def _chaos_loop(
+    stack: Stack, args: argparse.Namespace, duration: float, stop: threading.Event, chaos: Chaos
+) -> None:
     rng = random.Random(args.seed)
     started = time.monotonic()
     outage_at = started + 0.15 * duration
@@ -496,7 +529,7 @@ def run_chaos(
     redis_at = started + 0.45 * duration
     next_kill = started + rng.uniform(4, 8)
     in_outage = False
-    while not stop.is_set():
+    while not stop.is_set() and not stack.closing:
         now = time.monotonic()
         if not in_outage and outage_at <= now < outage_until:
             log(f"subscriber /outage goes down for {args.outage:g} s")
@@ -509,9 +542,7 @@ def run_chaos(
             in_outage = False
         if redis_at and now >= redis_at:
             log("Redis: kill -9, 3 s down, started again empty")
-            stack.redis.kill()
-            time.sleep(3)
-            stack.redis.start()
+            stack.restart_redis(down=3)
             chaos.redis_restarts += 1
             redis_at = 0.0
         if now >= next_kill and now < started + duration:
@@ -529,11 +560,10 @@ def run_chaos(
                 chaos.worker_kills += 1
                 log(f"kill -9 of worker{index} (its whole process group); restarting it")
                 time.sleep(rng.uniform(0.5, 2))
-                stack.procs.remove(worker)
                 stack.workers[index] = stack.worker(index, args.concurrency)
             next_kill = time.monotonic() + rng.uniform(5, 10)
         time.sleep(0.1)
-    if in_outage:
+    if in_outage and not stack.closing:
         _set_down(stack, "/outage", False)
         chaos.outage_seconds = time.monotonic() - outage_at
 
@@ -791,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
 
     global _POOL
     _POOL = _pool()
+    # Ctrl-C and SIGTERM both end the run through the finally below, even when started in the
+    # background by a shell (which would have it ignore SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     stack = Stack(Path(tempfile.mkdtemp(prefix="webhooks-chaos-")))
     ok = True
@@ -860,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         return 130
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("stopping every process")
         stack.close()
         if args.keep:
