@@ -25,11 +25,11 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
 
 
-def child_exit(server, worker):  # type: ignore[no-untyped-def]
+def child_exit(server, worker):
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
     GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 
 
-def on_exit(server):  # type: ignore[no-untyped-def]
+def on_exit(server):
     shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)

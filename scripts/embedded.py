@@ -91,22 +91,46 @@ class EmbeddedPostgres:
         self._prepare_user()
         if not (self.datadir / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.datadir), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-sync"],
-                check=True, user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ],
+                check=True,
+                user=self.user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
         stale = self.datadir / "postmaster.pid"
         if stale.exists():
             self._kill_stale(stale)
         log = self.datadir / "server.log"
-        args = [self._bin("postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                "-h", "127.0.0.1", "-k", str(self.datadir), "-c", "max_connections=300",
-                "-c", "shared_buffers=128MB"]
+        args = [
+            self._bin("postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.datadir),
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=128MB",
+        ]
         for setting in FAST_PG_SETTINGS if self.fast else ():
             args += ["-c", setting]
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(args, user=self.user, stdout=out, stderr=out,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, user=self.user, stdout=out, stderr=out, start_new_session=True
+            )
         _wait_for_port(self.port, self.proc, "postgres", log)
         self._wait_ready()
         return self.url("postgres")
@@ -143,7 +167,9 @@ class EmbeddedPostgres:
         import psycopg
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -175,12 +201,27 @@ class EmbeddedRedis:
         """Start redis-server on loopback; return its URL."""
         self.datadir.mkdir(parents=True, exist_ok=True)
         log = self.datadir / "redis.log"
-        args = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.datadir), "--daemonize", "no", "--protected-mode", "no",
-                "--logfile", str(log), "--save", ""]
+        args = [
+            self.binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.datadir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(log),
+            "--save",
+            "",
+        ]
         args += ["--appendonly", "yes" if self.persistent else "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         _wait_for_port(self.port, self.proc, "redis-server", log)
         return self.url
 

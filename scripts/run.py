@@ -31,7 +31,11 @@ def _dev_key(env: dict[str, str], var: Path) -> str:
             return key
     out = subprocess.run(
         [str(BIN / "flask"), "--app", "webhooks", "create-tenant", "dev"],
-        env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     key = out.strip().splitlines()[-1]
     path.write_text(key + "\n")
@@ -68,13 +72,16 @@ def main() -> int:
         for name in ("PORT", "FLOWER_PORT", "WEBHOOKS_WORKER_METRICS_PORT"):
             if name in env and _busy(int(env[name])):
                 env[name] = str(free_port())
-        env.setdefault("WEBHOOKS_WORKER_METRICS_PORT", "9808" if not _busy(9808) else str(free_port()))
+        env.setdefault(
+            "WEBHOOKS_WORKER_METRICS_PORT", "9808" if not _busy(9808) else str(free_port())
+        )
 
         subprocess.run([str(BIN / "alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True)
         key = _dev_key(env, var)
         print(
             "\n"
-            f"  API:             http://127.0.0.1:{env['PORT']}  (OpenAPI: /openapi.json, docs: /docs)\n"
+            f"  API:             http://127.0.0.1:{env['PORT']}"
+            "  (OpenAPI: /openapi.json, docs: /docs)\n"
             f"  API metrics:     http://127.0.0.1:{env['PORT']}/metrics\n"
             f"  Worker metrics:  http://127.0.0.1:{env['WEBHOOKS_WORKER_METRICS_PORT']}/metrics\n"
             f"  Flower:          http://127.0.0.1:{env['FLOWER_PORT']}\n"
@@ -83,8 +90,18 @@ def main() -> int:
             flush=True,
         )
         procfile = ROOT / "Procfile"
-        cmd = [str(BIN / "honcho"), "--procfile", str(procfile), "--app-root", str(ROOT),
-               "start", "web", "worker", "beat", "flower"]
+        cmd = [
+            str(BIN / "honcho"),
+            "--procfile",
+            str(procfile),
+            "--app-root",
+            str(ROOT),
+            "start",
+            "web",
+            "worker",
+            "beat",
+            "flower",
+        ]
         honcho = subprocess.Popen(cmd, env=env, cwd=ROOT)
         try:
             return honcho.wait()

@@ -15,8 +15,8 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 # The celery command loads Flower's plugin, which imports prometheus_client before this module
 # runs: switch its value storage to files now, before webhooks.metrics makes any metric.
-import prometheus_client.metrics  # noqa: E402
-import prometheus_client.values  # noqa: E402
+import prometheus_client.metrics
+import prometheus_client.values
 
 prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()
 prometheus_client.metrics.ValueClass = prometheus_client.values.ValueClass  # type: ignore[attr-defined]

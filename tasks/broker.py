@@ -30,4 +30,4 @@ def survive_broker_crash() -> None:
         return original(self, asynchronous=asynchronous)
 
     _connparams._webhooks_guard = True  # type: ignore[attr-defined]
-    transport.Channel._connparams = _connparams
+    transport.Channel._connparams = _connparams  # type: ignore[method-assign]

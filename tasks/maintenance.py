@@ -13,8 +13,13 @@ from webhooks.services.delivery import get_breaker
 def run_watchdog() -> dict[str, int]:
     """Take back expired leases, re-send lost and due deliveries, release parked ones."""
     report = watchdog.run()
-    return {"expired": report.expired, "due": report.due, "lost": report.lost,
-            "released": report.released, "probes": report.probes}
+    return {
+        "expired": report.expired,
+        "due": report.due,
+        "lost": report.lost,
+        "released": report.released,
+        "probes": report.probes,
+    }
 
 
 @shared_task(name=dispatch.RELEASE_TASK, ignore_result=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import tempfile
@@ -80,10 +81,8 @@ def servers() -> Iterator[Servers]:
     finally:
         from webhooks.db import get_engine
 
-        try:
+        with contextlib.suppress(Exception):  # never let clean-up hide the test's own error
             get_engine().dispose()
-        except Exception:
-            pass
         if redis is not None:
             redis.stop()
         if pg is not None:

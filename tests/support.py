@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,11 +59,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
-                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                body, time.time())
+                item = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
                 reply = receiver._reply_for(item)
                 item.status = reply.status
                 if reply.delay:
@@ -91,7 +93,9 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def plan(self, path: str, *replies: Reply, then: Reply | Callable[[Received], Reply] | None = None) -> None:
+    def plan(
+        self, path: str, *replies: Reply, then: Reply | Callable[[Received], Reply] | None = None
+    ) -> None:
         """Answer the next requests to `path` with `replies` in order, then with `then`."""
         with self._lock:
             self._plans[path] = list(replies)
@@ -132,8 +136,14 @@ class Process:
         self.args = args
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if ready:
             self.wait_for_log(ready)
 
@@ -160,10 +170,8 @@ class Process:
 
     def kill(self) -> None:
         """kill -9 the whole process group, as a crash of the machine would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(10)
         self._out.close()
 
@@ -178,10 +186,8 @@ class Process:
             except ProcessLookupError:
                 pass
         # Pool children left behind by a kill -9 of their parent.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._out.close()
 
 
@@ -192,8 +198,12 @@ def celery(kind: str, env: dict[str, str], log: Path, *extra: str) -> Process:
     return Process(args, env, log, ready)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

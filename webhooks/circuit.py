@@ -32,7 +32,8 @@ if not state or state == 'closed' then return {'allow', 'closed', '0', '0'} end
 if state == 'open' then
   local ready = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0') + tonumber(ARGV[1])
   if now < ready then return {'deny', 'open', tostring(ready), '0'} end
-  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', tostring(now + tonumber(ARGV[2])))
+  local probe_until = tostring(now + tonumber(ARGV[2]))
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', probe_until)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {'probe', 'half_open', tostring(now + tonumber(ARGV[2])), '1'}
 end

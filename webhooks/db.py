@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import DateTime, MetaData, create_engine, func
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from config import get_settings
@@ -47,14 +48,16 @@ def uuid7() -> uuid.UUID:
 
 
 _engine: Engine | None = None
-_engine_pid: int | None = None
+_engine_key: tuple[int, str] | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
 
 def get_engine() -> Engine:
     """Return this process's engine, made anew after a fork so no connection is shared."""
-    global _engine, _engine_pid, _sessionmaker
-    if _engine is None or _engine_pid != os.getpid():
+    global _engine, _engine_key, _sessionmaker
+    # Keyed by the settings too, so a process whose DATABASE_URL changed (tests) reconnects.
+    key = (os.getpid(), get_settings().database_url)
+    if _engine is None or _engine_key != key:
         if _engine is not None:
             # Inherited from the parent: drop its pool without closing the parent's sockets.
             _engine.dispose(close=False)
@@ -65,7 +68,7 @@ def get_engine() -> Engine:
             pool_pre_ping=True,
             pool_recycle=1800,
         )
-        _engine_pid = os.getpid()
+        _engine_key = key
         _sessionmaker = sessionmaker(bind=_engine, expire_on_commit=False)
     return _engine
 
@@ -89,3 +92,8 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def affected(result: Result[Any]) -> int:
+    """Return how many rows an UPDATE or DELETE changed."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)

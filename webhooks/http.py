@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -173,7 +174,12 @@ class Client:
             self._pools.move_to_end(key)
             return pool
         # Connect to the address we checked, never to a second lookup of the name (DNS rebinding).
-        common = {"host": str(ip), "port": target.port, "maxsize": 4, "retries": False}
+        common: dict[str, Any] = {
+            "host": str(ip),
+            "port": target.port,
+            "maxsize": 4,
+            "retries": False,
+        }
         if target.scheme == "https":
             pool = urllib3.HTTPSConnectionPool(
                 **common, server_hostname=target.host, assert_hostname=target.host

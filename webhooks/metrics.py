@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 EVENTS_INGESTED = Counter("webhooks_events_ingested", "Events accepted by the API")
-DELIVERIES = Counter(
-    "webhooks_deliveries", "Deliveries that reached a final state", ["outcome"]
-)
+DELIVERIES = Counter("webhooks_deliveries", "Deliveries that reached a final state", ["outcome"])
 ATTEMPTS = Counter("webhooks_delivery_attempts", "Delivery attempts by result", ["result"])
 ATTEMPT_DURATION = Histogram(
     "webhooks_delivery_attempt_duration_seconds",

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 TOLERANCE_SECONDS = 5 * 60
 
 
@@ -45,9 +45,7 @@ def signature_headers(
     }
 
 
-def verify(
-    secret: str, body: bytes, headers: Mapping[str, str], now: float | None = None
-) -> None:
+def verify(secret: str, body: bytes, headers: Mapping[str, str], now: float | None = None) -> None:
     """Raise SignatureError unless one of the signatures is the secret's and the time is fresh."""
     lower = {k.lower(): v for k, v in headers.items()}
     try:

@@ -40,12 +40,17 @@ def clean(servers: Servers) -> Iterator[None]:
 
     for key in FAST_ENV:
         os.environ.pop(key, None)
-    os.environ.update(BASE_ENV | {"DATABASE_URL": servers.database_url,
-                                   "REDIS_URL": servers.redis_url})
+    os.environ.update(
+        BASE_ENV | {"DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url}
+    )
     reset_settings()
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE tenants, api_keys, subscriptions, events, deliveries, "
-                          "attempts RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE tenants, api_keys, subscriptions, events, deliveries, "
+                "attempts RESTART IDENTITY CASCADE"
+            )
+        )
     redis.Redis.from_url(servers.redis_url).flushdb()
     yield
 
@@ -120,8 +125,10 @@ def start_worker(
             tmp_path / f"{name}.log",
             "--pool=prefork",
             f"--concurrency={concurrency}",
-            "-Q", "webhooks,control",
-            "-n", f"{name}@%h",
+            "-Q",
+            "webhooks,control",
+            "-n",
+            f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
         )
@@ -141,8 +148,13 @@ def start_beat(
 
     def start(**env: Any) -> Process:
         n = len(started)
-        proc = celery("beat", process_env(**env), tmp_path / f"beat{n}.log",
-                      "-s", str(tmp_path / f"beat{n}-schedule"))
+        proc = celery(
+            "beat",
+            process_env(**env),
+            tmp_path / f"beat{n}.log",
+            "-s",
+            str(tmp_path / f"beat{n}-schedule"),
+        )
         started.append(proc)
         return proc
 
@@ -151,16 +163,27 @@ def start_beat(
         proc.stop()
 
 
-def publish(client: Any, tenant: dict[str, Any], event_type: str, payload: Any,
-            **headers: str) -> Any:
-    return client.post("/v1/events", json={"event_type": event_type, "payload": payload},
-                       headers=tenant["headers"] | headers)
+def publish(
+    client: Any, tenant: dict[str, Any], event_type: str, payload: Any, **headers: str
+) -> Any:
+    return client.post(
+        "/v1/events",
+        json={"event_type": event_type, "payload": payload},
+        headers=tenant["headers"] | headers,
+    )
 
 
-def subscribe(client: Any, tenant: dict[str, Any], url: str,
-              event_types: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    resp = client.post("/v1/subscriptions",
-                       json={"url": url, "event_types": event_types or ["*"], **extra},
-                       headers=tenant["headers"])
+def subscribe(
+    client: Any,
+    tenant: dict[str, Any],
+    url: str,
+    event_types: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    resp = client.post(
+        "/v1/subscriptions",
+        json={"url": url, "event_types": event_types or ["*"], **extra},
+        headers=tenant["headers"],
+    )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()

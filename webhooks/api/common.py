@@ -64,12 +64,14 @@ def read_json(limit: int = DEFAULT_BODY_LIMIT) -> tuple[Any, bytes]:
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "payload_too_large", f"the body may be at most {limit} bytes",
-                       {"limit": limit})
+        raise ApiError(
+            413, "payload_too_large", f"the body may be at most {limit} bytes", {"limit": limit}
+        )
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
-        raise ApiError(413, "payload_too_large", f"the body may be at most {limit} bytes",
-                       {"limit": limit})
+        raise ApiError(
+            413, "payload_too_large", f"the body may be at most {limit} bytes", {"limit": limit}
+        )
     try:
         data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's stack

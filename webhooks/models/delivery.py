@@ -25,7 +25,9 @@ from webhooks.db import Base, Timestamped, uuid7
 
 
 def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
-    return Enum(cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -24,7 +24,7 @@ def decode_cursor(cursor: str) -> uuid.UUID:
 
 
 class Cursor(fields.String):
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+    def _deserialize(self, value, attr, data, **kwargs):
         return decode_cursor(super()._deserialize(value, attr, data, **kwargs))
 
 

@@ -21,7 +21,7 @@ from config.celery import MAX_COUNTDOWN_SECONDS
 from webhooks import metrics
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_secret
-from webhooks.db import session_scope
+from webhooks.db import affected, session_scope
 from webhooks.http import Client, Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
@@ -29,9 +29,6 @@ from webhooks.redis_client import get_redis
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
-
-# A message may arrive a little before its row's due time (clocks, rounding): still take it.
-_EARLY_TOLERANCE = "2 seconds"
 
 # The common outcome as one prepared statement: the attempt, and the delivery delivered.
 _DELIVERED = text(
@@ -50,13 +47,14 @@ UPDATE deliveries
 )
 
 _CLAIM = text(
-    f"""
+    """
 WITH claimed AS (
   UPDATE deliveries
      SET status = 'in_flight', attempt_count = attempt_count + 1, updated_at = now(),
          lease_expires_at = now() + make_interval(secs => :lease)
    WHERE id = :id AND status IN ('pending', 'retrying') AND NOT parked
-     AND next_attempt_at <= now() + interval '{_EARLY_TOLERANCE}'
+     -- a message may arrive a little before its row's due time (clocks, rounding)
+     AND next_attempt_at <= now() + interval '2 seconds'
   RETURNING id, event_id, subscription_id, attempt_count, failures
 )
 SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
@@ -71,7 +69,7 @@ SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
 
 
 _state_engine: Engine | None = None
-_state_pid: int | None = None
+_state_key: tuple[int, str] | None = None
 
 
 def state_engine() -> Engine:
@@ -84,8 +82,9 @@ def state_engine() -> Engine:
     those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
     full durability: its 202 promises the event is stored. See docs/performance.md.
     """
-    global _state_engine, _state_pid
-    if _state_engine is None or _state_pid != os.getpid():
+    global _state_engine, _state_key
+    key = (os.getpid(), get_settings().database_url)
+    if _state_engine is None or _state_key != key:
         if _state_engine is not None:
             _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
         _state_engine = create_engine(
@@ -97,13 +96,13 @@ def state_engine() -> Engine:
             isolation_level="AUTOCOMMIT",
             connect_args={"options": "-c synchronous_commit=off"},
         )
-        _state_pid = os.getpid()
+        _state_key = key
     return _state_engine
 
 
 def _run(conn: Connection, statement: Any, params: dict[str, Any] | None = None) -> Any:
     """Execute one statement as its own transaction; return the rowcount."""
-    return conn.execute(statement, params or {}).rowcount
+    return affected(conn.execute(statement, params or {}))
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,9 @@ def signing_secrets(row: Any, now: datetime) -> list[str]:
     """Return the secrets that sign now: the current one, and the previous during its grace."""
     associated = str(row.subscription_id).encode()
     result = [decrypt_secret(row.secret_ciphertext, associated)]
-    if row.previous_secret_ciphertext is not None and row.previous_secret_expires_at is not None:
-        if row.previous_secret_expires_at > now:
-            result.append(decrypt_secret(row.previous_secret_ciphertext, associated))
+    expires = row.previous_secret_expires_at
+    if row.previous_secret_ciphertext is not None and expires is not None and expires > now:
+        result.append(decrypt_secret(row.previous_secret_ciphertext, associated))
     return result
 
 
@@ -369,19 +368,21 @@ def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: s
         .where(Subscription.id == subscription_id)
         .values(status=SubscriptionStatus.DISABLED, disabled_reason=reason)
     )
-    failed = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.subscription_id == subscription_id,
-            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
+    failed = affected(
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.subscription_id == subscription_id,
+                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
+            )
+            .values(
+                status=DeliveryStatus.FAILED,
+                parked=False,
+                lease_expires_at=None,
+                last_error=f"subscription disabled: {reason}",
+            )
         )
-        .values(
-            status=DeliveryStatus.FAILED,
-            parked=False,
-            lease_expires_at=None,
-            last_error=f"subscription disabled: {reason}",
-        )
-    ).rowcount
+    )
     if failed:
         metrics.DELIVERIES.labels(outcome="failed").inc(failed)
     return int(failed or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
+from webhooks.db import affected
 from webhooks.models import Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.services import Conflict, NotFound
@@ -37,11 +39,13 @@ def retry(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Del
     subscription = subscription_service.get(session, tenant_id, delivery.subscription_id)
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise Conflict("the subscription is disabled; enable it first", {"id": str(delivery_id)})
-    moved = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.status.in_(FINAL))
-        .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
-    ).rowcount
+    moved = affected(
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.status.in_(FINAL))
+            .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
+        )
+    )
     if not moved:
         raise Conflict(
             "the delivery is still in progress", {"id": str(delivery_id), "status": delivery.status}
@@ -104,6 +108,6 @@ def _now() -> Any:
     return func.now()
 
 
-def _send(ids: list[uuid.UUID]) -> None:
+def _send(ids: Sequence[uuid.UUID]) -> None:
     if ids and not dispatch.enqueue_deliveries(ids):
         metrics.ENQUEUE_FAILURES.inc(len(ids))

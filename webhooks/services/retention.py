@@ -7,7 +7,7 @@ import logging
 from sqlalchemy import text
 
 from config import get_settings
-from webhooks.db import session_scope
+from webhooks.db import affected, session_scope
 
 log = logging.getLogger("webhooks.retention")
 
@@ -32,7 +32,7 @@ def purge(days: int | None = None, batch: int = 500, max_batches: int = 1000) ->
     total = 0
     for _ in range(max_batches):
         with session_scope() as session:
-            deleted = session.execute(_PURGE, {"days": days, "batch": batch}).rowcount or 0
+            deleted = affected(session.execute(_PURGE, {"days": days, "batch": batch}))
         total += deleted
         if deleted < batch:
             break

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from webhooks.db import uuid7
 from webhooks.crypto import decrypt_secret, encrypt_secret
+from webhooks.db import uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
@@ -41,7 +41,9 @@ def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> S
     return found
 
 
-def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> tuple[Subscription, str]:
+def create(
+    session: Session, tenant_id: uuid.UUID, data: dict[str, Any]
+) -> tuple[Subscription, str]:
     """Create a subscription; return it with its new signing secret (shown only now)."""
     _check_target(data["url"])
     secret = generate_secret()
@@ -145,4 +147,3 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
 
 def _when(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts else None
-

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from webhooks.db import uuid7
+from webhooks.db import affected, uuid7
 from webhooks.models import ApiKey, Tenant
 
 KEY_PREFIX = "whk_"
@@ -63,9 +63,11 @@ def list_keys(session: Session, tenant_id: uuid.UUID | None = None) -> list[ApiK
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
     """Revoke a key by its ID; return False if there was no such live key."""
-    done = session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(UTC))
-    ).rowcount
+    done = affected(
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+    )
     return bool(done)

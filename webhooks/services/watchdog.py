@@ -100,9 +100,11 @@ class Report:
 def release_parked(subscription_id: str | uuid.UUID, batch: int = BATCH) -> tuple[list[str], bool]:
     """Release up to `batch` parked deliveries, oldest first; say whether more remain."""
     with session_scope() as session:
-        ids = session.execute(
-            _RELEASE, {"subscription_id": subscription_id, "batch": batch}
-        ).scalars().all()
+        ids = (
+            session.execute(_RELEASE, {"subscription_id": subscription_id, "batch": batch})
+            .scalars()
+            .all()
+        )
         more = bool(session.execute(_STILL_PARKED, {"subscription_id": subscription_id}).scalar())
     ordered = sorted(str(i) for i in ids)  # UUIDv7: sorted is oldest first
     if ordered and not dispatch.enqueue_deliveries(ordered):
@@ -134,9 +136,7 @@ def run() -> Report:
         metrics.WATCHDOG_REQUEUED.labels(reason="lease_expired").inc(len(retry_ids))
 
     with session_scope() as session:
-        due_rows = session.execute(
-            _DUE, {"lost_after": settings.lost_after, "batch": BATCH}
-        ).all()
+        due_rows = session.execute(_DUE, {"lost_after": settings.lost_after, "batch": BATCH}).all()
     lost = sum(1 for r in due_rows if r.lost)
     report.lost, report.due = lost, len(due_rows) - lost
     if report.lost:
