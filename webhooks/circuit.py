@@ -167,9 +167,12 @@ class CircuitBreaker:
         return int(self.client.scard(OPEN_SET))
 
     def reset(self, subscription_id: str) -> None:
-        """Forget a subscription's circuit (it closes)."""
-        self.client.delete(KEY_PREFIX + subscription_id)
-        self.client.srem(OPEN_SET, subscription_id)
+        """Forget a subscription's circuit (it closes); soft state, so never raise."""
+        try:
+            self.client.delete(KEY_PREFIX + subscription_id)
+            self.client.srem(OPEN_SET, subscription_id)
+        except redis.RedisError as exc:
+            log.warning("circuit state unavailable: %s", exc)
 
 
 def _text(value: Any) -> str:

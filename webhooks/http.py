@@ -144,7 +144,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -255,7 +255,8 @@ class Client:
             resp.release_conn()
         duration = _since(started)
         status = resp.status
-        text = raw[: self.body_cap].decode("utf-8", errors="replace")
+        # PostgreSQL text cannot hold NUL: a binary answer must not make the attempt unrecordable.
+        text = raw[: self.body_cap].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         if duration > self.timeout:
             return Response(
                 AttemptResult.TIMEOUT,

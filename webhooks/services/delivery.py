@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text, update
+from sqlalchemy import create_engine, func, insert, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -305,10 +305,11 @@ def _record(
         .values(
             status=DeliveryStatus.RETRYING,
             failures=failures,
-            next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
+            # The database's clock, which the claim compares with, not this worker's.
+            next_attempt_at=func.now() + timedelta(seconds=delay),
             lease_expires_at=None,
             # A long wait is left to the watchdog, which sends rows that are due.
-            dispatched_at=datetime.now(UTC) if use_countdown else None,
+            dispatched_at=func.now() if use_countdown else None,
             last_error=response.error,
         )
         .add_cte(with_attempt),
@@ -385,4 +386,6 @@ def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: s
     )
     if failed:
         metrics.DELIVERIES.labels(outcome="failed").inc(failed)
+    # Nothing more goes to it: its circuit must not count as open any longer.
+    get_breaker().reset(str(subscription_id))
     return int(failed or 0)

@@ -67,7 +67,9 @@ RETURNING d.id, (d.next_attempt_at < now() - make_interval(secs => :lost_after))
 
 # In random order: with more open circuits than one pass takes, each still gets its turn.
 _PARKED_SUBSCRIPTIONS = text(
-    "SELECT subscription_id FROM (SELECT DISTINCT subscription_id FROM deliveries WHERE parked) p"
+    "SELECT p.subscription_id, s.status = 'active' AND s.deleted_at IS NULL AS live"
+    " FROM (SELECT DISTINCT subscription_id FROM deliveries WHERE parked) p"
+    " JOIN subscriptions s ON s.id = p.subscription_id"
     " ORDER BY random() LIMIT :batch"
 )
 
@@ -171,11 +173,15 @@ def _release_probes(report: Report) -> None:
     delivery to serve as the probe once the cooldown is over."""
     breaker = get_breaker()
     with session_scope() as session:
-        subscriptions = session.execute(_PARKED_SUBSCRIPTIONS, {"batch": BATCH}).scalars().all()
+        subscriptions = session.execute(_PARKED_SUBSCRIPTIONS, {"batch": BATCH}).all()
     now = time.time()
-    for subscription_id in subscriptions:
+    for subscription_id, live in subscriptions:
         state = breaker.state(str(subscription_id))
-        if state["state"] == "closed":
+        if not live:
+            # Disabled or deleted: each claim ends its delivery as failed, with the reason.
+            ids, _ = release_parked(subscription_id)
+            reason = "subscription_disabled"
+        elif state["state"] == "closed":
             # Closed (or its hash was lost, which means closed): let the work flow again.
             ids, _ = release_parked(subscription_id)
             report.released += len(ids)

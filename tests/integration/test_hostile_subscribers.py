@@ -1,0 +1,116 @@
+"""Subscribers that answer in ways a careless sender would choke on."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from tests.integration.conftest import publish, subscribe
+from tests.support import Reply, wait_until
+
+
+def _delivery(client, tenant, event_id):
+    event = client.get(f"/v1/events/{event_id}", headers=tenant["headers"]).get_json()
+    (delivery,) = event["deliveries"]
+    return client.get(f"/v1/deliveries/{delivery['id']}", headers=tenant["headers"]).get_json()
+
+
+def test_binary_body_and_odd_retry_after_are_recorded_and_delivery_completes(
+    client, tenant, receiver, start_worker
+):
+    # A NUL byte cannot be stored in PostgreSQL text; a superscript digit is not a number.
+    receiver.plan(
+        "/odd",
+        Reply(503, headers={"Retry-After": "\u00b2"}, body=b"busy\x00\xff"),
+        then=Reply(200, body=b"ok\x00done"),
+    )
+    subscribe(client, tenant, receiver.url("/odd"))
+    start_worker(concurrency=1)
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+
+    delivery = wait_until(
+        lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "delivered" and d,
+        timeout=30,
+        message="delivery after an odd 503",
+    )
+    first, second = delivery["attempts"]
+    assert (first["result"], first["status_code"]) == ("http_error", 503)
+    assert "\x00" not in first["response_body"] and first["response_body"].startswith("busy")
+    assert (second["result"], second["status_code"]) == ("success", 200)
+    assert "\x00" not in second["response_body"]
+
+
+class TricklingServer:
+    """Answers a status line, then one header line every 0.3 s and never finishes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.until = time.monotonic() + seconds
+        self.open = 0
+        self.max_open = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.open += 1
+            self.connections += 1
+            self.max_open = max(self.max_open, self.open)
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while time.monotonic() < self.until:
+                conn.sendall(b"x-slow: 1\r\n")
+                time.sleep(0.3)
+        except OSError:
+            pass  # the sender hung up: what a deadline looks like from here
+        finally:
+            conn.close()
+            with self._lock:
+                self.open -= 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_trickling_subscriber_is_cut_off_before_its_lease_so_it_is_never_sent_twice_at_once(
+    client, tenant, start_worker, start_beat
+):
+    server = TricklingServer(seconds=12)
+    try:
+        subscribe(client, tenant, f"http://127.0.0.1:{server.port}/trickle")
+        # Attempt deadline 1 + 2/2 = 2 s, lease 1 + 2 = 3 s: without a hard deadline each
+        # attempt would hang on the trickle past its lease, and a second worker process would
+        # send the same delivery while the first is still connected.
+        env = {"WEBHOOKS_HTTP_TIMEOUT_SECONDS": 1, "WEBHOOKS_LEASE_MARGIN_SECONDS": 2}
+        start_worker(concurrency=2, **env)
+        start_beat(**env)
+        event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+
+        wait_until(
+            lambda: (
+                any(
+                    a["result"] == "lease_expired"
+                    for a in _delivery(client, tenant, event["id"])["attempts"]
+                )
+                and server.connections >= 2
+            ),
+            timeout=40,
+            message="a lease taken back and the delivery sent again",
+        )
+        assert server.max_open == 1
+    finally:
+        server.close()
