@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -77,11 +74,3 @@ class BacklogCollector(Collector):
         except Exception as exc:
             log.warning("circuit metrics unavailable: %s", exc)
         yield circuits
-
-
-def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> None:
-    """Empty the directory where pool processes write their samples (at process-group start)."""
-    target = Path(path)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True, exist_ok=True)
