@@ -329,6 +329,7 @@ class Stack:
 def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     """Start the servers and processes; each is on `stack` as soon as it runs, for close()."""
     from scripts.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from scripts.run import create_tenant
 
     tmp = stack.tmp
     # Throwaway PostgreSQL without fsync: this run crashes workers and Redis, never the database.
@@ -359,15 +360,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    out = subprocess.run(
-        [str(BIN / "flask"), "--app", "webhooks", "create-tenant", "chaos"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    stack.headers = {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
+    stack.headers = {"Authorization": f"Bearer {create_tenant(env, 'chaos')}"}
 
     receiver_port = free_port()
     stack.start(

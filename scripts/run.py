@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def create_tenant(env: dict[str, str], name: str) -> str:
+    """Create a tenant with the CLI, as an operator would; return its API key (the last line)."""
+    out = subprocess.run(
+        [str(BIN / "flask"), "--app", "webhooks", "create-tenant", name],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
 def _dev_key(env: dict[str, str], var: Path) -> str:
     """Return the dev tenant's API key, creating the tenant on first run."""
     path = var / "dev_api_key"
@@ -29,15 +42,7 @@ def _dev_key(env: dict[str, str], var: Path) -> str:
         key = path.read_text().strip()
         if subprocess.run([sys.executable, "-c", check, key], env=env, cwd=ROOT).returncode == 0:
             return key
-    out = subprocess.run(
-        [str(BIN / "flask"), "--app", "webhooks", "create-tenant", "dev"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    key = out.strip().splitlines()[-1]
+    key = create_tenant(env, "dev")
     path.write_text(key + "\n")
     path.chmod(0o600)
     return key

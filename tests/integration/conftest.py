@@ -31,9 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(autouse=True)
-def clean(servers: Servers) -> Iterator[None]:
-    """Start every test with empty tables, an empty Redis and the default settings."""
+def reset_state(servers: Servers) -> None:
+    """Empty every table and Redis, and go back to the default settings."""
     import redis
 
     from webhooks.db import get_engine
@@ -52,6 +51,12 @@ def clean(servers: Servers) -> Iterator[None]:
             )
         )
     redis.Redis.from_url(servers.redis_url).flushdb()
+
+
+@pytest.fixture(autouse=True)
+def clean(servers: Servers) -> Iterator[None]:
+    """Start every test with empty tables, an empty Redis and the default settings."""
+    reset_state(servers)
     yield
 
 

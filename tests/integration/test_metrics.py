@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from scripts.embedded import free_port
-from tests.conftest import BASE_ENV, Servers, reset_settings
-from tests.integration.conftest import FAST_ENV, make_tenant
+from tests.conftest import BASE_ENV, Servers
+from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
 from tests.support import VENV_BIN, Process, Receiver, Reply, celery, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,31 +130,10 @@ def metrics_agree(api: str, worker: str, db: dict[str, Any]) -> list[str]:
     return [f"{k}: metrics {m} != database {d}" for k, (m, d) in checks.items() if m != d]
 
 
-def _reset_database(servers: Servers) -> None:
-    import redis
-
-    from webhooks.db import get_engine
-
-    for key in FAST_ENV:
-        os.environ.pop(key, None)
-    os.environ.update(
-        BASE_ENV | {"DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url}
-    )
-    reset_settings()
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE tenants, api_keys, subscriptions, events, deliveries, "
-                "attempts RESTART IDENTITY CASCADE"
-            )
-        )
-    redis.Redis.from_url(servers.redis_url).flushdb()
-
-
 @pytest.fixture(scope="module")
 def mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Drive successes, retries, failures, an open circuit and a watchdog send; scrape both."""
-    _reset_database(servers)
+    reset_state(servers)
     tmp = tmp_path_factory.mktemp("mixed")
     receiver = Receiver()
     # Two failures in a row on /flaky (retried, then delivered); /dead refuses connections.
