@@ -424,7 +424,7 @@ class Bench:
 
     # -- 6: memory with deliveries parked ------------------------------------------------------
     def parked(self, web_port: int) -> None:
-        from webhooks.services.delivery import get_breaker
+        from webhooks.runtime import get_breaker
 
         n = self.sizes.parked
         self.subscribe(web_port, "/warm", ["warm.test"])

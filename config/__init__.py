@@ -114,6 +114,8 @@ class Settings:
     retry_after_max: float = 3600.0
     # Added to the HTTP timeout to make a claim's lease: time to record the outcome after it.
     lease_margin: float = 20.0
+    # Concurrent attempts one tenant may hold: `N`, or `P%` of the live workers' pool slots.
+    tenant_max_in_flight: str = "75%"
 
     @property
     def lease_seconds(self) -> float:
@@ -150,4 +152,30 @@ def get_settings() -> Settings:
         rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),
         retry_after_max=_float("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
         lease_margin=_float("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),
+        tenant_max_in_flight=_tenant_cap("WEBHOOKS_TENANT_MAX_IN_FLIGHT", "75%"),
     )
+
+
+def parse_tenant_cap(raw: str) -> tuple[int, float]:
+    """Read a tenant cap: `N` attempts, or `P%` of the live pool slots; (N, 0) or (0, share)."""
+    raw = raw.strip()
+    if raw.endswith("%"):
+        share = float(raw[:-1]) / 100
+        if not 0 < share <= 1:
+            raise ValueError(raw)
+        return 0, share
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value, 0.0
+
+
+def _tenant_cap(name: str, default: str) -> str:
+    raw = os.environ.get(name) or default
+    try:
+        parse_tenant_cap(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a whole number of attempts or a share like 50%, got {raw!r}"
+        ) from None
+    return raw

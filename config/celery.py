@@ -7,11 +7,12 @@ from typing import Any
 from config import Settings
 
 QUEUE = "webhooks"
-# Retries waiting longer than this are not Celery countdowns: the watchdog sends them from
-# PostgreSQL when they are due, so no worker holds a long wait in memory.
-MAX_COUNTDOWN_SECONDS = 300
-# Redis hands an unacknowledged message to another worker after this long. It must exceed any
-# countdown, or a task waiting in a worker's memory would be delivered twice.
+# Housekeeping has its own queue so it never waits behind deliveries.
+CONTROL_QUEUE = "control"
+# Redis hands an unacknowledged message to another worker after this long. No task waits in a
+# worker (retries wait in the scheduler, not as countdowns), so this only bounds how long a
+# message taken by a worker that died stays invisible; the watchdog re-sends its delivery
+# much sooner (WEBHOOKS_LOST_AFTER_SECONDS), and the claim makes the late copy a no-op.
 VISIBILITY_TIMEOUT_SECONDS = 3600
 
 
@@ -28,6 +29,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health_check_interval": 10,
         },
         "task_default_queue": QUEUE,
+        "task_routes": {
+            "tasks.watchdog": {"queue": CONTROL_QUEUE},
+            "tasks.retention": {"queue": CONTROL_QUEUE},
+            "tasks.release_parked": {"queue": CONTROL_QUEUE},
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

@@ -29,18 +29,9 @@ from tasks.broker import survive_broker_crash  # noqa: E402
 from tasks.schedule import beat_schedule  # noqa: E402
 from webhooks.logs import configure_logging  # noqa: E402
 
-CONTROL_QUEUE = "control"
-
 configure_logging()
 survive_broker_crash()
 settings = get_settings()  # fails fast, with a clear message, on a missing or bad setting
 app = Celery("tasks", include=["tasks.delivery", "tasks.maintenance", "tasks.signals"])
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = beat_schedule(settings)
-# Housekeeping has its own queue so it never waits behind a backlog of deliveries. Not
-# tasks.release_parked: webhooks.dispatch sends it into the deliveries' queue on purpose, after
-# the batch it released, so the next batch goes out only once that one is under way.
-app.conf.task_routes = {
-    "tasks.watchdog": {"queue": CONTROL_QUEUE},
-    "tasks.retention": {"queue": CONTROL_QUEUE},
-}

@@ -1,4 +1,4 @@
-"""The delivery task: one attempt per run, retried through Celery countdowns."""
+"""The delivery task: one attempt per run; the scheduler decides what runs next."""
 
 from __future__ import annotations
 
@@ -6,27 +6,22 @@ from celery import shared_task
 
 from config import get_settings
 from webhooks import dispatch
-from webhooks.services import delivery
+from webhooks.services import delivery, scheduling
 
 _settings = get_settings()
-# urllib3's timeouts bound each socket operation, not a subscriber that trickles its headers:
-# past this the pool process is killed, well before the lease lets another worker send it again.
+# The client cuts an attempt at its deadline; this is the backstop for a hang anywhere else:
+# past it the pool process is killed, well before the lease lets another worker send it again.
 HARD_TIME_LIMIT = _settings.http_timeout + _settings.lease_margin / 2
 
 
-@shared_task(
-    bind=True,
-    name=dispatch.DELIVER_TASK,
-    max_retries=None,
-    ignore_result=True,
-    time_limit=HARD_TIME_LIMIT,
-)
-def deliver(self, delivery_id: str) -> None:
+@shared_task(name=dispatch.DELIVER_TASK, ignore_result=True, time_limit=HARD_TIME_LIMIT)
+def deliver(delivery_id: str) -> None:
     """Attempt one delivery; the row in PostgreSQL decides whether there is anything to do."""
     step = delivery.attempt(delivery_id)
-    if step.release_subscription is not None:
-        dispatch.send(dispatch.RELEASE_TASK, [step.release_subscription])
-    if step.retry_in is not None:
-        # The row is already `retrying` with its due time: if this send is lost, the watchdog
-        # sends it again from PostgreSQL.
-        raise self.retry(countdown=step.retry_in, max_retries=None)
+    if step.circuit_closed:
+        dispatch.send(dispatch.RELEASE_TASK, [step.subscription_id])
+    # Frees its slot, schedules its retry (the row is already `retrying` with its due time:
+    # if Redis loses it, the watchdog hands it over again), and starts the next deliveries.
+    scheduling.finish(
+        delivery_id, step.subscription_id, step.tenant_id, step.outcome, step.retry_at
+    )

@@ -1,18 +1,30 @@
-"""Worker process hooks: metrics server in the main process, fresh connections in children."""
+"""Worker process hooks: metrics server and scheduler pump in the main process, fresh
+connections in children."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import threading
+import time
+from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from config import get_settings
 from webhooks.metrics import BacklogCollector
 
 log = logging.getLogger(__name__)
+
+# How often the pump runs when nothing is due sooner; and how often a worker announces its
+# slots (well inside webhooks.scheduler.WORKER_TTL_SECONDS).
+PUMP_IDLE_SECONDS = 0.5
+ANNOUNCE_SECONDS = 5.0
+
+_pump_stop = threading.Event()
+_pump_name: str | None = None
 
 
 @worker_init.connect
@@ -30,6 +42,39 @@ def _serve_metrics(**_: object) -> None:
         log.warning("worker metrics not served on port %s: %s", port, exc)
 
 
+@worker_ready.connect
+def _start_pump(sender: Any = None, **_: object) -> None:
+    """Announce this worker's pool slots to the scheduler and keep its timers moving."""
+    global _pump_name
+    controller = getattr(sender, "controller", None)
+    slots = int(getattr(controller, "concurrency", 0) or 1)
+    _pump_name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
+    _pump_stop.clear()
+    threading.Thread(
+        target=_pump, args=(_pump_name, slots), name="scheduler-pump", daemon=True
+    ).start()
+
+
+def _pump(name: str, slots: int) -> None:
+    from webhooks.runtime import get_scheduler
+    from webhooks.services import scheduling
+
+    announced = 0.0
+    while not _pump_stop.is_set():
+        wait = PUMP_IDLE_SECONDS
+        try:
+            if time.monotonic() - announced >= ANNOUNCE_SECONDS:
+                get_scheduler().announce(name, slots)
+                announced = time.monotonic()
+            wake_at = scheduling.pump()
+            if wake_at is not None:
+                wait = min(wait, max(0.002, wake_at - time.time()))
+        except Exception as exc:  # Redis down: try again shortly, never stop pumping
+            log.warning("scheduler pump: %s", exc)
+            wait = 1.0
+        _pump_stop.wait(wait)
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     """Make this pool process open its own database connections (never the parent's)."""
@@ -39,7 +84,15 @@ def _fresh_connections(**_: object) -> None:
 
 
 @worker_shutdown.connect
-def _drop_metric_files(**_: object) -> None:
+def _shutdown(**_: object) -> None:
+    _pump_stop.set()
+    if _pump_name is not None:
+        try:
+            from webhooks.runtime import get_scheduler
+
+            get_scheduler().withdraw(_pump_name)
+        except Exception as exc:
+            log.warning("scheduler: could not withdraw this worker: %s", exc)
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if path and os.path.basename(path).startswith("celery-"):
         shutil.rmtree(path, ignore_errors=True)

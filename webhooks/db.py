@@ -61,16 +61,50 @@ def get_engine() -> Engine:
         if _engine is not None:
             # Inherited from the parent: drop its pool without closing the parent's sockets.
             _engine.dispose(close=False)
-        _engine = create_engine(
-            get_settings().database_url,
-            pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
-            max_overflow=10,
-            pool_pre_ping=True,
-            pool_recycle=1800,
-        )
+        _engine = _create()
         _engine_key = key
         _sessionmaker = sessionmaker(bind=_engine, expire_on_commit=False)
     return _engine
+
+
+_state_engine: Engine | None = None
+_state_key: tuple[int, str] | None = None
+
+
+def state_engine() -> Engine:
+    """Return this process's connections for delivery state (made anew after a fork).
+
+    Each statement is its own transaction (autocommit), and commits without waiting for the
+    WAL flush (synchronous_commit off). An attempt is then two statements, the claim and the
+    outcome, instead of eleven round trips (pings, BEGIN, SET, COMMIT). Safe for delivery
+    state only: a database crash can lose the last moments of claims and outcomes, which sends
+    those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
+    full durability: its 202 promises the event is stored. See docs/performance.md.
+    """
+    global _state_engine, _state_key
+    key = (os.getpid(), get_settings().database_url)
+    if _state_engine is None or _state_key != key:
+        if _state_engine is not None:
+            _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
+        _state_engine = _create(isolation_level="AUTOCOMMIT", synchronous_commit=False)
+        _state_key = key
+    return _state_engine
+
+
+def _create(isolation_level: str | None = None, synchronous_commit: bool = True) -> Engine:
+    options: dict[str, Any] = {}
+    if isolation_level:
+        options["isolation_level"] = isolation_level
+    if not synchronous_commit:
+        options["connect_args"] = {"options": "-c synchronous_commit=off"}
+    return create_engine(
+        get_settings().database_url,
+        pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        **options,
+    )
 
 
 def new_session() -> Session:

@@ -113,6 +113,14 @@ def send(task: str, ids: Iterable[uuid.UUID | str]) -> bool:
     return True
 
 
+def reset() -> None:
+    """Forget the producer and the broker's back-off (tests change the settings)."""
+    global _broker_down_until
+    _producer_app.cache_clear()
+    _broker.cache_clear()
+    _broker_down_until = 0.0
+
+
 def enqueue_deliveries(ids: Iterable[uuid.UUID | str]) -> bool:
     """Send a delivery task for each delivery ID."""
     return send(DELIVER_TASK, ids)

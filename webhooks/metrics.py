@@ -37,6 +37,12 @@ ENQUEUE_FAILURES = Counter(
     "webhooks_enqueue_failures", "Task sends that failed and were left to the watchdog"
 )
 
+THROTTLED = Counter(
+    "webhooks_scheduler_throttled",
+    "Times a subscription or tenant waited at a limit when the scheduler picked",
+    ["reason"],
+)
+
 
 class BacklogCollector(Collector):
     """Read the backlog from PostgreSQL and the open circuits from Redis at scrape time."""

@@ -355,7 +355,7 @@ def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
     from sqlalchemy import text
 
     from webhooks.db import session_scope
-    from webhooks.services.delivery import get_breaker
+    from webhooks.runtime import get_breaker
 
     # One request succeeds (the probe closes the circuit), then the subscriber fails again.
     receiver.plan("/relapse", Reply(204), then=Reply(503))

@@ -46,6 +46,8 @@ class AttemptResult(enum.StrEnum):
     REFUSED = "refused"
     # Not sent: the worker died or hung past its lease, so the outcome is unknown.
     LEASE_EXPIRED = "lease_expired"
+    # Not sent: an error on our side while preparing the request (a bug, an unreadable secret).
+    ERROR = "error"
 
 
 class Delivery(Timestamped, Base):

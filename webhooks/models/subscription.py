@@ -10,6 +10,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     String,
     Text,
@@ -21,6 +22,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webhooks.db import Base, Timestamped, uuid7
+
+# Concurrent attempts a subscription may have when it does not say.
+DEFAULT_MAX_IN_FLIGHT = 10
 
 
 class SubscriptionStatus(enum.StrEnum):
@@ -69,3 +73,8 @@ class Subscription(Timestamped, Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Scheduler limits, enforced across all workers (webhooks.scheduler).
+    rate_limit: Mapped[int | None] = mapped_column(Integer)  # deliveries per second
+    max_in_flight: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=DEFAULT_MAX_IN_FLIGHT, server_default=text("10")
+    )

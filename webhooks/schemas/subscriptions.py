@@ -12,6 +12,8 @@ MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 100
 MAX_HEADERS = 20
 MAX_HEADER_VALUE = 1024
+MAX_RATE_LIMIT = 10_000
+MAX_IN_FLIGHT = 1000
 # \Z, not $: in Python $ also matches before a trailing newline.
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}\Z"
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
@@ -69,6 +71,10 @@ class SubscriptionCreateSchema(Schema):
     )
     description = fields.String(allow_none=True, validate=validate.Length(max=1000))
     headers = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_headers)
+    rate_limit = fields.Integer(
+        allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_RATE_LIMIT)
+    )
+    max_in_flight = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_IN_FLIGHT))
 
 
 class SubscriptionUpdateSchema(SubscriptionCreateSchema):
@@ -83,6 +89,8 @@ class SubscriptionSchema(Schema):
     headers = fields.Dict(keys=fields.String(), values=fields.String())
     status = fields.String()
     disabled_reason = fields.String(allow_none=True)
+    rate_limit = fields.Integer(allow_none=True)
+    max_in_flight = fields.Integer()
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
@@ -98,10 +106,22 @@ class CircuitSchema(Schema):
     probe_at = fields.DateTime(allow_none=True)
 
 
+class SchedulingSchema(Schema):
+    """The limits in force now, and what waits for them (unknown when Redis is unreachable)."""
+
+    rate_limit = fields.Integer(allow_none=True)
+    max_in_flight = fields.Integer()
+    effective_rate_limit = fields.Float(allow_none=True)
+    effective_max_in_flight = fields.Integer(allow_none=True)
+    in_flight = fields.Integer(allow_none=True)
+    ready = fields.Integer(allow_none=True)
+
+
 class SubscriptionHealthSchema(Schema):
     subscription_id = fields.UUID()
     status = fields.String()
     circuit = fields.Nested(CircuitSchema)
+    scheduling = fields.Nested(SchedulingSchema)
     deliveries = fields.Dict(keys=fields.String(), values=fields.Integer())
     parked = fields.Integer()
 

@@ -1,58 +1,62 @@
-"""One delivery attempt: claim the row, ask the circuit, send, record, decide what comes next."""
+"""One delivery attempt: claim the row, ask the circuit, send, record, say what comes next.
+
+The attempt's state machine. Each outcome is one function that stores the attempt and the
+delivery's next state in one statement, and returns a Step: what the scheduler should hear
+(its adaptive limits) and when the delivery is due again, if it is.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import create_engine, func, insert, text, update
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, text, update
+from sqlalchemy.engine import Connection
 
 from config import get_settings
-from config.celery import MAX_COUNTDOWN_SECONDS
-from webhooks import metrics
+from webhooks import metrics, scheduler
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_secret
-from webhooks.db import affected, session_scope
-from webhooks.http import Client, Response
-from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus, Subscription
+from webhooks.db import affected, session_scope, state_engine
+from webhooks.http import Response
+from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.redis_client import get_redis
+from webhooks.runtime import get_breaker, get_client
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
 
+S = DeliveryStatus
+
 # The common outcome as one prepared statement: the attempt, and the delivery delivered.
 _DELIVERED = text(
-    """
+    f"""
 WITH recorded_attempt AS (
   INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms, response_body,
                         response_truncated, url, created_at)
-  VALUES (:id, :number, 'success', :status_code, :duration_ms, :response_body,
+  VALUES (:id, :number, '{AttemptResult.SUCCESS}', :status_code, :duration_ms, :response_body,
           :response_truncated, :url, now())
 )
 UPDATE deliveries
-   SET status = 'delivered', lease_expires_at = NULL, last_error = NULL, delivered_at = now(),
-       updated_at = now()
- WHERE id = :id AND status = 'in_flight' AND attempt_count = :number
-"""
+   SET status = '{S.DELIVERED}', lease_expires_at = NULL, last_error = NULL,
+       delivered_at = now(), updated_at = now()
+ WHERE id = :id AND status = '{S.IN_FLIGHT}' AND attempt_count = :number
+"""  # noqa: S608 (status names from the enums, no input)
 )
 
 _CLAIM = text(
-    """
+    f"""
 WITH claimed AS (
   UPDATE deliveries
-     SET status = 'in_flight', attempt_count = attempt_count + 1, updated_at = now(),
+     SET status = '{S.IN_FLIGHT}', attempt_count = attempt_count + 1, updated_at = now(),
          lease_expires_at = now() + make_interval(secs => :lease)
-   WHERE id = :id AND status IN ('pending', 'retrying') AND NOT parked
+   WHERE id = :id AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
      -- a message may arrive a little before its row's due time (clocks, rounding)
      AND next_attempt_at <= now() + interval '2 seconds'
   RETURNING id, event_id, subscription_id, attempt_count, failures
@@ -64,79 +68,28 @@ SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
   FROM claimed c
   JOIN events e ON e.id = c.event_id
   JOIN subscriptions s ON s.id = c.subscription_id
-"""
+"""  # noqa: S608 (status names from the enums, no input)
 )
 
-
-_state_engine: Engine | None = None
-_state_key: tuple[int, str] | None = None
-
-
-def state_engine() -> Engine:
-    """Return this process's connections for delivery state (made anew after a fork).
-
-    Each statement is its own transaction (autocommit), and commits without waiting for the
-    WAL flush (synchronous_commit off). An attempt is then two statements, the claim and the
-    outcome, instead of eleven round trips (pings, BEGIN, SET, COMMIT). Safe for delivery
-    state only: a database crash can lose the last moments of claims and outcomes, which sends
-    those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
-    full durability: its 202 promises the event is stored. See docs/performance.md.
-    """
-    global _state_engine, _state_key
-    key = (os.getpid(), get_settings().database_url)
-    if _state_engine is None or _state_key != key:
-        if _state_engine is not None:
-            _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
-        _state_engine = create_engine(
-            get_settings().database_url,
-            pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
-            max_overflow=10,
-            pool_pre_ping=True,
-            pool_recycle=1800,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"options": "-c synchronous_commit=off"},
-        )
-        _state_key = key
-    return _state_engine
-
-
-def _run(conn: Connection, statement: Any, params: dict[str, Any] | None = None) -> Any:
-    """Execute one statement as its own transaction; return the rowcount."""
-    return affected(conn.execute(statement, params or {}))
+# Results that say the subscriber is overloaded: its adaptive concurrency and rate go down.
+_THROTTLING_STATUS = {429, 503}
 
 
 @dataclass(frozen=True)
 class Step:
-    """What the task should do after an attempt."""
+    """What follows an attempt, for the scheduler and the task."""
 
-    # Send the task again after this many seconds (a Celery countdown).
-    retry_in: float | None = None
-    # The circuit of this subscription just closed: release its parked deliveries.
-    release_subscription: str | None = None
+    subscription_id: str = ""
+    tenant_id: str = ""
+    # How the attempt bears on the subscription's adaptive limits (scheduler.OK, ...).
+    outcome: str = scheduler.NONE
+    # The unix time at which the delivery is due again, if it is to be retried.
+    retry_at: float | None = None
+    # Its circuit just closed: release its parked deliveries.
+    circuit_closed: bool = False
 
 
 DONE = Step()
-
-
-@lru_cache(maxsize=1)
-def get_breaker() -> CircuitBreaker:
-    settings = get_settings()
-    return CircuitBreaker(
-        get_redis(),
-        threshold=settings.circuit_failure_threshold,
-        cooldown=settings.circuit_cooldown,
-        probe_ttl=settings.lease_seconds,
-    )
-
-
-@lru_cache(maxsize=1)
-def get_client() -> Client:
-    settings = get_settings()
-    return Client(
-        timeout=settings.http_timeout,
-        allow_private=settings.allow_private_targets,
-        body_cap=settings.max_response_body,
-    )
 
 
 def envelope(event_id: uuid.UUID, event_type: str, created_at: datetime, payload: Any) -> bytes:
@@ -176,40 +129,44 @@ def attempt(delivery_id: str) -> Step:
     # One connection for the attempt (one pool checkout and pre-ping, not two). It holds no
     # transaction or lock while the HTTP request runs: every statement commits by itself.
     with state_engine().connect() as conn:
-        return _attempt(conn, delivery_id)
+        row = conn.execute(
+            _CLAIM, {"id": delivery_id, "lease": get_settings().lease_seconds}
+        ).first()
+        if row is None:
+            # Delivered, claimed by another worker, parked, or not yet due: a stale message.
+            return DONE
+        if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
+            return _end_unsendable(conn, row)
+        breaker = get_breaker()
+        decision = breaker.acquire(str(row.subscription_id))
+        if decision.transitioned:
+            metrics.CIRCUIT_TRANSITIONS.labels(to="half_open").inc()
+        if not decision.allowed:
+            return _park(conn, row)
+        response = _send(row)
+        if response.result is AttemptResult.SUCCESS:
+            return _delivered(conn, row, response, breaker)
+        return _failed(conn, row, response, decision.probe, breaker)
 
 
-def _attempt(conn: Connection, delivery_id: str) -> Step:
-    settings = get_settings()
-    row = conn.execute(_CLAIM, {"id": delivery_id, "lease": settings.lease_seconds}).first()
-    if row is None:
-        # Delivered, claimed by another worker, parked, or not yet due: this message is stale.
-        return DONE
-
-    if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
-        reason = "subscription deleted" if row.deleted_at else "subscription disabled"
-        _run(conn, _finish(row, DeliveryStatus.FAILED, error=reason, undo_claim=True))
-        metrics.DELIVERIES.labels(outcome="failed").inc()
-        return DONE
-
-    breaker = get_breaker()
-    subscription_id = str(row.subscription_id)
-    decision = breaker.acquire(subscription_id)
-    if decision.transitioned:
-        metrics.CIRCUIT_TRANSITIONS.labels(to="half_open").inc()
-    if not decision.allowed:
-        _run(conn, _park(row))
-        metrics.ATTEMPTS.labels(result="circuit_open").inc()
-        metrics.PARKED.inc()
-        return DONE
-
-    now = datetime.now(UTC)
-    body = envelope(row.event_id, row.event_type, row.event_created_at, row.payload)
-    headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
-    headers["content-type"] = "application/json"
-    headers.update(signature_headers(signing_secrets(row, now), str(row.id), body))
-
-    response = get_client().post(row.url, body, headers)
+def _send(row: Any) -> Response:
+    """Sign and POST the delivery; anything unexpected becomes a failed attempt, not a crash."""
+    started = time.monotonic()
+    try:
+        body = envelope(row.event_id, row.event_type, row.event_created_at, row.payload)
+        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        headers["content-type"] = "application/json"
+        headers.update(
+            signature_headers(signing_secrets(row, datetime.now(UTC)), str(row.id), body)
+        )
+        response = get_client().post(row.url, body, headers)
+    except Exception as exc:  # a bug or a bad stored value must not lose the attempt
+        log.exception("attempt failed before an answer", extra={"delivery_id": str(row.id)})
+        response = Response(
+            AttemptResult.ERROR,
+            error=f"internal error: {type(exc).__name__}",
+            duration=time.monotonic() - started,
+        )
     metrics.ATTEMPTS.labels(result=response.result.value).inc()
     metrics.ATTEMPT_DURATION.observe(response.duration)
     log.info(
@@ -218,140 +175,41 @@ def _attempt(conn: Connection, delivery_id: str) -> Step:
             "tenant_id": str(row.tenant_id),
             "event_id": str(row.event_id),
             "delivery_id": str(row.id),
-            "subscription_id": subscription_id,
+            "subscription_id": str(row.subscription_id),
             "attempt": row.attempt_count,
             "result": response.result.value,
             "status_code": response.status_code,
             "duration_ms": round(response.duration * 1000, 1),
         },
     )
-    return _record(conn, row, response, decision.probe, breaker)
+    return response
 
 
-def _record(
-    conn: Connection, row: Any, response: Response, probe: bool, breaker: CircuitBreaker
-) -> Step:
-    """Store the attempt and the delivery's next state in one statement; say what follows."""
-    subscription_id = str(row.subscription_id)
-    if response.result is AttemptResult.SUCCESS:
-        delivered = _run(
-            conn,
-            _DELIVERED,
-            {
-                "id": row.id,
-                "number": row.attempt_count,
-                "status_code": response.status_code,
-                "duration_ms": round(response.duration * 1000, 3),
-                "response_body": response.body,
-                "response_truncated": response.truncated,
-                "url": row.url[:2048],
-            },
-        )
-        if delivered:
-            metrics.DELIVERIES.labels(outcome="delivered").inc()
-            latency = datetime.now(UTC) - row.event_created_at
-            metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
-        left = breaker.record_success(subscription_id)
-        if left is not None:
-            metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
-            return Step(release_subscription=subscription_id)
-        return DONE
+def _step(row: Any, outcome: str = scheduler.NONE, **kwargs: Any) -> Step:
+    return Step(str(row.subscription_id), str(row.tenant_id), outcome, **kwargs)
 
-    attempt_row = insert(Attempt).values(
-        delivery_id=row.id,
-        number=row.attempt_count,
-        result=response.result,
-        status_code=response.status_code,
-        error=response.error,
-        duration_ms=round(response.duration * 1000, 3),
-        response_body=response.body,
-        response_truncated=response.truncated,
-        url=row.url[:2048],
-    )
-    # The attempt is inserted by a CTE of the UPDATE, whether or not the UPDATE still owns
-    # the row, as two statements in one transaction would.
-    with_attempt = attempt_row.cte("recorded_attempt")
 
-    if response.status_code == 410:
-        # The subscriber says this endpoint is gone for good: stop sending to it. Rare, and
-        # several statements: one ordinary transaction.
-        with session_scope() as session:
-            session.execute(attempt_row)
-            session.execute(
-                _finish(row, DeliveryStatus.FAILED, error="410 Gone: subscription disabled")
-            )
-            disable_subscription(session, row.subscription_id, "the endpoint answered 410 Gone")
+def _end_unsendable(conn: Connection, row: Any) -> Step:
+    """Its subscription is disabled or deleted: end the delivery as failed, spending nothing."""
+    reason = "subscription deleted" if row.deleted_at else "subscription disabled"
+    values = {"attempt_count": row.attempt_count - 1}
+    if affected(conn.execute(_final(row, S.FAILED, reason).values(**values))):
         metrics.DELIVERIES.labels(outcome="failed").inc()
-        return DONE
-
-    if breaker.record_failure(subscription_id):
-        metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
-    if probe:
-        # A failed probe says the circuit stays open; the delivery waits again, unspent.
-        _run(conn, _park(row, keep_attempt=True, error=response.error).add_cte(with_attempt))
-        return DONE
-
-    failures = row.failures + 1
-    delay = retry_delay(failures, response.retry_after)
-    if delay is None:
-        failed = _finish(row, DeliveryStatus.FAILED, error=response.error, failures=failures)
-        if _run(conn, failed.add_cte(with_attempt)):
-            metrics.DELIVERIES.labels(outcome="failed").inc()
-        return DONE
-    use_countdown = delay <= MAX_COUNTDOWN_SECONDS
-    moved = _run(
-        conn,
-        _owned(row)
-        .values(
-            status=DeliveryStatus.RETRYING,
-            failures=failures,
-            # The database's clock, which the claim compares with, not this worker's.
-            next_attempt_at=func.now() + timedelta(seconds=delay),
-            lease_expires_at=None,
-            # A long wait is left to the watchdog, which sends rows that are due.
-            dispatched_at=func.now() if use_countdown else None,
-            last_error=response.error,
-        )
-        .add_cte(with_attempt),
-    )
-    if moved and use_countdown:
-        return Step(retry_in=delay)
-    return DONE
+    return _step(row)
 
 
-def _owned(row: Any) -> Any:
-    """An UPDATE that applies only while this worker's claim is still the row's latest."""
-    return update(Delivery).where(
-        Delivery.id == row.id,
-        Delivery.status == DeliveryStatus.IN_FLIGHT,
-        Delivery.attempt_count == row.attempt_count,
-    )
+def _park(conn: Connection, row: Any) -> Step:
+    """Put a claimed delivery back to wait behind its open circuit, spending no attempt."""
+    metrics.ATTEMPTS.labels(result="circuit_open").inc()
+    metrics.PARKED.inc()
+    conn.execute(_parked(row, row.attempt_count - 1))
+    return _step(row)
 
 
-def _finish(
-    row: Any,
-    status: DeliveryStatus,
-    error: str | None = None,
-    failures: int | None = None,
-    undo_claim: bool = False,
-) -> Any:
-    """The UPDATE that ends this claim with `status`."""
-    values: dict[str, Any] = {"status": status, "lease_expires_at": None, "last_error": error}
-    if status is DeliveryStatus.DELIVERED:
-        values["delivered_at"] = datetime.now(UTC)
-    if failures is not None:
-        values["failures"] = failures
-    if undo_claim:
-        values["attempt_count"] = row.attempt_count - 1
-    return _owned(row).values(**values)
-
-
-def _park(row: Any, keep_attempt: bool = False, error: str | None = None) -> Any:
-    """The UPDATE that puts a claimed delivery back to wait behind its open circuit, spending
-    no attempt."""
-    attempts = row.attempt_count if keep_attempt else row.attempt_count - 1
+def _parked(row: Any, attempts: int, error: str | None = None) -> Any:
+    """The UPDATE that parks a claimed delivery with `attempts` made."""
     values: dict[str, Any] = {
-        "status": DeliveryStatus.PENDING if attempts == 0 else DeliveryStatus.RETRYING,
+        "status": S.PENDING if attempts == 0 else S.RETRYING,
         "attempt_count": attempts,
         "parked": True,
         "lease_expires_at": None,
@@ -362,30 +220,101 @@ def _park(row: Any, keep_attempt: bool = False, error: str | None = None) -> Any
     return _owned(row).values(**values)
 
 
-def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: str) -> int:
-    """Disable a subscription and fail its unfinished deliveries; return how many failed."""
-    session.execute(
-        update(Subscription)
-        .where(Subscription.id == subscription_id)
-        .values(status=SubscriptionStatus.DISABLED, disabled_reason=reason)
+def _delivered(conn: Connection, row: Any, response: Response, breaker: CircuitBreaker) -> Step:
+    params = _attempt_values(row, response)
+    params["id"] = row.id
+    if affected(conn.execute(_DELIVERED, params)):
+        metrics.DELIVERIES.labels(outcome="delivered").inc()
+        latency = datetime.now(UTC) - row.event_created_at
+        metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
+    if breaker.record_success(str(row.subscription_id)) is not None:
+        metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+        # Slow start: its parked backlog goes out 1, 2, 4, ... at a time.
+        return _step(row, scheduler.RESTART, circuit_closed=True)
+    return _step(row, scheduler.OK)
+
+
+def _failed(
+    conn: Connection, row: Any, response: Response, probe: bool, breaker: CircuitBreaker
+) -> Step:
+    attempt_row = insert(Attempt).values(
+        delivery_id=row.id,
+        result=response.result,
+        error=response.error,
+        **_attempt_values(row, response),
     )
-    failed = affected(
-        session.execute(
-            update(Delivery)
-            .where(
-                Delivery.subscription_id == subscription_id,
-                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
-            )
-            .values(
-                status=DeliveryStatus.FAILED,
-                parked=False,
-                lease_expires_at=None,
-                last_error=f"subscription disabled: {reason}",
-            )
-        )
+    # The attempt is inserted by a CTE of the UPDATE, whether or not the UPDATE still owns
+    # the row, as two statements in one transaction would.
+    with_attempt = attempt_row.cte("recorded_attempt")
+    throttled = (
+        response.result is AttemptResult.TIMEOUT or response.status_code in _THROTTLING_STATUS
     )
-    if failed:
-        metrics.DELIVERIES.labels(outcome="failed").inc(failed)
-    # Nothing more goes to it: its circuit must not count as open any longer.
-    get_breaker().reset(str(subscription_id))
-    return int(failed or 0)
+    outcome = scheduler.THROTTLED if throttled else scheduler.FAILED
+
+    if response.status_code == 410:
+        return _gone(row, attempt_row)
+    if breaker.record_failure(str(row.subscription_id)):
+        metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+    if probe:
+        # A failed probe says the circuit stays open; the delivery waits again, unspent.
+        conn.execute(_parked(row, row.attempt_count, response.error).add_cte(with_attempt))
+        return _step(row, outcome)
+
+    failures = row.failures + 1
+    delay = retry_delay(failures, response.retry_after)
+    if delay is None:
+        failed = _final(row, S.FAILED, response.error).values(failures=failures)
+        if affected(conn.execute(failed.add_cte(with_attempt))):
+            metrics.DELIVERIES.labels(outcome="failed").inc()
+        return _step(row, outcome)
+    moved = _owned(row).values(
+        status=S.RETRYING,
+        failures=failures,
+        # The database's clock, which the claim compares with, not this worker's.
+        next_attempt_at=func.now() + timedelta(seconds=delay),
+        lease_expires_at=None,
+        # Handed to the scheduler, which holds it until it is due.
+        dispatched_at=func.now(),
+        last_error=response.error,
+    )
+    if affected(conn.execute(moved.add_cte(with_attempt))):
+        return _step(row, outcome, retry_at=time.time() + delay)
+    return _step(row, outcome)
+
+
+def _gone(row: Any, attempt_row: Any) -> Step:
+    """The subscriber says this endpoint is gone for good: stop sending to it. Rare, and
+    several statements: one ordinary transaction."""
+    from webhooks.services.subscriptions import disable_subscription
+
+    with session_scope() as session:
+        session.execute(attempt_row)
+        session.execute(_final(row, S.FAILED, "410 Gone: subscription disabled"))
+        disable_subscription(session, row.subscription_id, "the endpoint answered 410 Gone")
+    metrics.DELIVERIES.labels(outcome="failed").inc()
+    return _step(row, scheduler.FAILED)
+
+
+def _attempt_values(row: Any, response: Response) -> dict[str, Any]:
+    return {
+        "number": row.attempt_count,
+        "status_code": response.status_code,
+        "duration_ms": round(response.duration * 1000, 3),
+        "response_body": response.body,
+        "response_truncated": response.truncated,
+        "url": row.url[:2048],
+    }
+
+
+def _owned(row: Any) -> Any:
+    """An UPDATE that applies only while this worker's claim is still the row's latest."""
+    return update(Delivery).where(
+        Delivery.id == row.id,
+        Delivery.status == S.IN_FLIGHT,
+        Delivery.attempt_count == row.attempt_count,
+    )
+
+
+def _final(row: Any, status: DeliveryStatus, error: str | None) -> Any:
+    """The UPDATE that ends this claim with a final `status`."""
+    return _owned(row).values(status=status, lease_expires_at=None, last_error=error)

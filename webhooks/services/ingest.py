@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from webhooks import dispatch, metrics
+from webhooks import metrics
 from webhooks.db import uuid7
-from webhooks.services import Conflict, Invalid
+from webhooks.scheduler import Item
+from webhooks.services import Conflict, Invalid, scheduling
 
 # The events, and one delivery per new event and matching active subscription, in one
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
@@ -38,7 +39,7 @@ WITH new_events AS (
       ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
   RETURNING id, event_type
 ), targets AS (
-  SELECT id, event_types FROM subscriptions
+  SELECT id, event_types, max_in_flight, rate_limit FROM subscriptions
    WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
      AND event_types && CAST(:wanted AS varchar[])
 ), new_deliveries AS (
@@ -51,10 +52,12 @@ WITH new_events AS (
          :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
     FROM new_events e
     JOIN targets t ON e.event_type = ANY(t.event_types) OR '*' = ANY(t.event_types)
-  RETURNING id, event_id
+  RETURNING id, event_id, subscription_id
 )
-SELECT e.id AS event_id, d.id AS delivery_id
-  FROM new_events e LEFT JOIN new_deliveries d ON d.event_id = e.id
+SELECT e.id AS event_id, d.id AS delivery_id, d.subscription_id, t.max_in_flight, t.rate_limit
+  FROM new_events e
+  LEFT JOIN new_deliveries d ON d.event_id = e.id
+  LEFT JOIN targets t ON t.id = d.subscription_id
  ORDER BY e.id, d.id
 """
 )
@@ -164,13 +167,12 @@ def _publish(
 
     now = datetime.now(UTC)
     new = [i for i, result in enumerate(results) if result is None]
-    delivery_ids = _insert(session, tenant_id, items, new, now, results, batch) if new else []
+    ready = _insert(session, tenant_id, items, new, now, results, batch) if new else []
     session.commit()
     created = sum(1 for result in results if result is not None and result.created)
     if created:
         metrics.EVENTS_INGESTED.inc(created)
-    if not dispatch.enqueue_deliveries(delivery_ids):
-        metrics.ENQUEUE_FAILURES.inc(len(delivery_ids))
+    scheduling.submit(ready)
     return [result for result in results if result is not None]
 
 
@@ -182,9 +184,9 @@ def _insert(
     now: datetime,
     results: list[Accepted | None],
     batch: bool,
-) -> list[uuid.UUID]:
+) -> list[Item]:
     """Insert the new events and their deliveries, fill in their results, and return the
-    delivery IDs in the events' order."""
+    deliveries for the scheduler in the events' order."""
     event_ids = [uuid7() for _ in new]
     wanted = sorted({items[i].event_type for i in new})
     rows = session.execute(
@@ -196,27 +198,30 @@ def _insert(
             "wanted": [*wanted, "*"],
         },
     ).all()
-    deliveries: dict[uuid.UUID, list[uuid.UUID]] = {}
-    for event_id, delivery_id in rows:
+    tenant = str(tenant_id)
+    deliveries: dict[uuid.UUID, list[Item]] = {}
+    for event_id, delivery_id, subscription_id, max_in_flight, rate_limit in rows:
         targets = deliveries.setdefault(event_id, [])
         if delivery_id is not None:
-            targets.append(delivery_id)
+            targets.append(
+                Item(str(delivery_id), str(subscription_id), tenant, max_in_flight, rate_limit)
+            )
     lost: dict[str | None, int] = {}
-    delivery_ids: list[uuid.UUID] = []
+    ready: list[Item] = []
     for i, event_id in zip(new, event_ids, strict=True):
         item = items[i]
         if event_id not in deliveries:
             # A concurrent request with the same key committed first: answer as it did.
             lost[item.idempotency_key] = i
             continue
-        delivery_ids.extend(deliveries[event_id])
+        ready.extend(deliveries[event_id])
         event = EventRecord(
             event_id, tenant_id, item.event_type, item.payload, item.idempotency_key, now
         )
         results[i] = Accepted(event, len(deliveries[event_id]), created=True)
     if lost:
         _replay(session, tenant_id, items, lost, results, batch)
-    return delivery_ids
+    return ready
 
 
 def _rows(items: Sequence[NewEvent], new: list[int], event_ids: list[uuid.UUID]) -> str:

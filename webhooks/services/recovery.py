@@ -10,11 +10,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from webhooks import dispatch, metrics
 from webhooks.db import affected
 from webhooks.models import Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.services import Conflict, NotFound
+from webhooks.services import Conflict, NotFound, scheduling
 from webhooks.services import subscriptions as subscription_service
 
 FINAL = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
@@ -52,7 +51,7 @@ def retry(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Del
         )
     session.commit()
     session.refresh(delivery)
-    _send([delivery.id])
+    _send(session, [delivery.id])
     return delivery
 
 
@@ -98,7 +97,7 @@ def replay(
             .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
         )
     session.commit()
-    _send(ids)
+    _send(session, ids)
     return len(ids), more
 
 
@@ -108,6 +107,6 @@ def _now() -> Any:
     return func.now()
 
 
-def _send(ids: Sequence[uuid.UUID]) -> None:
-    if ids and not dispatch.enqueue_deliveries(ids):
-        metrics.ENQUEUE_FAILURES.inc(len(ids))
+def _send(session: Session, ids: Sequence[uuid.UUID]) -> None:
+    """Hand the deliveries to the scheduler, oldest first (the watchdog does if this fails)."""
+    scheduling.submit_ids(session, sorted(ids))

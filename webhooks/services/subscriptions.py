@@ -6,17 +6,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from webhooks.crypto import decrypt_secret, encrypt_secret
-from webhooks.db import uuid7
+from webhooks import metrics
+from webhooks.crypto import encrypt_secret
+from webhooks.db import affected, uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Delivery, DeliveryStatus, Subscription
-from webhooks.models.subscription import SubscriptionStatus
-from webhooks.services import Invalid, NotFound
-from webhooks.services.delivery import disable_subscription, get_breaker
+from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT, SubscriptionStatus
+from webhooks.runtime import get_breaker
+from webhooks.services import Invalid, NotFound, scheduling
 from webhooks.signing import generate_secret
 
 
@@ -55,6 +56,8 @@ def create(
         description=data.get("description"),
         headers=data.get("headers") or {},
         status=SubscriptionStatus.ACTIVE,
+        rate_limit=data.get("rate_limit"),
+        max_in_flight=data.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT,
     )
     subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
     session.add(subscription)
@@ -76,6 +79,11 @@ def update_one(
         subscription.description = data["description"]
     if "headers" in data:
         subscription.headers = data["headers"] or {}
+    limits_changed = False
+    for name in ("rate_limit", "max_in_flight"):
+        if name in data and (data[name] is not None or name == "rate_limit"):
+            limits_changed |= getattr(subscription, name) != data[name]
+            setattr(subscription, name, data[name])
     status = data.get("status")
     if status == "active" and subscription.status != SubscriptionStatus.ACTIVE:
         subscription.status = SubscriptionStatus.ACTIVE
@@ -85,6 +93,10 @@ def update_one(
         disable_subscription(session, subscription.id, "disabled through the API")
         session.refresh(subscription)
     session.commit()
+    if limits_changed:
+        scheduling.configure(
+            subscription.id, tenant_id, subscription.max_in_flight, subscription.rate_limit
+        )
     return subscription
 
 
@@ -110,10 +122,6 @@ def rotate_secret(
     subscription.secret_ciphertext = encrypt_secret(secret, associated)
     session.commit()
     return subscription, secret
-
-
-def current_secret(subscription: Subscription) -> str:
-    return decrypt_secret(subscription.secret_ciphertext, str(subscription.id).encode())
 
 
 def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> dict[str, Any]:
@@ -142,8 +150,47 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
         },
         "deliveries": counts,
         "parked": int(parked or 0),
+        "scheduling": {
+            "rate_limit": subscription.rate_limit,
+            "max_in_flight": subscription.max_in_flight,
+            **(
+                scheduling.state(subscription.id)
+                or dict.fromkeys(
+                    ("effective_rate_limit", "effective_max_in_flight", "in_flight", "ready")
+                )
+            ),
+        },
     }
 
 
 def _when(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: str) -> int:
+    """Disable a subscription and fail its unfinished deliveries; return how many failed."""
+    session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id)
+        .values(status=SubscriptionStatus.DISABLED, disabled_reason=reason)
+    )
+    failed = affected(
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.subscription_id == subscription_id,
+                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
+            )
+            .values(
+                status=DeliveryStatus.FAILED,
+                parked=False,
+                lease_expires_at=None,
+                last_error=f"subscription disabled: {reason}",
+            )
+        )
+    )
+    if failed:
+        metrics.DELIVERIES.labels(outcome="failed").inc(failed)
+    # Nothing more goes to it: its circuit must not count as open any longer.
+    get_breaker().reset(str(subscription_id))
+    return failed

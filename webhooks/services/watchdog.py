@@ -1,4 +1,10 @@
-"""The watchdog: take back expired leases, re-send lost or due work, release parked work.
+"""The watchdog: take back expired leases, hand lost work to the scheduler again, release
+parked work.
+
+PostgreSQL is the source of truth; the scheduler in Redis only holds what is ready, delayed or
+in flight. The watchdog compares the two: a due row that Redis no longer knows (it restarted
+empty, or a process died between the two) is handed over again; a row that Redis still holds is
+left alone however long it has waited, so a backlog is never duplicated.
 
 Every step claims rows with a conditional UPDATE over `FOR UPDATE SKIP LOCKED`, so two
 watchdogs running at once hand each row to exactly one of them.
@@ -11,21 +17,30 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import redis
 from sqlalchemy import text
 
 from config import get_settings
-from webhooks import dispatch, metrics
+from webhooks import metrics, scheduler
 from webhooks.db import session_scope
-from webhooks.services.delivery import get_breaker
+from webhooks.models import DeliveryStatus
+from webhooks.runtime import get_breaker, get_scheduler
+from webhooks.services import scheduling
 
 log = logging.getLogger("webhooks.watchdog")
 
+S = DeliveryStatus
 BATCH = 1000
+# A pass that finds lost work keeps going, batch after batch, for at most this share of the
+# interval (at least a few seconds), so recovery after Redis lost everything is fast.
+PASS_SHARE = 0.8
+LOST_BATCH = 5000
 
 _EXPIRED_LEASES = text(
-    """
+    f"""
 UPDATE deliveries d
-   SET status = CASE WHEN d.failures + 1 > :max_failures THEN 'failed' ELSE 'retrying' END,
+   SET status = CASE WHEN d.failures + 1 > :max_failures THEN '{S.FAILED}'
+                     ELSE '{S.RETRYING}' END,
        failures = d.failures + 1,
        next_attempt_at = now(),
        dispatched_at = now(),
@@ -33,11 +48,11 @@ UPDATE deliveries d
        last_error = 'the worker was lost or hung past its lease',
        updated_at = now()
   FROM (SELECT id FROM deliveries
-         WHERE status = 'in_flight' AND lease_expires_at < now()
+         WHERE status = '{S.IN_FLIGHT}' AND lease_expires_at < now()
          ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED) stale
  WHERE d.id = stale.id
-RETURNING d.id, d.status, d.attempt_count
-"""
+RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id
+"""  # noqa: S608 (status names from the enums, no input)
 )
 
 _RECORD_LOST_ATTEMPTS = text(
@@ -48,32 +63,34 @@ SELECT unnest(CAST(:ids AS uuid[])), unnest(CAST(:numbers AS integer[])), 'lease
 """
 )
 
-# Due rows that were never sent (a long wait, a failed send) or whose message was lost
-# (sent long ago and still not taken: Redis restarted empty, or its worker died).
-_DUE = text(
-    """
-UPDATE deliveries d
-   SET dispatched_at = now()
-  FROM (SELECT id FROM deliveries
-         WHERE status IN ('pending', 'retrying') AND NOT parked AND next_attempt_at <= now()
-           AND (dispatched_at IS NULL
-                OR (dispatched_at < now() - make_interval(secs => :lost_after)
-                    AND next_attempt_at < now() - make_interval(secs => :lost_after)))
-         ORDER BY next_attempt_at LIMIT :batch FOR UPDATE SKIP LOCKED) due
- WHERE d.id = due.id
-RETURNING d.id, (d.next_attempt_at < now() - make_interval(secs => :lost_after)) AS lost
-"""
+# Due rows handed to the scheduler long ago (or never): the candidates for being lost.
+_CANDIDATES = text(
+    f"""
+SELECT d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit,
+       d.next_attempt_at < now() - make_interval(secs => :lost_after) AS overdue
+  FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+ WHERE d.id IN (SELECT id FROM deliveries
+                 WHERE status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
+                   AND next_attempt_at <= now()
+                   AND (dispatched_at IS NULL
+                        OR dispatched_at < now() - make_interval(secs => :lost_after))
+                 ORDER BY next_attempt_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+ ORDER BY d.id
+"""  # noqa: S608 (status names from the enums, no input)
 )
+
+_CHECKED = text("UPDATE deliveries SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))")
 
 # In random order: with more open circuits than one pass takes, each still gets its turn.
 _PARKED_SUBSCRIPTIONS = text(
-    "SELECT p.subscription_id, s.status = 'active' AND s.deleted_at IS NULL AS live"
+    "SELECT p.subscription_id,"
+    " s.status = 'active' AND s.deleted_at IS NULL AS live"
     " FROM (SELECT DISTINCT subscription_id FROM deliveries WHERE parked) p"
     " JOIN subscriptions s ON s.id = p.subscription_id"
     " ORDER BY random() LIMIT :batch"
 )
 
-_RELEASE = text(
+_UNPARK = text(
     """
 UPDATE deliveries d
    SET parked = false, next_attempt_at = now(), dispatched_at = now(), updated_at = now()
@@ -101,58 +118,28 @@ class Report:
     sent: list[str] = field(default_factory=list)
 
 
-def release_parked(subscription_id: str | uuid.UUID, batch: int = BATCH) -> tuple[list[str], bool]:
-    """Release up to `batch` parked deliveries, oldest first; say whether more remain."""
+def unpark(subscription_id: str | uuid.UUID, batch: int = BATCH) -> tuple[list[str], bool]:
+    """Hand up to `batch` parked deliveries to the scheduler, oldest first; say whether more
+    remain. The scheduler's slow start paces them after a circuit closes."""
     with session_scope() as session:
         ids = (
-            session.execute(_RELEASE, {"subscription_id": subscription_id, "batch": batch})
+            session.execute(_UNPARK, {"subscription_id": subscription_id, "batch": batch})
             .scalars()
             .all()
         )
         more = bool(session.execute(_STILL_PARKED, {"subscription_id": subscription_id}).scalar())
-    ordered = sorted(str(i) for i in ids)  # UUIDv7: sorted is oldest first
-    if ordered and not dispatch.enqueue_deliveries(ordered):
-        metrics.ENQUEUE_FAILURES.inc(len(ordered))
+        ordered = sorted(str(i) for i in ids)  # UUIDv7: sorted is oldest first
+        if ordered:
+            session.commit()
+            scheduling.submit_ids(session, ordered)
     return ordered, more
 
 
 def run() -> Report:
     """Run one pass of the watchdog."""
-    settings = get_settings()
     report = Report()
-
-    with session_scope() as session:
-        rows = session.execute(
-            _EXPIRED_LEASES,
-            {"max_failures": len(settings.retry_delays), "batch": BATCH},
-        ).all()
-        if rows:
-            session.execute(
-                _RECORD_LOST_ATTEMPTS,
-                {"ids": [r.id for r in rows], "numbers": [r.attempt_count for r in rows]},
-            )
-    retry_ids = [str(r.id) for r in rows if r.status == "retrying"]
-    report.expired = len(rows)
-    report.failed_after_expiry = len(rows) - len(retry_ids)
-    if report.failed_after_expiry:
-        metrics.DELIVERIES.labels(outcome="failed").inc(report.failed_after_expiry)
-    if retry_ids:
-        metrics.WATCHDOG_REQUEUED.labels(reason="lease_expired").inc(len(retry_ids))
-
-    with session_scope() as session:
-        due_rows = session.execute(_DUE, {"lost_after": settings.lost_after, "batch": BATCH}).all()
-    lost = sum(1 for r in due_rows if r.lost)
-    report.lost, report.due = lost, len(due_rows) - lost
-    if report.lost:
-        metrics.WATCHDOG_REQUEUED.labels(reason="lost").inc(report.lost)
-    if report.due:
-        metrics.WATCHDOG_REQUEUED.labels(reason="due").inc(report.due)
-
-    to_send = retry_ids + [str(r.id) for r in due_rows]
-    if to_send and not dispatch.enqueue_deliveries(to_send):
-        metrics.ENQUEUE_FAILURES.inc(len(to_send))
-    report.sent.extend(to_send)
-
+    _take_back_expired(report)
+    _hand_over_lost(report)
     _release_probes(report)
     if report.expired or report.due or report.lost or report.released or report.probes:
         log.info(
@@ -168,6 +155,81 @@ def run() -> Report:
     return report
 
 
+def _take_back_expired(report: Report) -> None:
+    """Attempts whose worker died or hung: record them as failures, retry them."""
+    settings = get_settings()
+    with session_scope() as session:
+        rows = session.execute(
+            _EXPIRED_LEASES,
+            {"max_failures": len(settings.retry_delays), "batch": BATCH},
+        ).all()
+        if rows:
+            session.execute(
+                _RECORD_LOST_ATTEMPTS,
+                {"ids": [r.id for r in rows], "numbers": [r.attempt_count for r in rows]},
+            )
+    if not rows:
+        return
+    report.expired = len(rows)
+    breaker = get_breaker()
+    now = time.time()
+    retried = 0
+    for row in rows:
+        subscription_id = str(row.subscription_id)
+        # An attempt that never came back counts against its subscriber, as a timeout would.
+        if breaker.record_failure(subscription_id):
+            metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+        retry = row.status == S.RETRYING
+        retried += retry
+        scheduling.finish(
+            str(row.id),
+            subscription_id,
+            str(row.tenant_id),
+            scheduler.THROTTLED,
+            now if retry else None,
+        )
+        if retry:
+            report.sent.append(str(row.id))
+    report.failed_after_expiry = report.expired - retried
+    if report.failed_after_expiry:
+        metrics.DELIVERIES.labels(outcome="failed").inc(report.failed_after_expiry)
+    if retried:
+        metrics.WATCHDOG_REQUEUED.labels(reason="lease_expired").inc(retried)
+
+
+def _hand_over_lost(report: Report) -> None:
+    """Hand due rows that the scheduler no longer holds to it again, batch after batch."""
+    settings = get_settings()
+    deadline = time.monotonic() + max(5.0, PASS_SHARE * settings.watchdog_interval)
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            rows = session.execute(
+                _CANDIDATES, {"lost_after": settings.lost_after, "batch": LOST_BATCH}
+            ).all()
+            if not rows:
+                return
+            try:
+                known = get_scheduler().known([str(r.id) for r in rows])
+            except redis.RedisError as exc:
+                log.warning("watchdog: scheduler unavailable, lost work waits: %s", exc)
+                return
+            lost = [r for r, held in zip(rows, known, strict=True) if not held]
+            # Checked now: rows the scheduler still holds leave the candidates for a while.
+            session.execute(_CHECKED, {"ids": [str(r.id) for r in rows]})
+        if lost:
+            scheduling.submit(scheduling.items(lost))
+            overdue = sum(1 for r in lost if r.overdue)
+            report.lost += overdue
+            report.due += len(lost) - overdue
+            report.sent.extend(str(r.id) for r in lost)
+            if overdue:
+                metrics.WATCHDOG_REQUEUED.labels(reason="lost").inc(overdue)
+            if len(lost) > overdue:
+                metrics.WATCHDOG_REQUEUED.labels(reason="due").inc(len(lost) - overdue)
+        if len(rows) < LOST_BATCH:
+            return
+
+
 def _release_probes(report: Report) -> None:
     """For each subscription with parked work: release it all if its circuit is closed, or one
     delivery to serve as the probe once the cooldown is over."""
@@ -179,17 +241,17 @@ def _release_probes(report: Report) -> None:
         state = breaker.state(str(subscription_id))
         if not live:
             # Disabled or deleted: each claim ends its delivery as failed, with the reason.
-            ids, _ = release_parked(subscription_id)
+            ids, _ = unpark(subscription_id)
             reason = "subscription_disabled"
         elif state["state"] == "closed":
             # Closed (or its hash was lost, which means closed): let the work flow again.
-            ids, _ = release_parked(subscription_id)
+            ids, _ = unpark(subscription_id)
             report.released += len(ids)
             reason = "circuit_closed"
         elif (state["state"] == "open" and (state["probe_at"] or 0) <= now) or (
             state["state"] == "half_open" and (state["probe_until"] or 0) <= now
         ):
-            ids, _ = release_parked(subscription_id, batch=1)
+            ids, _ = unpark(subscription_id, batch=1)
             report.probes += len(ids)
             reason = "probe"
         else:

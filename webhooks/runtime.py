@@ -1,0 +1,55 @@
+"""This process's shared clients, built once from the settings: one place to reset them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from config import get_settings
+from webhooks.circuit import CircuitBreaker
+from webhooks.http import Client
+from webhooks.redis_client import get_redis
+from webhooks.scheduler import Scheduler
+
+
+@lru_cache(maxsize=1)
+def get_breaker() -> CircuitBreaker:
+    settings = get_settings()
+    return CircuitBreaker(
+        get_redis(),
+        threshold=settings.circuit_failure_threshold,
+        cooldown=settings.circuit_cooldown,
+        probe_ttl=settings.lease_seconds,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_client() -> Client:
+    settings = get_settings()
+    return Client(
+        timeout=settings.http_timeout,
+        allow_private=settings.allow_private_targets,
+        body_cap=settings.max_response_body,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_scheduler() -> Scheduler:
+    settings = get_settings()
+    return Scheduler(
+        get_redis(),
+        # A little past the PostgreSQL lease, on which the watchdog acts first.
+        lease=settings.lease_seconds + 10,
+        tenant_cap=settings.tenant_max_in_flight,
+    )
+
+
+def reset() -> None:
+    """Forget every client built from the settings (after the environment changed)."""
+    from webhooks import dispatch
+
+    get_settings.cache_clear()
+    get_redis.cache_clear()
+    get_breaker.cache_clear()
+    get_client.cache_clear()
+    get_scheduler.cache_clear()
+    dispatch.reset()

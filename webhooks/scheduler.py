@@ -1,0 +1,509 @@
+"""The delivery scheduler: fair shares and per-subscription limits across every worker.
+
+Deliveries wait in Redis, not in the Celery queue. Each subscription has a ready list of
+delivery IDs; tenants with work and, within a tenant, subscriptions with work take turns
+(round robin over two sorted sets whose score is a global sequence). A delivery becomes a Celery
+task only when it is picked, and a pick respects, all at once and atomically (Lua):
+
+- the window: as many tasks in flight as the live workers have pool processes, plus a little
+  so none waits for the next pick (workers announce their slots with a heartbeat);
+- the tenant cap, WEBHOOKS_TENANT_MAX_IN_FLIGHT (a number, or a share of the slots);
+- the subscription's `max_in_flight` and its adaptive concurrency window (AIMD: halved on
+  429, 503 and timeouts, grown by successes, restarted at 1 after its circuit closes);
+- the subscription's `rate_limit` and its adaptive rate, spaced evenly (GCRA with no burst).
+
+A blocked subscription leaves its tenant's turn: it comes back when one of its attempts ends
+(concurrency) or at a timer (rate). So a backlog of any size costs a pick O(log n), and a tenant
+with a backlog delays another tenant's delivery by at most one pick.
+
+Picks happen where capacity frees or work arrives: after ingest commits, after every attempt
+(in the same script that records its end), and in each worker's pump thread, which also moves
+due retries and rate timers along. Nothing here lives in one process's memory.
+
+Redis may lose all of this: PostgreSQL still has every delivery, and the watchdog re-sends the
+due rows that Redis no longer knows (the `known` set), and no others, so a backlog that waits
+here is never duplicated by it. An in-flight entry carries a lease, so a killed worker's slot
+comes back by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from config import parse_tenant_cap
+
+log = logging.getLogger(__name__)
+
+PREFIX = "wh:q:"
+# A worker's announced slots count for this long after its last heartbeat.
+WORKER_TTL_SECONDS = 15.0
+# With no worker announced yet (starting up, API alone), the window is this many tasks.
+DEFAULT_SLOTS = 4
+# Tasks dispatched beyond the slots, so a pool process finds its next task waiting.
+WINDOW_FACTOR = 1.5
+# Rate limits are spaced a little wider than 1/rate: what a subscriber receives in any one
+# second then stays within its limit, even though the time from pick to send varies.
+RATE_SPACING = 1.04
+DEFAULT_MAX_IN_FLIGHT = 10  # the same as webhooks.models.subscription
+
+# Outcomes of an attempt, as the scheduler's adaptive limits see them.
+OK = "ok"  # a 2xx: grow the window and the rate
+THROTTLED = "throttled"  # 429, 503 or a timeout: halve them
+FAILED = "failed"  # any other failure: no change (the circuit breaker judges those)
+NONE = "none"  # no attempt was made (stale message, parked, refused by the circuit)
+RESTART = "restart"  # its circuit just closed: slow start from a window of 1
+
+_LIB = """
+local P = ARGV[1]
+local function split(s)
+  local out = {}
+  for part in string.gmatch(s, '[^ ]+') do out[#out + 1] = part end
+  return out
+end
+local function seq() return redis.call('INCR', P .. 'seq') end
+local function runnable(sub, tenant)
+  local n = seq()
+  redis.call('ZADD', P .. 'ts:' .. tenant, 'NX', n, sub)
+  redis.call('ZADD', P .. 'tenants', 'NX', n, tenant)
+end
+-- End an in-flight entry; return its subscription and tenant, or nil if it was not one.
+local function release(id)
+  local v = redis.call('HGET', P .. 'if', id)
+  if not v then return nil end
+  local st = split(v)
+  redis.call('HDEL', P .. 'if', id)
+  redis.call('ZREM', P .. 'ifexp', id)
+  if tonumber(redis.call('HINCRBY', P .. 's:' .. st[1], 'inflight', -1)) < 0 then
+    redis.call('HSET', P .. 's:' .. st[1], 'inflight', 0)
+  end
+  if tonumber(redis.call('HINCRBY', P .. 't:' .. st[2], 'inflight', -1)) < 0 then
+    redis.call('HSET', P .. 't:' .. st[2], 'inflight', 0)
+  end
+  runnable(st[1], st[2])
+  return st
+end
+local function push_ready(id, sub, tenant)
+  redis.call('RPUSH', P .. 'r:' .. sub, id)
+  redis.call('INCR', P .. 'ready')
+  redis.call('SADD', P .. 'known', id)
+  runnable(sub, tenant)
+end
+-- Move along what time has made ready: expired leases, due retries, rate timers.
+local function housekeeping(now)
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'ifexp', '-inf', now, 'LIMIT', 0, 200)
+  for _, id in ipairs(expired) do
+    release(id)
+    redis.call('SREM', P .. 'known', id)
+  end
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 2000)
+  for _, m in ipairs(due) do
+    redis.call('ZREM', P .. 'delayed', m)
+    local f = split(m)
+    push_ready(f[1], f[2], f[3])
+  end
+  local timers = redis.call('ZRANGEBYSCORE', P .. 'timers', '-inf', now, 'LIMIT', 0, 2000)
+  for _, m in ipairs(timers) do
+    redis.call('ZREM', P .. 'timers', m)
+    local f = split(m)
+    runnable(f[1], f[2])
+  end
+end
+local function slots(now, default)
+  local total = 0
+  local all = redis.call('HGETALL', P .. 'workers')
+  for i = 1, #all, 2 do
+    local f = split(all[i + 1])
+    if tonumber(f[2]) > now then total = total + tonumber(f[1])
+    else redis.call('HDEL', P .. 'workers', all[i]) end
+  end
+  if total == 0 then return default end
+  return total
+end
+local function num(v, default)
+  if v == false or v == nil then return default end
+  return tonumber(v)
+end
+-- The subscription's limits now: concurrency (an integer >= 1) and rate (0 = none).
+local function limits(h)
+  local limit = num(h[1], 10)
+  local cwnd = num(h[3], limit)
+  local conc = math.max(1, math.min(limit, math.floor(cwnd)))
+  local rate = num(h[2], 0)
+  local arate = num(h[4], 0)
+  if arate > 0 and (rate == 0 or arate < rate) then rate = arate end
+  return conc, rate
+end
+-- Hand out up to `max` deliveries, fairly, within every limit. Returns {ids, blocked counts}.
+local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, spacing)
+  housekeeping(now)
+  local s = slots(now, default_slots)
+  local window = math.ceil(s * factor)
+  local cap = cap_abs
+  if cap <= 0 then cap = math.max(1, math.floor(s * cap_share + 0.0001)) end
+  local inflight = redis.call('HLEN', P .. 'if')
+  local picked = {}
+  local blocked = {0, 0, 0}
+  local guard = 0
+  while #picked < max and inflight < window and guard < 20000 do
+    guard = guard + 1
+    local t = redis.call('ZRANGE', P .. 'tenants', 0, 0)[1]
+    if not t then break end
+    local tif = num(redis.call('HGET', P .. 't:' .. t, 'inflight'), 0)
+    local sub = nil
+    if tif >= cap then
+      redis.call('ZREM', P .. 'tenants', t)
+      blocked[3] = blocked[3] + 1
+    else
+      sub = redis.call('ZRANGE', P .. 'ts:' .. t, 0, 0)[1]
+      if not sub then redis.call('ZREM', P .. 'tenants', t) end
+    end
+    if sub then
+      local sk = P .. 's:' .. sub
+      local h = redis.call('HMGET', sk, 'limit', 'rate', 'cwnd', 'arate', 'next_at', 'inflight')
+      local conc, rate = limits(h)
+      local next_at = num(h[5], 0)
+      local id = nil
+      if num(h[6], 0) >= conc then
+        redis.call('ZREM', P .. 'ts:' .. t, sub)
+        blocked[1] = blocked[1] + 1
+      elseif rate > 0 and next_at > now then
+        redis.call('ZREM', P .. 'ts:' .. t, sub)
+        redis.call('ZADD', P .. 'timers', next_at, sub .. ' ' .. t)
+        blocked[2] = blocked[2] + 1
+      else
+        id = redis.call('LPOP', P .. 'r:' .. sub)
+        if not id then redis.call('ZREM', P .. 'ts:' .. t, sub) end
+      end
+      if id then
+        redis.call('DECR', P .. 'ready')
+        if redis.call('HEXISTS', P .. 'if', id) == 0 then
+          if rate > 0 then
+            redis.call('HSET', sk, 'next_at', tostring(math.max(now, next_at) + spacing / rate))
+          end
+          redis.call('HINCRBY', sk, 'inflight', 1)
+          redis.call('HINCRBY', P .. 't:' .. t, 'inflight', 1)
+          redis.call('HSET', P .. 'if', id, sub .. ' ' .. t)
+          redis.call('ZADD', P .. 'ifexp', now + lease, id)
+          inflight = inflight + 1
+          picked[#picked + 1] = id
+        end
+        -- to the back of the line, within the tenant and among the tenants
+        local n = seq()
+        redis.call('ZADD', P .. 'ts:' .. t, 'XX', n, sub)
+        redis.call('ZADD', P .. 'tenants', 'XX', n, t)
+      end
+    end
+  end
+  return {picked, blocked}
+end
+local function next_wake()
+  local best = -1
+  for _, k in ipairs({'delayed', 'timers', 'ifexp'}) do
+    local first = redis.call('ZRANGE', P .. k, 0, 0, 'WITHSCORES')
+    if first[2] and (best < 0 or tonumber(first[2]) < best) then best = tonumber(first[2]) end
+  end
+  return tostring(best)
+end
+"""
+
+# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing, n_items,
+# then per item: id, subscription, tenant, limit, rate (0 = none).
+_ENQUEUE = (
+    _LIB
+    + """
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[10])
+local seen = {}
+for i = 0, n - 1 do
+  local b = 11 + i * 5
+  local id, sub, tenant = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  if not seen[sub] then
+    seen[sub] = true
+    redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
+               'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
+  end
+  push_ready(id, sub, tenant)
+end
+local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+               tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+return {r[1], r[2], next_wake()}
+"""
+)
+
+# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing,
+# id, subscription, tenant, outcome, retry_at (or '').
+_FINISH = (
+    _LIB
+    + """
+local now = tonumber(ARGV[2])
+local id, sub, tenant, outcome, retry_at = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+if release(id) == nil then runnable(sub, tenant) end
+if retry_at ~= '' then
+  redis.call('ZADD', P .. 'delayed', tonumber(retry_at), id .. ' ' .. sub .. ' ' .. tenant)
+  redis.call('SADD', P .. 'known', id)
+else
+  redis.call('SREM', P .. 'known', id)
+end
+local sk = P .. 's:' .. sub
+if outcome ~= 'none' and outcome ~= 'failed' then
+  local h = redis.call('HMGET', sk, 'limit', 'cwnd', 'ssthresh', 'arate', 'rate')
+  local limit = num(h[1], 10)
+  local cwnd = num(h[2], limit)
+  local ssthresh = num(h[3], limit)
+  local arate = num(h[4], 0)
+  local rate = num(h[5], 0)
+  if outcome == 'ok' then
+    if cwnd < ssthresh then cwnd = cwnd + 1 else cwnd = cwnd + 1 / math.max(1, cwnd) end
+    if arate > 0 then
+      arate = arate + 1
+      -- back to its configured rate, or well past what it needed: no adaptive rate any more
+      if (rate > 0 and arate >= rate) or arate >= 10000 then arate = 0 end
+    end
+  elseif outcome == 'throttled' then
+    cwnd = math.max(1, math.floor(cwnd / 2))
+    ssthresh = cwnd
+    -- the rate it was sent at, halved: from the spacing of its last picks
+    local current = arate
+    if current <= 0 then
+      current = rate
+      local gap = num(redis.call('HGET', sk, 'gap'), 0)
+      if current <= 0 and gap > 0 then current = 1 / gap end
+      if current <= 0 then current = 2 * cwnd end
+    end
+    arate = math.max(1, current / 2)
+  elseif outcome == 'restart' then
+    ssthresh = math.max(cwnd, 2)
+    cwnd = 1
+  end
+  if cwnd > limit then cwnd = limit end
+  redis.call('HSET', sk, 'cwnd', tostring(cwnd), 'ssthresh', tostring(ssthresh),
+             'arate', tostring(arate))
+end
+if outcome ~= 'none' then
+  -- the spacing of this subscription's attempts (an average), for a first adaptive rate
+  local last = num(redis.call('HGET', sk, 'last_end'), 0)
+  if last > 0 then
+    local gap = num(redis.call('HGET', sk, 'gap'), now - last)
+    redis.call('HSET', sk, 'gap', tostring(0.8 * gap + 0.2 * (now - last)))
+  end
+  redis.call('HSET', sk, 'last_end', tostring(now))
+end
+local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+               tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+return {r[1], r[2], next_wake()}
+"""
+)
+
+# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing.
+_PUMP = (
+    _LIB
+    + """
+local r = pick(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+               tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+return {r[1], r[2], next_wake()}
+"""
+)
+
+# ARGV: prefix, then delivery IDs. Returns 1 or 0 for each: does the scheduler hold it?
+_KNOWN = """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = redis.call('SISMEMBER', ARGV[1] .. 'known', ARGV[i]) end
+return out
+"""
+
+# ARGV: prefix, subscription, limit, rate (0 = none), tenant.
+_CONFIGURE = (
+    _LIB
+    + """
+local sk = P .. 's:' .. ARGV[2]
+redis.call('HSET', sk, 'limit', ARGV[3], 'rate', ARGV[4], 'tenant', ARGV[5])
+local cwnd = redis.call('HGET', sk, 'cwnd')
+if cwnd and tonumber(cwnd) > tonumber(ARGV[3]) then redis.call('HSET', sk, 'cwnd', ARGV[3]) end
+if redis.call('LLEN', P .. 'r:' .. ARGV[2]) > 0 then runnable(ARGV[2], ARGV[5]) end
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A delivery for the scheduler, with what it needs to know of its subscription."""
+
+    delivery_id: str
+    subscription_id: str
+    tenant_id: str
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    rate_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What one call handed out, and why others had to wait."""
+
+    ids: list[str]
+    # Subscriptions or tenants found at a limit: max_in_flight, rate_limit, tenant_cap.
+    blocked: dict[str, int]
+    # The unix time at which something becomes ready (a retry, a timer), or None.
+    wake_at: float | None
+
+    @classmethod
+    def empty(cls) -> Picked:
+        return cls([], {}, None)
+
+
+BLOCK_REASONS = ("max_in_flight", "rate_limit", "tenant_cap")
+
+
+class Scheduler:
+    """The scheduler's operations; every one is one Lua script, so one round trip."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lease: float,
+        tenant_cap: str = "75%",
+        default_slots: int = DEFAULT_SLOTS,
+        window_factor: float = WINDOW_FACTOR,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.client = client
+        self.lease = lease
+        self.cap_abs, self.cap_share = parse_tenant_cap(tenant_cap)
+        self.default_slots = default_slots
+        self.window_factor = window_factor
+        self.prefix = prefix
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._finish = client.register_script(_FINISH)
+        self._pump = client.register_script(_PUMP)
+        self._known = client.register_script(_KNOWN)
+        self._configure = client.register_script(_CONFIGURE)
+
+    def _common(self, now: float | None, max_picks: int) -> list[Any]:
+        return [
+            self.prefix,
+            repr(time.time() if now is None else now),
+            max_picks,
+            self.lease,
+            self.cap_abs,
+            self.cap_share,
+            self.default_slots,
+            self.window_factor,
+            RATE_SPACING,
+        ]
+
+    def enqueue(
+        self, items: Sequence[Item], now: float | None = None, max_picks: int = 1000
+    ) -> Picked:
+        """Add ready deliveries (in this order) and hand out what may start now."""
+        args = self._common(now, max_picks)
+        args.append(len(items))
+        for item in items:
+            args += [
+                item.delivery_id,
+                item.subscription_id,
+                item.tenant_id,
+                item.max_in_flight,
+                item.rate_limit or 0,
+            ]
+        return _picked(self._enqueue(args=args))
+
+    def finish(
+        self,
+        delivery_id: str,
+        subscription_id: str,
+        tenant_id: str,
+        outcome: str,
+        retry_at: float | None = None,
+        now: float | None = None,
+        max_picks: int = 100,
+    ) -> Picked:
+        """End a delivery's turn (or schedule its retry at `retry_at`); hand out the next."""
+        args = self._common(now, max_picks)
+        args += [
+            delivery_id,
+            subscription_id,
+            tenant_id,
+            outcome,
+            "" if retry_at is None else repr(retry_at),
+        ]
+        return _picked(self._finish(args=args))
+
+    def pump(self, now: float | None = None, max_picks: int = 1000) -> Picked:
+        """Move due retries and timers along and hand out what may start now."""
+        return _picked(self._pump(args=self._common(now, max_picks)))
+
+    def known(self, delivery_ids: Sequence[str]) -> list[bool]:
+        """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""
+        if not delivery_ids:
+            return []
+        return [bool(v) for v in self._known(args=[self.prefix, *delivery_ids])]
+
+    def configure(
+        self, subscription_id: str, tenant_id: str, max_in_flight: int, rate_limit: int | None
+    ) -> None:
+        """Apply a subscription's new limits at once."""
+        self._configure(
+            args=[self.prefix, subscription_id, max_in_flight, rate_limit or 0, tenant_id]
+        )
+
+    def announce(self, worker: str, slots: int, now: float | None = None) -> None:
+        """Count a worker's pool processes in the window for the next WORKER_TTL_SECONDS."""
+        expires = (time.time() if now is None else now) + WORKER_TTL_SECONDS
+        self.client.hset(self.prefix + "workers", worker, f"{slots} {expires!r}")
+
+    def withdraw(self, worker: str) -> None:
+        self.client.hdel(self.prefix + "workers", worker)
+
+    def subscription_state(self, subscription_id: str) -> dict[str, Any]:
+        """The limits in force for one subscription, and what waits for them."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.prefix + "s:" + subscription_id)
+        pipe.llen(self.prefix + "r:" + subscription_id)
+        raw, ready = pipe.execute()
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        limit = int(float(h.get("limit", DEFAULT_MAX_IN_FLIGHT)))
+        cwnd = float(h.get("cwnd", limit))
+        rate = float(h.get("rate", 0) or 0)
+        arate = float(h.get("arate", 0) or 0)
+        effective_rate = arate if arate > 0 and (rate == 0 or arate < rate) else rate
+        return {
+            "effective_max_in_flight": max(1, min(limit, math.floor(cwnd))),
+            "effective_rate_limit": round(effective_rate, 2) if effective_rate else None,
+            "in_flight": max(0, int(h.get("inflight", 0))),
+            "ready": int(ready),
+        }
+
+    def totals(self) -> dict[str, int]:
+        """Deliveries ready to start, waiting for a retry, and in flight, across all tenants."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.prefix + "ready")
+        pipe.zcard(self.prefix + "delayed")
+        pipe.hlen(self.prefix + "if")
+        ready, delayed, inflight = pipe.execute()
+        return {
+            "ready": max(0, int(ready or 0)),
+            "delayed": int(delayed),
+            "in_flight": int(inflight),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _picked(raw: Any) -> Picked:
+    ids, blocked, wake = raw
+    wake_at = float(_text(wake))
+    return Picked(
+        [_text(i) for i in ids],
+        {reason: int(n) for reason, n in zip(BLOCK_REASONS, blocked, strict=True) if int(n)},
+        wake_at if wake_at >= 0 else None,
+    )

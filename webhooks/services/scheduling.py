@@ -1,0 +1,112 @@
+"""Hand deliveries to the scheduler and start what it picks, as Celery tasks.
+
+Every call is best effort: if Redis is down, PostgreSQL still holds each delivery, and the
+watchdog hands the due ones over again once Redis is back (see webhooks.scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from webhooks import dispatch, metrics
+from webhooks.runtime import get_scheduler
+from webhooks.scheduler import Item, Picked
+
+log = logging.getLogger(__name__)
+
+_ITEMS = text(
+    "SELECT d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit"
+    "  FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
+    " WHERE d.id = ANY(CAST(:ids AS uuid[]))"
+    " ORDER BY d.id"
+)
+
+
+def items(rows: Iterable[Any]) -> list[Item]:
+    """Items from rows with id, subscription_id, tenant_id, max_in_flight and rate_limit."""
+    return [
+        Item(str(r.id), str(r.subscription_id), str(r.tenant_id), r.max_in_flight, r.rate_limit)
+        for r in rows
+    ]
+
+
+def submit(ready: Sequence[Item]) -> bool:
+    """Queue ready deliveries with the scheduler and start what may start now."""
+    if not ready:
+        return True
+    try:
+        picked = get_scheduler().enqueue(ready)
+    except redis.RedisError as exc:
+        log.warning(
+            "scheduler unavailable, %d delivery(ies) left to the watchdog: %s", len(ready), exc
+        )
+        metrics.ENQUEUE_FAILURES.inc(len(ready))
+        return False
+    start(picked)
+    return True
+
+
+def submit_ids(db: Session | Connection, ids: Sequence[uuid.UUID | str]) -> bool:
+    """Queue deliveries by ID (oldest first), reading what the scheduler needs to know."""
+    if not ids:
+        return True
+    rows = db.execute(_ITEMS, {"ids": [str(i) for i in ids]}).all()
+    return submit(items(rows))
+
+
+def finish(
+    delivery_id: str, subscription_id: str, tenant_id: str, outcome: str, retry_at: float | None
+) -> None:
+    """Tell the scheduler an attempt ended (and when it is due again); start the next ones."""
+    try:
+        picked = get_scheduler().finish(
+            delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at
+        )
+    except redis.RedisError as exc:
+        # Its slot comes back when its lease in Redis ends; a retry is found by the watchdog.
+        log.warning("scheduler unavailable after an attempt: %s", exc)
+        return
+    start(picked)
+
+
+def pump() -> float | None:
+    """Move due retries and timers along and start what may start; say when to call again."""
+    picked = get_scheduler().pump()
+    start(picked)
+    return picked.wake_at
+
+
+def start(picked: Picked) -> None:
+    """Send a Celery task for each picked delivery, and count the waits."""
+    for reason, count in picked.blocked.items():
+        metrics.THROTTLED.labels(reason=reason).inc(count)
+    if picked.ids and not dispatch.enqueue_deliveries(picked.ids):
+        # Their slots come back when their leases in Redis end, and the watchdog sends them.
+        metrics.ENQUEUE_FAILURES.inc(len(picked.ids))
+
+
+def configure(
+    subscription_id: uuid.UUID, tenant_id: uuid.UUID, max_in_flight: int, rate_limit: int | None
+) -> None:
+    """Apply a subscription's new limits now (they also travel with each delivery queued)."""
+    try:
+        get_scheduler().configure(str(subscription_id), str(tenant_id), max_in_flight, rate_limit)
+    except redis.RedisError as exc:
+        log.warning("scheduler unavailable, limits apply from the next delivery: %s", exc)
+
+
+def state(subscription_id: uuid.UUID) -> dict[str, Any] | None:
+    """The subscription's limits in force and its waiting work, or None if Redis is down."""
+    try:
+        return get_scheduler().subscription_state(str(subscription_id))
+    except redis.RedisError as exc:
+        log.warning("scheduler state unavailable: %s", exc)
+        return None
