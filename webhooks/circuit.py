@@ -8,6 +8,7 @@ only protects capacity, PostgreSQL keeps every delivery.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,26 @@ OPEN_SET = "wh:circuits:open"
 # Idle hashes expire: a subscription not heard from for a week starts closed again.
 TTL_SECONDS = 7 * 86_400
 
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+# The caller's clock (ARGV[1] of every script that needs one), so tests need no sleeps.
+_NOW = "local now = tonumber(ARGV[1])\n"
+# How many recent outcomes the breaker remembers, and the share of failures among them that,
+# with `threshold` failures in a row, opens it. A dead subscriber fails everything, so it opens
+# after `threshold` failures when the breaker knew nothing of it, and after 18 of the last 20
+# when it was healthy before. A flaky one (a third of its requests fail) never gets there by
+# chance (p < 1e-6 per window), so it is retried, not parked behind a cooldown.
+WINDOW = 20
+WINDOW_FAILURE_SHARE = 0.9
+_RECORD = (
+    "local function remember(bit)\n"
+    "  local w = (redis.call('HGET', KEYS[1], 'window') or '') .. bit\n"
+    f"  if #w > {WINDOW} then w = string.sub(w, -{WINDOW}) end\n"
+    "  redis.call('HSET', KEYS[1], 'window', w)\n"
+    "  local _, failed = string.gsub(w, '1', '')\n"
+    "  return failed, #w\n"
+    "end\n"
+)
 
-# KEYS: hash, open set. ARGV: cooldown, probe ttl, member, ttl.
+# KEYS: hash, open set. ARGV: now, cooldown, probe ttl, member, ttl.
 # Returns {decision, state, until, transitioned}.
 _ACQUIRE = (
     _NOW
@@ -30,51 +48,64 @@ _ACQUIRE = (
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'closed' then return {'allow', 'closed', '0', '0'} end
 if state == 'open' then
-  local ready = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0') + tonumber(ARGV[1])
+  local ready = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0') + tonumber(ARGV[2])
   if now < ready then return {'deny', 'open', tostring(ready), '0'} end
-  local probe_until = tostring(now + tonumber(ARGV[2]))
+  local probe_until = tostring(now + tonumber(ARGV[3]))
   redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', probe_until)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {'probe', 'half_open', tostring(now + tonumber(ARGV[2])), '1'}
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return {'probe', 'half_open', tostring(now + tonumber(ARGV[3])), '1'}
 end
 local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
 if now < probe_until then return {'deny', 'half_open', tostring(probe_until), '0'} end
-redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[2])))
-return {'probe', 'half_open', tostring(now + tonumber(ARGV[2])), '0'}
+redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[3])))
+return {'probe', 'half_open', tostring(now + tonumber(ARGV[3])), '0'}
 """
 )
 
-# KEYS: hash, open set. ARGV: member. Returns the state it left.
-_SUCCESS = """
+# KEYS: hash, open set. ARGV: member, ttl. Returns the state it left.
+_SUCCESS = (
+    _RECORD
+    + """
+remember('0')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'closed' end
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', '0')
+  return 'closed'
+end
 if state == 'closed' and redis.call('HGET', KEYS[1], 'failures') == '0' then return 'closed' end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', '0')
 redis.call('HDEL', KEYS[1], 'opened_at', 'probe_until')
 redis.call('SREM', KEYS[2], ARGV[1])
 return state
 """
+)
 
-# KEYS: hash, open set. ARGV: threshold, member, ttl. Returns {state before, state after}.
+# KEYS: hash, open set. ARGV: now, threshold, member, ttl, failure share.
+# Returns {state before, state after}.
 _FAILURE = (
     _NOW
+    + _RECORD
     + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local after = state
+local failed, seen = remember('1')
 if state == 'half_open' then
   after = 'open'
 elseif state == 'closed' then
   local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures >= tonumber(ARGV[1]) then after = 'open' else
+  if failures >= tonumber(ARGV[2]) and failed >= tonumber(ARGV[5]) * seen then
+    after = 'open'
+  else
     redis.call('HSET', KEYS[1], 'state', 'closed')
   end
 end
 if after == 'open' and state ~= 'open' then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now))
   redis.call('HDEL', KEYS[1], 'probe_until')
-  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[3])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {state, after}
 """
 )
@@ -105,12 +136,12 @@ class CircuitBreaker:
     def _keys(self, subscription_id: str) -> list[str]:
         return [KEY_PREFIX + subscription_id, OPEN_SET]
 
-    def acquire(self, subscription_id: str) -> Decision:
+    def acquire(self, subscription_id: str, now: float | None = None) -> Decision:
         """Ask whether a delivery to this subscription may be sent now (fails open)."""
         try:
             decision, state, until, moved = self._acquire(
                 keys=self._keys(subscription_id),
-                args=[self.cooldown, self.probe_ttl, subscription_id, TTL_SECONDS],
+                args=[_now(now), self.cooldown, self.probe_ttl, subscription_id, TTL_SECONDS],
             )
         except redis.RedisError as exc:
             log.warning("circuit state unavailable, treating as closed: %s", exc)
@@ -127,18 +158,26 @@ class CircuitBreaker:
     def record_success(self, subscription_id: str) -> str | None:
         """Close the circuit; return the state it left if that was not closed."""
         try:
-            before = _text(self._success(keys=self._keys(subscription_id), args=[subscription_id]))
+            before = _text(
+                self._success(keys=self._keys(subscription_id), args=[subscription_id, TTL_SECONDS])
+            )
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
             return None
         return before if before != "closed" else None
 
-    def record_failure(self, subscription_id: str) -> bool:
+    def record_failure(self, subscription_id: str, now: float | None = None) -> bool:
         """Count a failure; return True if it opened the circuit."""
         try:
             before, after = self._failure(
                 keys=self._keys(subscription_id),
-                args=[self.threshold, subscription_id, TTL_SECONDS],
+                args=[
+                    _now(now),
+                    self.threshold,
+                    subscription_id,
+                    TTL_SECONDS,
+                    WINDOW_FAILURE_SHARE,
+                ],
             )
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
@@ -173,6 +212,10 @@ class CircuitBreaker:
             self.client.srem(OPEN_SET, subscription_id)
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
+
+
+def _now(now: float | None) -> str:
+    return repr(time.time() if now is None else now)
 
 
 def _text(value: Any) -> str:

@@ -68,8 +68,13 @@ local function split(s)
   return out
 end
 local function seq() return redis.call('INCR', P .. 'seq') end
+-- Taking turns: a tenant (or subscription) that becomes runnable joins ahead of those that
+-- have just been served, in the order they joined; once served it goes to the back. So work
+-- that arrives while another tenant drains a backlog goes out at the next pick (as new flows
+-- do in FQ-CoDel), and a backlog is served round robin.
+local NEW = 1e15
 local function runnable(sub, tenant)
-  local n = seq()
+  local n = seq() - NEW
   redis.call('ZADD', P .. 'ts:' .. tenant, 'NX', n, sub)
   redis.call('ZADD', P .. 'tenants', 'NX', n, tenant)
 end
@@ -263,8 +268,10 @@ if outcome ~= 'none' and outcome ~= 'failed' then
     if cwnd < ssthresh then cwnd = cwnd + 1 else cwnd = cwnd + 1 / math.max(1, cwnd) end
     if arate > 0 then
       arate = arate + 1
-      -- back to its configured rate, or well past what it needed: no adaptive rate any more
-      if (rate > 0 and arate >= rate) or arate >= 10000 then arate = 0 end
+      -- back to its configured rate, or to the rate it had when throttled: no adaptive rate
+      if (rate > 0 and arate >= rate) or arate >= num(redis.call('HGET', sk, 'abase'), 0) then
+        arate = 0
+      end
     end
   elseif outcome == 'throttled' then
     cwnd = math.max(1, math.floor(cwnd / 2))
@@ -277,6 +284,7 @@ if outcome ~= 'none' and outcome ~= 'failed' then
       if current <= 0 and gap > 0 then current = 1 / gap end
       if current <= 0 then current = 2 * cwnd end
     end
+    if num(h[4], 0) <= 0 then redis.call('HSET', sk, 'abase', tostring(current)) end
     arate = math.max(1, current / 2)
   elseif outcome == 'restart' then
     ssthresh = math.max(cwnd, 2)

@@ -1,0 +1,170 @@
+"""The scheduler's Lua, run by fakeredis: fair turns, limits, timers, leases, known work."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from webhooks.scheduler import Item, Scheduler
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+def client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def make(client, **kwargs) -> Scheduler:
+    kwargs.setdefault("lease", 30.0)
+    kwargs.setdefault("tenant_cap", "100%")
+    kwargs.setdefault("default_slots", 4)
+    kwargs.setdefault("window_factor", 1.0)
+    return Scheduler(client, **kwargs)
+
+
+def items(tenant: str, sub: str, n: int, start: int = 0, **limits) -> list[Item]:
+    return [Item(f"{sub}-{i}", sub, tenant, **limits) for i in range(start, start + n)]
+
+
+def test_window_follows_the_announced_slots(client):
+    s = make(client)
+    assert len(s.enqueue(items("A", "a", 20), now=NOW).ids) == 4  # nobody announced: default
+    s.announce("w1", 3, now=NOW)
+    s.announce("w2", 5, now=NOW)
+    assert len(s.pump(now=NOW).ids) == 4  # 8 slots, 4 in flight
+    # a worker that stops announcing drops out of the window
+    s.announce("w2", 5, now=NOW - 100)
+    for i in range(8):
+        s.finish(f"a-{i}", "a", "A", "ok", now=NOW + 1)
+    assert s.totals()["in_flight"] == 3
+
+
+def test_a_backlog_of_one_tenant_does_not_hold_up_another(client):
+    s = make(client, default_slots=2)
+    first = s.enqueue(items("A", "a", 5000), now=NOW)
+    assert first.ids == ["a-0", "a-1"]
+    assert s.enqueue(items("B", "b", 1), now=NOW).ids == []  # the window is full
+    # the next slot that frees goes to B, not to the 4998 of A that wait
+    assert s.finish("a-0", "a", "A", "ok", now=NOW + 0.1).ids == ["b-0"]
+    assert s.finish("a-1", "a", "A", "ok", now=NOW + 0.2).ids == ["a-2"]
+
+
+def test_tenants_take_turns_and_subscriptions_take_turns_within_a_tenant(client):
+    s = make(client, default_slots=6)
+    s.announce("w", 0, now=NOW)  # announce nothing: default window
+    s.enqueue(items("A", "a1", 10) + items("A", "a2", 10), now=NOW, max_picks=0)
+    s.enqueue(items("B", "b1", 10), now=NOW, max_picks=0)
+    picked = s.pump(now=NOW).ids
+    assert sorted(p.split("-")[0] for p in picked) == ["a1", "a1", "a2", "b1", "b1", "b1"]
+
+
+def test_tenant_cap_is_a_share_of_the_slots(client):
+    s = make(client, tenant_cap="50%", default_slots=4, window_factor=2.0)
+    picked = s.enqueue(items("A", "a1", 10) + items("A", "a2", 10), now=NOW)
+    assert len(picked.ids) == 2
+    assert picked.blocked.get("tenant_cap")
+    assert len(s.enqueue(items("B", "b", 10), now=NOW).ids) == 2
+
+
+def test_max_in_flight_is_never_exceeded_and_its_slot_returns_on_finish(client):
+    s = make(client, default_slots=10)
+    picked = s.enqueue(items("A", "a", 10, max_in_flight=2), now=NOW)
+    assert picked.ids == ["a-0", "a-1"]
+    assert picked.blocked == {"max_in_flight": 1}
+    assert s.pump(now=NOW).ids == []
+    assert s.finish("a-0", "a", "A", "ok", now=NOW + 1).ids == ["a-2"]
+
+
+def test_rate_limit_spaces_picks_and_a_timer_brings_the_subscription_back(client):
+    s = make(client, default_slots=100)
+    picked = s.enqueue(items("A", "a", 200, rate_limit=10, max_in_flight=500), now=NOW)
+    assert picked.ids == ["a-0"]
+    assert picked.blocked == {"rate_limit": 1}
+    assert picked.wake_at == pytest.approx(NOW + 0.104)
+    assert s.pump(now=NOW + 0.05).ids == []
+    assert s.pump(now=NOW + 0.105).ids == ["a-1"]
+    # over ten simulated seconds, picked about 10 a second, never more in any second
+    times = []
+    t = NOW + 0.105
+    while t < NOW + 10.105:
+        t += 0.01
+        times += [t] * len(s.pump(now=t).ids)
+    for start in times:
+        assert sum(1 for x in times if start <= x < start + 1) <= 10
+    assert 90 <= len(times) <= 100
+
+
+def test_throttling_halves_the_window_and_the_rate_and_successes_restore_them(client):
+    s = make(client, default_slots=100)
+    s.enqueue(items("A", "a", 200, max_in_flight=8), now=NOW)
+    assert s.subscription_state("a")["effective_max_in_flight"] == 8
+    s.finish("a-0", "a", "A", "throttled", now=NOW + 0.5)
+    state = s.subscription_state("a")
+    assert state["effective_max_in_flight"] == 4
+    assert state["effective_rate_limit"] is not None
+    first_rate = state["effective_rate_limit"]
+    s.finish("a-1", "a", "A", "throttled", now=NOW + 0.6)
+    assert s.subscription_state("a")["effective_max_in_flight"] == 2
+    assert s.subscription_state("a")["effective_rate_limit"] < first_rate
+    for i in range(2, 200):
+        s.finish(f"a-{i}", "a", "A", "ok", now=NOW + 1 + i / 100)
+    state = s.subscription_state("a")
+    assert state["effective_max_in_flight"] == 8
+    assert state["effective_rate_limit"] is None
+
+
+def test_a_closed_circuit_restarts_from_a_window_of_one_and_doubles(client):
+    s = make(client, default_slots=100)
+    s.enqueue(items("A", "a", 1, max_in_flight=50), now=NOW)
+    s.finish("a-0", "a", "A", "restart", now=NOW)
+    assert s.subscription_state("a")["effective_max_in_flight"] == 1
+    s.enqueue(items("A", "a", 60, start=1, max_in_flight=50), now=NOW)
+    widths = []
+    in_flight = ["a-1"]
+    n = 0
+    while in_flight and len(widths) < 5:
+        widths.append(len(in_flight))
+        nxt = []
+        for d in in_flight:
+            n += 1
+            nxt += s.finish(d, "a", "A", "ok", now=NOW + n).ids
+        in_flight = nxt
+    assert widths[:4] == [1, 2, 4, 8]
+
+
+def test_retries_wait_in_a_sorted_set_and_become_ready_when_due(client):
+    s = make(client)
+    s.enqueue(items("A", "a", 1), now=NOW)
+    picked = s.finish("a-0", "a", "A", "failed", retry_at=NOW + 5, now=NOW)
+    assert picked.ids == [] and picked.wake_at == NOW + 5
+    assert s.known(["a-0"]) == [True]
+    assert s.pump(now=NOW + 4.9).ids == []
+    assert s.pump(now=NOW + 5).ids == ["a-0"]
+    s.finish("a-0", "a", "A", "ok", now=NOW + 6)
+    assert s.known(["a-0"]) == [False]
+
+
+def test_an_expired_lease_frees_its_slot_and_forgets_the_delivery(client):
+    s = make(client, default_slots=1, lease=10)
+    assert s.enqueue(items("A", "a", 2), now=NOW).ids == ["a-0"]
+    assert s.pump(now=NOW + 9).ids == []
+    assert s.pump(now=NOW + 11).ids == ["a-1"]
+    assert s.known(["a-0", "a-1"]) == [False, True]
+
+
+def test_a_duplicate_of_a_delivery_in_flight_is_not_started_twice(client):
+    s = make(client, default_slots=10)
+    s.enqueue(items("A", "a", 1), now=NOW)
+    assert s.enqueue(items("A", "a", 1), now=NOW).ids == []
+    assert s.totals() == {"ready": 0, "delayed": 0, "in_flight": 1}
+
+
+def test_lost_state_starts_empty_and_works(client):
+    s = make(client)
+    s.enqueue(items("A", "a", 3), now=NOW)
+    client.flushall()
+    assert s.totals() == {"ready": 0, "delayed": 0, "in_flight": 0}
+    assert s.known(["a-0"]) == [False]
+    assert s.finish("a-0", "a", "A", "ok", now=NOW).ids == []
+    assert s.enqueue(items("A", "a", 1, start=5), now=NOW).ids == ["a-5"]
