@@ -54,12 +54,27 @@ class Receiver:
         self._plans: dict[str, list[Reply]] = {}
         self._defaults: dict[str, Reply | Callable[[Received], Reply]] = {}
         self._lock = threading.Lock()
+        # Requests being answered now, and the most at once, per path.
+        self._active: dict[str, int] = {}
+        self.max_active: dict[str, int] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                path = self.path.split("?", 1)[0]
+                with receiver._lock:
+                    now = receiver._active.get(path, 0) + 1
+                    receiver._active[path] = now
+                    receiver.max_active[path] = max(receiver.max_active.get(path, 0), now)
+                try:
+                    self._answer()
+                finally:
+                    with receiver._lock:
+                        receiver._active[path] -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
                 item = Received(

@@ -51,6 +51,9 @@ WINDOW_FACTOR = 1.5
 # Rate limits are spaced a little wider than 1/rate: what a subscriber receives in any one
 # second then stays within its limit, even though the time from pick to send varies.
 RATE_SPACING = 1.04
+# The window over which a rate limit is counted at send time: a second, and a margin for the
+# time between the count and the subscriber's receipt.
+ADMIT_WINDOW_SECONDS = 1.05
 DEFAULT_MAX_IN_FLIGHT = 10  # the same as webhooks.models.subscription
 
 # Outcomes of an attempt, as the scheduler's adaptive limits see them.
@@ -326,6 +329,23 @@ for i = 2, #ARGV do out[#out + 1] = redis.call('SISMEMBER', ARGV[1] .. 'known', 
 return out
 """
 
+# ARGV: prefix, subscription, rate, now, window, member. Returns {allowed, retry_at}.
+# The last check before a rate-limited attempt is sent: picks are spaced already, but the time
+# from pick to send varies, so what the subscriber receives is counted here, over a window a
+# little wider than a second.
+_ADMIT = """
+local key = ARGV[1] .. 'sent:' .. ARGV[2]
+local now, window, rate = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) >= rate then
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, tostring(tonumber(first[2]) + window)}
+end
+redis.call('ZADD', key, now, ARGV[6])
+redis.call('EXPIRE', key, math.ceil(window) + 1)
+return {1, '0'}
+"""
+
 # ARGV: prefix, subscription, limit, rate (0 = none), tenant.
 _CONFIGURE = (
     _LIB
@@ -393,6 +413,7 @@ class Scheduler:
         self._pump = client.register_script(_PUMP)
         self._known = client.register_script(_KNOWN)
         self._configure = client.register_script(_CONFIGURE)
+        self._admit = client.register_script(_ADMIT)
 
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
         return [
@@ -453,6 +474,23 @@ class Scheduler:
         if not delivery_ids:
             return []
         return [bool(v) for v in self._known(args=[self.prefix, *delivery_ids])]
+
+    def admit(
+        self, subscription_id: str, rate_limit: int, delivery_id: str, now: float | None = None
+    ) -> float | None:
+        """Count an attempt against its subscription's rate just before it is sent; return
+        None if it may go, or the unix time from which it may."""
+        allowed, retry_at = self._admit(
+            args=[
+                self.prefix,
+                subscription_id,
+                rate_limit,
+                repr(time.time() if now is None else now),
+                ADMIT_WINDOW_SECONDS,
+                delivery_id,
+            ]
+        )
+        return None if int(allowed) else float(_text(retry_at))
 
     def configure(
         self, subscription_id: str, tenant_id: str, max_in_flight: int, rate_limit: int | None

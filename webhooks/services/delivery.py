@@ -27,7 +27,7 @@ from webhooks.db import affected, session_scope, state_engine
 from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.runtime import get_breaker, get_client
+from webhooks.runtime import get_breaker, get_client, get_scheduler
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
@@ -63,7 +63,7 @@ WITH claimed AS (
 )
 SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
        e.id AS event_id, e.event_type, e.payload, e.created_at AS event_created_at,
-       s.url, s.headers, s.status AS subscription_status, s.deleted_at,
+       s.url, s.headers, s.status AS subscription_status, s.deleted_at, s.rate_limit,
        s.secret_ciphertext, s.previous_secret_ciphertext, s.previous_secret_expires_at
   FROM claimed c
   JOIN events e ON e.id = c.event_id
@@ -137,6 +137,12 @@ def attempt(delivery_id: str) -> Step:
             return DONE
         if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
             return _end_unsendable(conn, row)
+        if row.rate_limit:
+            not_before = get_scheduler().admit(
+                str(row.subscription_id), row.rate_limit, str(row.id)
+            )
+            if not_before is not None:
+                return _too_soon(conn, row, not_before)
         breaker = get_breaker()
         decision = breaker.acquire(str(row.subscription_id))
         if decision.transitioned:
@@ -196,6 +202,20 @@ def _end_unsendable(conn: Connection, row: Any) -> Step:
     if affected(conn.execute(_final(row, S.FAILED, reason).values(**values))):
         metrics.DELIVERIES.labels(outcome="failed").inc()
     return _step(row)
+
+
+def _too_soon(conn: Connection, row: Any, not_before: float) -> Step:
+    """Its rate is spent for now: give the claim back, unspent, to be picked again later."""
+    attempts = row.attempt_count - 1
+    conn.execute(
+        _owned(row).values(
+            status=S.PENDING if attempts == 0 else S.RETRYING,
+            attempt_count=attempts,
+            lease_expires_at=None,
+            dispatched_at=func.now(),
+        )
+    )
+    return _step(row, retry_at=not_before)
 
 
 def _park(conn: Connection, row: Any) -> Step:
