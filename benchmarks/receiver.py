@@ -29,6 +29,7 @@ class PathStats:
     first: float = 0.0
     last: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
 
     def summary(self, with_latencies: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -39,6 +40,7 @@ class PathStats:
         }
         if with_latencies:
             out["latencies"] = self.latencies
+            out["arrivals"] = self.arrivals
         return out
 
 
@@ -53,6 +55,7 @@ def _record(path: str, webhook_id: bytes, body: bytes) -> None:
         stats = STATS[path] = PathStats(first=now)
     stats.count += 1
     stats.last = now
+    stats.arrivals.append(now)
     if webhook_id:
         stats.ids.add(webhook_id)
     if path.startswith("/lat"):

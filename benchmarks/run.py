@@ -39,7 +39,16 @@ from benchmarks.load import (
 from benchmarks.stack import ROOT, Stack, check_stop, interrupt
 
 RESULTS = ROOT / "benchmarks" / "results"
-SCENARIOS = ("ingest", "batch", "delivery", "isolation", "latency", "parked")
+SCENARIOS = (
+    "ingest",
+    "batch",
+    "delivery",
+    "isolation",
+    "fairness",
+    "throttle",
+    "latency",
+    "parked",
+)
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Sizes:
     batch_seconds: float = 10
     deliveries: int = 10_000
     isolation_events: int = 600
+    fairness_events: int = 20_000
+    throttle_backlog: int = 3_000
     latency_seconds: float = 10
     parked: int = 20_000
 
@@ -58,6 +69,8 @@ class Sizes:
             batch_seconds=3,
             deliveries=2_000,
             isolation_events=200,
+            fairness_events=4_000,
+            throttle_backlog=600,
             latency_seconds=4,
             parked=5_000,
         )
@@ -119,8 +132,10 @@ class Bench:
             sent += n
 
     def queue_length(self) -> int:
+        """Messages waiting: in Celery's queue, and ready in the scheduler (not yet tasks)."""
         client = _redis()
-        return int(sum(client.llen(key) for key in client.keys("webhooks*")))
+        queued = sum(client.llen(key) for key in client.keys("webhooks*"))
+        return int(queued + int(client.get("wh:q:ready") or 0))
 
     def unacked(self) -> int:
         return int(_redis().hlen("unacked"))
@@ -347,6 +362,144 @@ class Bench:
                 ">= 0.8",
                 ratio >= 0.8,
                 extra,
+            )
+        )
+
+    # -- 4b: fairness between tenants ------------------------------------------------------------
+    def fairness(self, web_port: int) -> None:
+        """Tenant A bursts a batch backlog while tenant B sends 4 events/s: B's p99 latency
+        beside B's quiet p99, and A's drain rate beside A's drain rate alone."""
+        from webhooks.db import session_scope
+        from webhooks.services.tenants import create_tenant
+
+        n = self.sizes.fairness_events
+        with session_scope() as session:
+            _, key_b = create_tenant(session, "bench-b")
+        auth_b = {"Authorization": f"Bearer {key_b}"}
+        body = b'{"event_type":"fair.b","payload":{"t":' + MARKER + b"}}"
+        request_b = request_bytes("/v1/events", body, auth_b)
+
+        def subscribe_b() -> None:
+            status, _ = post_json(
+                web_port,
+                "/v1/subscriptions",
+                {
+                    "url": f"http://127.0.0.1:{self.stack.receiver_port}/lat-b",
+                    "event_types": ["fair.b"],
+                },
+                auth_b,
+            )
+            assert status == 201
+
+        worker = self.stack.worker(self.pool, self.concurrency)
+        # B alone: its quiet latency.
+        subscribe_b()
+        quiet_sent = run_paced(web_port, request_b, 4, 15)
+        self.wait_received(["/lat-b"], quiet_sent.requests)
+        quiet = self.stack.receiver_stats(latencies=True)["/lat-b"]["latencies"]
+        self.stack.reset_data()
+
+        drain: dict[bool, float] = {}
+        during: list[float] = []
+        for with_b in (False, True):
+            self.subscribe(web_port, "/fa", ["fair.a"])
+            if with_b:
+                subscribe_b()
+            started = time.time()
+            self.ingest_batches(web_port, "fair.a", n)
+            if with_b:
+                # B sends for as long as A's backlog drains (at least until it is half done).
+                while self.stack.receiver_stats().get("/fa", {}).get("unique", 0) < n * 0.9:
+                    check_stop()
+                    run_paced(web_port, request_b, 4, 5)
+            last = self.wait_received(["/fa"], n, timeout=900)
+            drain[with_b] = n / (last - started)
+            if with_b:
+                stats = self.stack.receiver_stats(latencies=True)
+                during = stats["/lat-b"]["latencies"]
+            self.stack.reset_data()
+        self.stack.kill(worker)
+        quiet_p99 = percentile(quiet, 99)
+        busy_p99 = percentile(during, 99)
+        met = busy_p99 <= quiet_p99 + 1.0
+        self.add(
+            Figure(
+                f"tenant B p99 latency, tenant A bursting {n}",
+                busy_p99 * 1000,
+                "ms",
+                quiet_p99 * 1000,
+                "tenant B p99, quiet",
+                None,
+                "<= quiet + 1000 ms",
+                met,
+                {"b_events": len(during), "b_p50_ms": percentile(during, 50) * 1000},
+            )
+        )
+        ratio = drain[True] / drain[False]
+        self.add(
+            Figure(
+                "tenant A drain rate, with tenant B",
+                drain[True],
+                "deliveries/s",
+                drain[False],
+                "tenant A alone",
+                ratio,
+                ">= 0.9",
+                ratio >= 0.9,
+            )
+        )
+
+    # -- 4c: throttle accuracy -------------------------------------------------------------------
+    def throttle(self, web_port: int) -> None:
+        """A backlog behind rate_limit 50: the most in any one-second window, and the mean."""
+        n = self.sizes.throttle_backlog
+        status, body = post_json(
+            web_port,
+            "/v1/subscriptions",
+            {
+                "url": f"http://127.0.0.1:{self.stack.receiver_port}/thr",
+                "event_types": ["thr.test"],
+                "rate_limit": 50,
+                "max_in_flight": 100,
+            },
+            self.auth,
+        )
+        assert status == 201, body
+        self.ingest_batches(web_port, "thr.test", n)
+        worker = self.stack.worker(self.pool, self.concurrency)
+        self.wait_received(["/thr"], n, timeout=n / 50 * 3 + 60)
+        times = sorted(self.stack.receiver_stats(latencies=True)["/thr"]["arrivals"])
+        self.stack.kill(worker)
+        self.stack.reset_data()
+        most, j = 0, 0
+        for i, start in enumerate(times):
+            while j < len(times) and times[j] < start + 1.0:
+                j += 1
+            most = max(most, j - i)
+        mean = (len(times) - 1) / (times[-1] - times[0])
+        self.add(
+            Figure(
+                "rate_limit 50: most in any 1 s",
+                most,
+                "deliveries",
+                50,
+                "the limit",
+                None,
+                "<= 55",
+                most <= 55,
+            )
+        )
+        self.add(
+            Figure(
+                "rate_limit 50: mean rate",
+                mean,
+                "deliveries/s",
+                50,
+                "the limit",
+                mean / 50,
+                ">= 45/s",
+                mean >= 45,
+                {"deliveries": len(times)},
             )
         )
 
@@ -631,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[[int], None]]] = [
             ("delivery", bench.delivery),
             ("isolation", bench.isolation),
+            ("fairness", bench.fairness),
+            ("throttle", bench.throttle),
             ("latency", bench.latency),
             ("parked", bench.parked),
         ]

@@ -80,3 +80,19 @@ class BacklogCollector(Collector):
         except Exception as exc:
             log.warning("circuit metrics unavailable: %s", exc)
         yield circuits
+        ready = GaugeMetricFamily(
+            "webhooks_ready_deliveries", "Deliveries ready and waiting for the scheduler's limits"
+        )
+        delayed = GaugeMetricFamily(
+            "webhooks_delayed_deliveries", "Deliveries waiting in the scheduler for a retry"
+        )
+        try:
+            from webhooks.runtime import get_scheduler
+
+            totals = get_scheduler().totals()
+            ready.add_metric([], float(totals["ready"]))
+            delayed.add_metric([], float(totals["delayed"]))
+        except Exception as exc:
+            log.warning("scheduler metrics unavailable: %s", exc)
+        yield ready
+        yield delayed
