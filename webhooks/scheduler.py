@@ -322,6 +322,19 @@ return {r[1], r[2], next_wake()}
 """
 )
 
+# ARGV: prefix, then delivery IDs picked whose tasks could not be sent: free their slots and
+# forget them, so the watchdog hands them over again.
+_FORGET = (
+    _LIB
+    + """
+for i = 2, #ARGV do
+  release(ARGV[i])
+  redis.call('SREM', P .. 'known', ARGV[i])
+end
+return 1
+"""
+)
+
 # ARGV: prefix, then delivery IDs. Returns 1 or 0 for each: does the scheduler hold it?
 _KNOWN = """
 local out = {}
@@ -414,6 +427,7 @@ class Scheduler:
         self._known = client.register_script(_KNOWN)
         self._configure = client.register_script(_CONFIGURE)
         self._admit = client.register_script(_ADMIT)
+        self._forget = client.register_script(_FORGET)
 
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
         return [
@@ -468,6 +482,11 @@ class Scheduler:
     def pump(self, now: float | None = None, max_picks: int = 1000) -> Picked:
         """Move due retries and timers along and hand out what may start now."""
         return _picked(self._pump(args=self._common(now, max_picks)))
+
+    def forget(self, delivery_ids: Sequence[str]) -> None:
+        """Free the slots of picked deliveries whose tasks were never sent, and forget them."""
+        if delivery_ids:
+            self._forget(args=[self.prefix, *delivery_ids])
 
     def known(self, delivery_ids: Sequence[str]) -> list[bool]:
         """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""

@@ -49,12 +49,14 @@ def _status(delivery_id: str) -> str:
 
 
 def _queued(servers: Any) -> int:
-    """Count the delivery tasks waiting in the broker."""
-    return int(redis.Redis.from_url(servers.redis_url).llen("webhooks"))
+    """Count the deliveries waiting: as tasks in the broker, or ready in the scheduler."""
+    client = redis.Redis.from_url(servers.redis_url)
+    return int(client.llen("webhooks")) + int(client.get("wh:q:ready") or 0)
 
 
 def _drop_queued(servers: Any) -> None:
-    redis.Redis.from_url(servers.redis_url).delete("webhooks")
+    """Forget every queued delivery, as a Redis restarted empty would."""
+    redis.Redis.from_url(servers.redis_url).flushdb()
 
 
 def _replay(client: Any, tenant: dict[str, Any], sub_id: str, **body: Any) -> Any:

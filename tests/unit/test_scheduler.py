@@ -168,3 +168,11 @@ def test_lost_state_starts_empty_and_works(client):
     assert s.known(["a-0"]) == [False]
     assert s.finish("a-0", "a", "A", "ok", now=NOW).ids == []
     assert s.enqueue(items("A", "a", 1, start=5), now=NOW).ids == ["a-5"]
+
+
+def test_forgotten_picks_free_their_slots_and_leave_the_scheduler(client):
+    s = make(client, default_slots=1)
+    assert s.enqueue(items("A", "a", 2), now=NOW).ids == ["a-0"]
+    s.forget(["a-0"])
+    assert s.known(["a-0"]) == [False]
+    assert s.pump(now=NOW).ids == ["a-1"]

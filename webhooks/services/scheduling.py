@@ -89,8 +89,13 @@ def start(picked: Picked) -> None:
     for reason, count in picked.blocked.items():
         metrics.THROTTLED.labels(reason=reason).inc(count)
     if picked.ids and not dispatch.enqueue_deliveries(picked.ids):
-        # Their slots come back when their leases in Redis end, and the watchdog sends them.
         metrics.ENQUEUE_FAILURES.inc(len(picked.ids))
+        # Give their slots back, and leave them to the watchdog (if Redis answers at all:
+        # otherwise their leases in Redis end by themselves).
+        try:
+            get_scheduler().forget(picked.ids)
+        except redis.RedisError as exc:
+            log.warning("scheduler unavailable: %s", exc)
 
 
 def configure(
