@@ -36,7 +36,7 @@ from benchmarks.load import (
     run_load,
     run_paced,
 )
-from benchmarks.stack import ROOT, Stack, check_stop, interrupt
+from benchmarks.stack import BIN, ROOT, Stack, check_stop, interrupt
 
 RESULTS = ROOT / "benchmarks" / "results"
 SCENARIOS = (
@@ -46,6 +46,7 @@ SCENARIOS = (
     "isolation",
     "fairness",
     "throttle",
+    "recovery",
     "latency",
     "parked",
 )
@@ -59,6 +60,7 @@ class Sizes:
     isolation_events: int = 600
     fairness_events: int = 20_000
     throttle_backlog: int = 3_000
+    recovery_lost: int = 50_000
     latency_seconds: float = 10
     parked: int = 20_000
 
@@ -71,6 +73,7 @@ class Sizes:
             isolation_events=200,
             fairness_events=4_000,
             throttle_backlog=600,
+            recovery_lost=5_000,
             latency_seconds=4,
             parked=5_000,
         )
@@ -503,6 +506,46 @@ class Bench:
             )
         )
 
+    # -- 4d: recovery after Redis lost everything ---------------------------------------------
+    def recovery(self, web_port: int) -> None:
+        """Queue a backlog, wipe Redis, start a worker and beat: time until all is delivered
+        again, beside the time the same backlog takes with nothing lost."""
+        n = self.sizes.recovery_lost
+        env = {"WEBHOOKS_WATCHDOG_INTERVAL_SECONDS": "5", "WEBHOOKS_LOST_AFTER_SECONDS": "10"}
+        times: dict[bool, float] = {}
+        for wiped in (False, True):
+            self.subscribe(web_port, "/rec", ["rec.test"])
+            self.ingest_batches(web_port, "rec.test", n)
+            if wiped:
+                _redis().flushdb()  # every queued message and the scheduler's state: gone
+                time.sleep(10)  # the rows are now older than WEBHOOKS_LOST_AFTER_SECONDS
+            started = time.time()
+            worker = self.stack.worker(self.pool, self.concurrency, **env)
+            beat = self.stack.spawn(
+                "beat",
+                [str(BIN / "celery"), "-A", "tasks", "beat", "-s", str(self.stack.logs / "sched")],
+                **env,
+            )
+            last = self.wait_received(["/rec"], n, timeout=900)
+            times[wiped] = last - started
+            dupes = self.stack.receiver_stats()["/rec"]["count"] - n
+            self.stack.kill(beat)
+            self.stack.kill(worker)
+            self.stack.reset_data()
+        self.add(
+            Figure(
+                f"all {n} delivered after Redis lost them",
+                times[True],
+                "s",
+                times[False],
+                "same backlog, nothing lost",
+                times[False] / times[True],
+                "<= 120 s",
+                times[True] <= 120,
+                {"duplicates": dupes},
+            )
+        )
+
     # -- 5: latency at a steady rate -------------------------------------------------------------
     def latency(self, web_port: int) -> None:
         from webhooks import dispatch
@@ -786,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
             ("isolation", bench.isolation),
             ("fairness", bench.fairness),
             ("throttle", bench.throttle),
+            ("recovery", bench.recovery),
             ("latency", bench.latency),
             ("parked", bench.parked),
         ]

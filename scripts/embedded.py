@@ -6,6 +6,7 @@ As root, PostgreSQL runs as an unprivileged system user, since it refuses to run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -177,6 +178,14 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Fast shutdown (SIGINT), by PID."""
         _stop(self.proc, signal.SIGINT)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Kill -9 the server and its backends, as a crash would (start() recovers)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(20)
         self.proc = None
 
 

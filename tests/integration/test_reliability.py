@@ -622,3 +622,51 @@ def test_retry_after_on_429_and_503_is_honoured_within_the_clamp(
         ("http_error", 429),
         ("success", 204),
     ]
+
+
+# PostgreSQL restart --------------------------------------------------------------------------
+
+
+def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncommitted(
+    client, tenant, receiver, start_worker, start_beat, servers
+):
+    if servers.pg is None:
+        pytest.skip("TEST_DATABASE_URL is an outside server: this test must restart its own")
+
+    sub = subscribe(client, tenant, receiver.url("/pg"))
+    worker = start_worker(concurrency=2, name="pg-a")
+    beat = start_beat()
+    answers: list[int] = []
+    accepted: list[str] = []
+    retry_after: set[str] = set()
+
+    def send(n: int) -> None:
+        resp = publish(client, tenant, "order.created", {"n": n})
+        answers.append(resp.status_code)
+        if resp.status_code == 202:
+            accepted.append(resp.get_json()["id"])
+        else:
+            retry_after.add(resp.headers.get("Retry-After", ""))
+
+    for n in range(20):  # about 20 events a second
+        send(n)
+        time.sleep(0.05)
+    servers.pg.kill()
+    down_until = time.monotonic() + 5
+    n = 20
+    while time.monotonic() < down_until:
+        send(n)
+        n += 1
+        time.sleep(0.05)
+    servers.pg.start()  # every process must reconnect by itself
+    for extra in range(40):
+        send(n + extra)
+        time.sleep(0.05)
+
+    assert set(answers) <= {202, 503}, Counter(answers)
+    assert 503 in answers, "the outage was not seen: the test proved nothing"
+    assert retry_after <= {"5"}, retry_after
+    ids = _event_delivery_ids(client, tenant, accepted, sub["id"])
+    assert len(ids) == len(accepted)  # every 202 was committed
+    _all_delivered(client, tenant, receiver, "/pg", ids, timeout=90)
+    assert worker.proc.poll() is None and beat.proc.poll() is None
