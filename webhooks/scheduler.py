@@ -335,6 +335,19 @@ return 1
 """
 )
 
+# ARGV: prefix, subscription. Take every ready delivery of a subscription whose circuit is
+# open out of the scheduler (they go back to PostgreSQL, parked) and return their IDs.
+_DRAIN = """
+local key = ARGV[1] .. 'r:' .. ARGV[2]
+local ids = redis.call('LRANGE', key, 0, -1)
+redis.call('DEL', key)
+if #ids > 0 then
+  redis.call('DECRBY', ARGV[1] .. 'ready', #ids)
+  for _, id in ipairs(ids) do redis.call('SREM', ARGV[1] .. 'known', id) end
+end
+return ids
+"""
+
 # ARGV: prefix, then delivery IDs. Returns 1 or 0 for each: does the scheduler hold it?
 _KNOWN = """
 local out = {}
@@ -428,6 +441,7 @@ class Scheduler:
         self._configure = client.register_script(_CONFIGURE)
         self._admit = client.register_script(_ADMIT)
         self._forget = client.register_script(_FORGET)
+        self._drain = client.register_script(_DRAIN)
 
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
         return [
@@ -487,6 +501,10 @@ class Scheduler:
         """Free the slots of picked deliveries whose tasks were never sent, and forget them."""
         if delivery_ids:
             self._forget(args=[self.prefix, *delivery_ids])
+
+    def drain(self, subscription_id: str) -> list[str]:
+        """Take a subscription's ready deliveries out of the scheduler; return their IDs."""
+        return [_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
 
     def known(self, delivery_ids: Sequence[str]) -> list[bool]:
         """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""

@@ -627,15 +627,42 @@ def test_retry_after_on_429_and_503_is_honoured_within_the_clamp(
 # PostgreSQL restart --------------------------------------------------------------------------
 
 
-def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncommitted(
-    client, tenant, receiver, start_worker, start_beat, servers
-):
-    if servers.pg is None:
-        pytest.skip("TEST_DATABASE_URL is an outside server: this test must restart its own")
+@pytest.fixture
+def durable_postgres(servers, tmp_path):
+    """A PostgreSQL of this test's own, durable as in production (the session's runs without
+    fsync and synchronous commit, which a kill -9 would rightly lose), migrated, in use."""
+    from scripts.embedded import EmbeddedPostgres
+    from tests.conftest import _migrate, reset_settings
 
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg.start()
+    url = pg.create_database("webhooks_durable")
+    os.environ["DATABASE_URL"] = url
+    reset_settings()
+    try:
+        _migrate()
+        yield pg, url
+    finally:
+        from webhooks.db import get_engine
+
+        get_engine().dispose()
+        pg.stop()
+        os.environ["DATABASE_URL"] = servers.database_url
+        reset_settings()
+
+
+def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncommitted(
+    durable_postgres, receiver, start_worker, start_beat
+):
+    from tests.integration.conftest import make_tenant
+    from webhooks import create_app
+
+    pg, url = durable_postgres
+    client = create_app({"TESTING": True}).test_client()
+    tenant = make_tenant("restarts")
     sub = subscribe(client, tenant, receiver.url("/pg"))
-    worker = start_worker(concurrency=2, name="pg-a")
-    beat = start_beat()
+    worker = start_worker(concurrency=2, name="pg-a", DATABASE_URL=url)
+    beat = start_beat(DATABASE_URL=url)
     answers: list[int] = []
     accepted: list[str] = []
     retry_after: set[str] = set()
@@ -651,14 +678,14 @@ def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncom
     for n in range(20):  # about 20 events a second
         send(n)
         time.sleep(0.05)
-    servers.pg.kill()
+    pg.kill()
     down_until = time.monotonic() + 5
     n = 20
     while time.monotonic() < down_until:
         send(n)
         n += 1
         time.sleep(0.05)
-    servers.pg.start()  # every process must reconnect by itself
+    pg.start()  # every process must reconnect by itself
     for extra in range(40):
         send(n + extra)
         time.sleep(0.05)

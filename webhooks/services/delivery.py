@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from sqlalchemy import func, insert, text, update
 from sqlalchemy.engine import Connection
 
@@ -68,6 +69,13 @@ SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
   FROM claimed c
   JOIN events e ON e.id = c.event_id
   JOIN subscriptions s ON s.id = c.subscription_id
+"""  # noqa: S608 (status names from the enums, no input)
+)
+
+_PARK_READY = text(
+    f"""
+UPDATE deliveries SET parked = true, dispatched_at = NULL, updated_at = now()
+ WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
 """  # noqa: S608 (status names from the enums, no input)
 )
 
@@ -219,10 +227,21 @@ def _too_soon(conn: Connection, row: Any, not_before: float) -> Step:
 
 
 def _park(conn: Connection, row: Any) -> Step:
-    """Put a claimed delivery back to wait behind its open circuit, spending no attempt."""
-    metrics.ATTEMPTS.labels(result="circuit_open").inc()
-    metrics.PARKED.inc()
+    """Put a claimed delivery back to wait behind its open circuit, spending no attempt, and
+    with it every delivery of that subscription that is ready in the scheduler: they wait in
+    PostgreSQL, not in Redis, until a probe closes the circuit."""
     conn.execute(_parked(row, row.attempt_count - 1))
+    parked = 1
+    try:
+        ready = get_scheduler().drain(str(row.subscription_id))
+    except redis.RedisError as exc:  # they stay ready: each is parked when it is picked
+        log.warning("scheduler unavailable: %s", exc)
+        ready = []
+    if ready:
+        # If this process dies first, the watchdog hands them over again and each one parks.
+        parked += affected(conn.execute(_PARK_READY, {"ids": ready}))
+    metrics.ATTEMPTS.labels(result="circuit_open").inc()
+    metrics.PARKED.inc(parked)
     return _step(row)
 
 
