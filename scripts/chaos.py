@@ -3,7 +3,7 @@
 It starts its own embedded PostgreSQL and Redis, the API under gunicorn (as the Procfile does),
 celery workers, two beats (so two watchdogs run at once) and a receiver process. While thousands
 of events arrive through the API it kills workers with SIGKILL and restarts them, restarts Redis
-empty, takes one subscriber down for a while, and keeps one subscriber that fails the first two
+empty, kills PostgreSQL with SIGKILL and restarts it 7 s later, takes one subscriber down for a while, and keeps one subscriber that fails the first two
 receipts of every message. Then it waits for the backlog to drain and checks every delivery by
 webhook-id at the receiver and in PostgreSQL.
 
@@ -12,7 +12,8 @@ memory (RSS summed over each worker's process tree) and Redis's used_memory grew
 
     python -m scripts.chaos [--events 3000] [--rate 50] [--parked 20000] [--skip-parked]
 
-Exits non-zero when a delivery was lost or failed, ingest answered 5xx, or a memory target
+Exits non-zero when a delivery was lost or failed, ingest answered 5xx (other than 503
+"unavailable" with Retry-After while PostgreSQL was down), or a memory target
 was missed. Every process it starts is stopped at the end, also on Ctrl-C or an error.
 """
 
@@ -242,6 +243,10 @@ def _http(
     return resp.status, payload
 
 
+def _unavailable(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("error", {}).get("code") == "unavailable"
+
+
 def _pool() -> Any:
     import urllib3
 
@@ -311,6 +316,15 @@ class Stack:
             time.sleep(down)
             self.redis.start()
 
+    def restart_postgres(self, down: float) -> None:
+        """kill -9 PostgreSQL and its backends, wait, start it again (crash recovery)."""
+        with self.lock:
+            if self.closing:
+                raise Stopping
+            self.pg.kill()
+            time.sleep(down)
+            self.pg.start()
+
     def close(self) -> None:
         with self.lock:
             self.closing = True
@@ -332,8 +346,8 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     from scripts.run import create_tenant
 
     tmp = stack.tmp
-    # Throwaway PostgreSQL without fsync: this run crashes workers and Redis, never the database.
-    stack.pg = EmbeddedPostgres(tmp / "postgres", fast=True)
+    # Durable, as in production: the run kills PostgreSQL too, and every 202 must survive it.
+    stack.pg = EmbeddedPostgres(tmp / "postgres")
     stack.pg.start()
     database_url = stack.pg.create_database("webhooks")
     stack.redis = EmbeddedRedis(tmp / "redis")  # no persistence: a restart comes back empty
@@ -452,6 +466,7 @@ class Ingest:
     answers: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     accepted: list[tuple[str, int]] = field(default_factory=list)  # (event id, deliveries)
+    unavailable: int = 0  # 503 "unavailable" while PostgreSQL was down
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -483,6 +498,10 @@ def publish_paced(stack: Stack, events: int, rate: float, threads: int = 6) -> I
                     ingest.errors[type(exc).__name__] += 1
                 continue
             with ingest.lock:
+                if status == 503 and _unavailable(body):
+                    # The database is down: refused with Retry-After, not accepted, not lost.
+                    ingest.unavailable += 1
+                    continue
                 ingest.answers[status] += 1
                 if status == 202:
                     ingest.accepted.append((body["id"], body["deliveries"]))
@@ -500,13 +519,14 @@ class Chaos:
     worker_kills: int = 0
     child_kills: int = 0
     redis_restarts: int = 0
+    pg_restarts: int = 0
     outage_seconds: float = 0.0
 
 
 def run_chaos(
     stack: Stack, args: argparse.Namespace, duration: float, stop: threading.Event, chaos: Chaos
 ) -> None:
-    """Kill workers at random, restart Redis once, take /outage down for a while."""
+    """Kill workers at random, restart Redis and PostgreSQL once, take /outage down a while."""
     # Stopping: the run is being stopped (Ctrl-C, an error), close() takes it from here.
     with contextlib.suppress(Stopping):
         _chaos_loop(stack, args, duration, stop, chaos)
@@ -520,6 +540,7 @@ def _chaos_loop(
     outage_at = started + 0.15 * duration
     outage_until = outage_at + args.outage
     redis_at = started + 0.45 * duration
+    pg_at = started + 0.7 * duration
     next_kill = started + rng.uniform(4, 8)
     in_outage = False
     while not stop.is_set() and not stack.closing:
@@ -538,6 +559,11 @@ def _chaos_loop(
             stack.restart_redis(down=3)
             chaos.redis_restarts += 1
             redis_at = 0.0
+        if pg_at and now >= pg_at:
+            log("PostgreSQL: kill -9, 7 s down, started again (crash recovery)")
+            stack.restart_postgres(down=7)
+            chaos.pg_restarts += 1
+            pg_at = 0.0
         if now >= next_kill and now < started + duration:
             # Take turns, so every worker is hit; what is killed is left to chance.
             index = (chaos.worker_kills + chaos.child_kills) % len(stack.workers)
@@ -654,6 +680,7 @@ def check_mixed(stack: Stack, run: dict[str, Any]) -> dict[str, Any]:
         ),
         "receipts_beyond_first": extra,
         "ingest_5xx": sum(n for status, n in ingest.answers.items() if status >= 500),
+        "ingest_unavailable": ingest.unavailable,
         "ingest_other": {s: n for s, n in ingest.answers.items() if s != 202 and s < 500},
         "ingest_errors": dict(ingest.errors),
     }
@@ -836,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  chaos                 {chaos.worker_kills} worker kills, {chaos.child_kills}"
                 f" pool-child kills, {chaos.redis_restarts} Redis restart,"
+                f" {chaos.pg_restarts} PostgreSQL restart,"
                 f" /outage down {chaos.outage_seconds:.0f} s"
             )
             print(f"  lost                  {result['lost']}")
@@ -847,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  receipts beyond first {result['receipts_beyond_first']}")
             print(
                 f"  ingest 5xx            {result['ingest_5xx']}"
+                f"  503 while PostgreSQL was down {result['ingest_unavailable']}"
                 f"  other {result['ingest_other'] or 0}  errors {result['ingest_errors'] or 0}"
             )
             print(f"  publish time          {run['publish_seconds']:.1f} s")
