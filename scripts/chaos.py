@@ -3,9 +3,10 @@
 It starts its own embedded PostgreSQL and Redis, the API under gunicorn (as the Procfile does),
 celery workers, two beats (so two watchdogs run at once) and a receiver process. While thousands
 of events arrive through the API it kills workers with SIGKILL and restarts them, restarts Redis
-empty, kills PostgreSQL with SIGKILL and restarts it 7 s later, takes one subscriber down for a while, and keeps one subscriber that fails the first two
-receipts of every message. Then it waits for the backlog to drain and checks every delivery by
-webhook-id at the receiver and in PostgreSQL.
+empty, kills PostgreSQL with SIGKILL and restarts it 7 s later, takes one subscriber down for a
+while, and keeps one subscriber that fails the first two receipts of every message. Then it
+waits for the backlog to drain and checks every delivery by webhook-id at the receiver and in
+PostgreSQL.
 
 A second phase parks 20,000 deliveries behind an open circuit and reports how much the workers'
 memory (RSS summed over each worker's process tree) and Redis's used_memory grew.
