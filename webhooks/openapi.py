@@ -427,7 +427,7 @@ REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("Subscription", "status"): {"enum": ["active", "disabled"]},
     ("Delivery", "status"): {"enum": STATUSES},
     ("Attempt", "result"): {"enum": [r.value for r in AttemptResult]},
-    ("Circuit", "state"): {"enum": ["closed", "open", "half_open"]},
+    ("Circuit", "state"): {"enum": ["closed", "open", "half_open", "unknown"]},
 }
 
 

@@ -136,9 +136,10 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
         "status": subscription.status.value,
         "circuit": {
             "state": circuit["state"],
-            "consecutive_failures": circuit["consecutive_failures"],
-            "opened_at": _when(circuit["opened_at"]),
-            "probe_at": _when(circuit["probe_at"]),
+            # With Redis unreachable the breaker answers only {"state": "unknown"}.
+            "consecutive_failures": circuit.get("consecutive_failures"),
+            "opened_at": _when(circuit.get("opened_at")),
+            "probe_at": _when(circuit.get("probe_at")),
         },
         "deliveries": counts,
         "parked": int(parked or 0),

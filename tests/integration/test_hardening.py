@@ -1,0 +1,44 @@
+"""Hardening (issue 13): what an outside review and a hostile tenant found, each fix proven."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import reset_settings
+from tests.integration.conftest import subscribe
+
+
+@pytest.fixture
+def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Build an app (and its test client) under extra environment settings."""
+
+    def build(**env: str) -> Any:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        from webhooks import create_app
+
+        return create_app({"TESTING": True}).test_client()
+
+    return build
+
+
+def test_health_answers_200_with_circuit_unknown_when_redis_is_unreachable(
+    client: Any, tenant: dict[str, Any], make_client: Callable[..., Any]
+) -> None:
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/a")
+    # Nothing listens on port 1: every Redis call fails at once.
+    down = make_client(REDIS_URL="redis://127.0.0.1:1/0")
+    resp = down.get(f"/v1/subscriptions/{sub['id']}/health", headers=tenant["headers"])
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["circuit"] == {
+        "state": "unknown",
+        "consecutive_failures": None,
+        "opened_at": None,
+        "probe_at": None,
+    }
+    assert body["deliveries"]["pending"] == 0
