@@ -22,7 +22,7 @@ from webhooks import schemas as s
 from webhooks.models import AttemptResult
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
-from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.schemas.subscriptions import HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS
 
 TITLE = "webhooks"
 VERSION = "0.1.0"
@@ -413,7 +413,11 @@ HEADERS = {
     "maxProperties": MAX_HEADERS,
     "description": "Sent with every delivery. Names may not be `webhook-*`, `host`, "
     "`content-type`, `content-length`, `user-agent` or hop-by-hop headers.",
-    "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": MAX_HEADER_VALUE,
+        "pattern": HEADER_VALUE_PATTERN.replace("\\Z", "$"),
+    },
 }
 REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("SubscriptionCreate", "event_types"): {

@@ -42,3 +42,20 @@ def test_health_answers_200_with_circuit_unknown_when_redis_is_unreachable(
         "probe_at": None,
     }
     assert body["deliveries"]["pending"] == 0
+
+
+@pytest.mark.parametrize("value", ["\u2603", "\u20ac", "caf\u00e9", "a\tb"])
+def test_header_values_outside_visible_ascii_answer_422_at_create_and_update(
+    client: Any, tenant: dict[str, Any], value: str
+) -> None:
+    body = {"url": "http://127.0.0.1:9/a", "event_types": ["*"], "headers": {"X-Snow": value}}
+    resp = client.post("/v1/subscriptions", json=body, headers=tenant["headers"])
+    assert resp.status_code == 422, resp.get_json()
+    assert "X-Snow" in resp.get_json()["error"]["details"]["fields"]["headers"][0]
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/a")
+    resp = client.patch(
+        f"/v1/subscriptions/{sub['id']}",
+        json={"headers": {"X-Snow": value}},
+        headers=tenant["headers"],
+    )
+    assert resp.status_code == 422, resp.get_json()

@@ -15,6 +15,10 @@ MAX_HEADER_VALUE = 1024
 # \Z, not $: in Python $ also matches before a trailing newline.
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}\Z"
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+# Visible ASCII and spaces: anything else cannot be sent as latin-1 on every HTTP stack, and
+# made each attempt fail with an uncaught UnicodeEncodeError. Tabs and controls are refused too.
+HEADER_VALUE_PATTERN = r"^[\x20-\x7e]*\Z"
+_HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
 # Ours to set, or meaningless per request: a subscription may not override them.
 RESERVED_HEADERS = {
     "host",
@@ -56,6 +60,8 @@ def _check_headers(value: dict[str, Any]) -> None:
             problems[name] = "value must be a string"
         elif len(header_value) > MAX_HEADER_VALUE or any(c in header_value for c in "\r\n\0"):
             problems[name] = f"value must be one line of at most {MAX_HEADER_VALUE} characters"
+        elif not _HEADER_VALUE.match(header_value):
+            problems[name] = "value may hold only visible ASCII characters and spaces"
     if problems:
         raise ValidationError(problems)
 
