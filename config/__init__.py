@@ -100,6 +100,8 @@ class Settings:
     retry_delays: tuple[float, ...] = (2, 4, 8, 16, 32)
     retry_jitter: float = 0.1
     http_timeout: float = 10.0
+    # Subscription create and update resolve the URL's host within this budget (422 past it).
+    dns_timeout: float = 2.0
     circuit_failure_threshold: int = 5
     circuit_cooldown: float = 60.0
     watchdog_interval: float = 30.0
@@ -138,6 +140,7 @@ def get_settings() -> Settings:
         retry_delays=_delays("WEBHOOKS_RETRY_DELAYS", "2,4,8,16,32"),
         retry_jitter=_float("WEBHOOKS_RETRY_JITTER", 0.1),
         http_timeout=_float("WEBHOOKS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        dns_timeout=_float("WEBHOOKS_DNS_TIMEOUT_SECONDS", 2.0, minimum=0.1),
         circuit_failure_threshold=_int("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1),
         circuit_cooldown=_float("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", 60.0, minimum=0.1),
         watchdog_interval=watchdog_interval,

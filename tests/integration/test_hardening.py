@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,3 +62,40 @@ def test_header_values_outside_visible_ascii_answer_422_at_create_and_update(
         headers=tenant["headers"],
     )
     assert resp.status_code == 422, resp.get_json()
+
+
+def test_subscription_whose_host_never_resolves_answers_422_within_the_dns_budget(
+    make_client: Callable[..., Any], tenant: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.getaddrinfo
+    released = threading.Event()
+
+    def never_answers(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".silent.test"):
+            released.wait(20)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    client = make_client(WEBHOOKS_DNS_TIMEOUT_SECONDS="0.5", WEBHOOKS_ALLOW_PRIVATE_TARGETS="false")
+    try:
+        started = time.monotonic()
+        resp = client.post(
+            "/v1/subscriptions",
+            json={"url": "https://hook.silent.test/", "event_types": ["*"]},
+            headers=tenant["headers"],
+        )
+        assert time.monotonic() - started < 2
+        assert resp.status_code == 422, resp.get_json()
+        assert "did not resolve within 0.5 s" in resp.get_json()["error"]["message"]
+        sub = subscribe(client, tenant, "https://1.1.1.1/")
+        started = time.monotonic()
+        resp = client.patch(
+            f"/v1/subscriptions/{sub['id']}",
+            json={"url": "https://other.silent.test/"},
+            headers=tenant["headers"],
+        )
+        assert time.monotonic() - started < 2
+        assert resp.status_code == 422, resp.get_json()
+    finally:
+        released.set()

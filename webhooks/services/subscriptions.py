@@ -22,7 +22,8 @@ from webhooks.signing import generate_secret
 
 def _check_target(url: str) -> None:
     try:
-        check_url(url, get_settings().allow_private_targets)
+        settings = get_settings()
+        check_url(url, settings.allow_private_targets, settings.dns_timeout)
     except AddressRefused as exc:
         raise Invalid(f"url is refused: {exc}", {"fields": {"url": [str(exc)]}}) from None
 
