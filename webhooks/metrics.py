@@ -38,6 +38,44 @@ ENQUEUE_FAILURES = Counter(
 )
 
 
+# Every label value each counter can take. Each is created at zero when the process starts, so
+# that the series exists before its first increment: otherwise rate() and increase() miss that
+# first event, and alerts on it never fire. Add a value here when code starts using it.
+DELIVERY_OUTCOMES = ("delivered", "failed")
+ATTEMPT_RESULTS = (
+    "success",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "refused",
+    "circuit_open",
+    "lease_expired",
+)
+CIRCUIT_STATES = ("open", "half_open", "closed")
+WATCHDOG_REASONS = (
+    "lease_expired",
+    "lost",
+    "due",
+    "subscription_disabled",
+    "circuit_closed",
+    "probe",
+)
+
+
+def _start_at_zero() -> None:
+    for outcome in DELIVERY_OUTCOMES:
+        DELIVERIES.labels(outcome=outcome)
+    for result in ATTEMPT_RESULTS:
+        ATTEMPTS.labels(result=result)
+    for state in CIRCUIT_STATES:
+        CIRCUIT_TRANSITIONS.labels(to=state)
+    for reason in WATCHDOG_REASONS:
+        WATCHDOG_REQUEUED.labels(reason=reason)
+
+
+_start_at_zero()
+
+
 class BacklogCollector(Collector):
     """Read the backlog from PostgreSQL and the open circuits from Redis at scrape time."""
 
