@@ -48,6 +48,15 @@ class DeliveryPageSchema(Schema):
     )
 
 
+class AttemptPageSchema(Schema):
+    data = fields.List(fields.Nested(s.AttemptSchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
 class ReplayResultSchema(Schema):
     requeued = fields.Integer(required=True, metadata={"description": "deliveries sent again"})
     more = fields.Boolean(
@@ -85,6 +94,7 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Delivery": s.DeliverySchema(),
     "DeliveryDetail": s.DeliveryDetailSchema(),
     "DeliveryPage": DeliveryPageSchema(),
+    "AttemptPage": AttemptPageSchema(),
     "Subscription": s.SubscriptionSchema(),
     "SubscriptionWithSecret": s.SubscriptionWithSecretSchema(),
     "SubscriptionPage": SubscriptionPageSchema(),
@@ -281,6 +291,15 @@ ROUTES: list[Route] = [
         "Get a delivery and its attempts",
         "deliveries",
         response="DeliveryDetail",
+    ),
+    Route(
+        "get",
+        "/v1/deliveries/{delivery_id}/attempts",
+        "List a delivery's attempts, oldest first",
+        "deliveries",
+        response="AttemptPage",
+        query=s.PageQuery,
+        description="Every attempt; the delivery's own answer holds the first 100 only.",
     ),
     Route(
         "post",

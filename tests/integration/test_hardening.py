@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import reset_settings
-from tests.integration.conftest import subscribe
+from tests.integration.conftest import publish, subscribe
+from webhooks.db import get_engine
 
 
 @pytest.fixture
@@ -99,3 +101,69 @@ def test_subscription_whose_host_never_resolves_answers_422_within_the_dns_budge
         assert resp.status_code == 422, resp.get_json()
     finally:
         released.set()
+
+
+def test_event_answer_holds_the_first_100_deliveries_and_links_to_the_paginated_list(
+    client: Any, tenant: dict[str, Any]
+) -> None:
+    for i in range(101):
+        subscribe(client, tenant, f"http://127.0.0.1:9/s{i}")
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    assert event["deliveries"] == 101
+    body = client.get(f"/v1/events/{event['id']}", headers=tenant["headers"]).get_json()
+    assert len(body["deliveries"]) == 100
+    assert body["more_deliveries"] is True
+    assert body["deliveries_url"] == f"/v1/deliveries?event_id={event['id']}"
+    seen: set[str] = set()
+    url = body["deliveries_url"] + "&limit=60"
+    while url:
+        page = client.get(url, headers=tenant["headers"]).get_json()
+        seen |= {d["id"] for d in page["data"]}
+        cursor = page["next_cursor"]
+        url = f"{body['deliveries_url']}&limit=60&cursor={cursor}" if cursor else ""
+    assert len(seen) == 101
+
+
+def test_delivery_answer_holds_the_first_100_attempts_and_the_rest_are_paginated(
+    client: Any, tenant: dict[str, Any]
+) -> None:
+    subscribe(client, tenant, "http://127.0.0.1:9/a")
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    with get_engine().begin() as conn:
+        (delivery_id,) = conn.execute(text("SELECT id FROM deliveries")).one()
+        conn.execute(
+            text(
+                "INSERT INTO attempts (delivery_id, number, result, error, url, created_at)"
+                " SELECT :d, n, 'timeout', 'slow ' || n, 'http://127.0.0.1:9/a', now()"
+                " FROM generate_series(1, 105) AS n"
+            ),
+            {"d": delivery_id},
+        )
+    body = client.get(f"/v1/deliveries/{delivery_id}", headers=tenant["headers"]).get_json()
+    assert [a["number"] for a in body["attempts"]] == list(range(1, 101))
+    assert body["more_attempts"] is True
+    assert body["attempts_url"] == f"/v1/deliveries/{delivery_id}/attempts"
+    numbers: list[int] = []
+    cursor = None
+    while True:
+        query = "?limit=40" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(body["attempts_url"] + query, headers=tenant["headers"]).get_json()
+        numbers += [a["number"] for a in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert numbers == list(range(1, 106))
+    event_body = client.get(f"/v1/events/{event['id']}", headers=tenant["headers"]).get_json()
+    assert event_body["more_deliveries"] is False
+
+
+def test_attempt_list_of_another_tenants_delivery_answers_404(
+    client: Any, tenant: dict[str, Any], other_tenant: dict[str, Any]
+) -> None:
+    subscribe(client, tenant, "http://127.0.0.1:9/a")
+    publish(client, tenant, "order.created", {"n": 1})
+    with get_engine().begin() as conn:
+        (delivery_id,) = conn.execute(text("SELECT id FROM deliveries")).one()
+    url = f"/v1/deliveries/{delivery_id}/attempts"
+    assert client.get(url, headers=tenant["headers"]).status_code == 200
+    assert client.get(url, headers=other_tenant["headers"]).status_code == 404
