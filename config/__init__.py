@@ -109,6 +109,10 @@ class Settings:
     allow_private_targets: bool = False
     max_payload_bytes: int = 262_144
     worker_metrics_port: int = 9808
+    # Loopback unless set: the metrics have no authentication (a scraper elsewhere needs it set).
+    worker_metrics_address: str = "127.0.0.1"
+    # The backlog gauges are read from the database at most this often per process.
+    metrics_cache_seconds: float = 5.0
     rotation_grace: float = 86_400.0
     retention_days: int = 30
     rate_limit: str = "600/minute"
@@ -148,6 +152,8 @@ def get_settings() -> Settings:
         allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
         max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
         worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
+        worker_metrics_address=os.environ.get("WEBHOOKS_WORKER_METRICS_ADDRESS") or "127.0.0.1",
+        metrics_cache_seconds=_float("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
         rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
         retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
         rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),

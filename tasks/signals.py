@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_shutdown
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -16,18 +17,21 @@ log = logging.getLogger(__name__)
 
 
 @worker_init.connect
-def _serve_metrics(**_: object) -> None:
-    """Serve the samples of every pool process of this worker on WEBHOOKS_WORKER_METRICS_PORT."""
-    port = get_settings().worker_metrics_port
+def _serve_metrics(**_: object) -> Any:
+    """Serve the samples of every pool process of this worker on WEBHOOKS_WORKER_METRICS_PORT,
+    at WEBHOOKS_WORKER_METRICS_ADDRESS (loopback by default: they have no authentication)."""
+    settings = get_settings()
+    port, address = settings.worker_metrics_port, settings.worker_metrics_address
     if not port:
-        return
+        return None
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(BacklogCollector())
     try:
-        start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
+        return start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
-        log.warning("worker metrics not served on port %s: %s", port, exc)
+        log.warning("worker metrics not served on %s:%s: %s", address, port, exc)
+        return None
 
 
 @worker_process_init.connect

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
+from tests.support import wait_until
 from webhooks.db import get_engine
 
 
@@ -167,3 +168,92 @@ def test_attempt_list_of_another_tenants_delivery_answers_404(
     url = f"/v1/deliveries/{delivery_id}/attempts"
     assert client.get(url, headers=tenant["headers"]).status_code == 200
     assert client.get(url, headers=other_tenant["headers"]).status_code == 404
+
+
+def test_backlog_gauges_read_the_database_at_most_once_per_cache_period(
+    client: Any, tenant: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from sqlalchemy import event
+
+    from webhooks import metrics
+
+    monkeypatch.setenv("WEBHOOKS_METRICS_CACHE_SECONDS", "1")
+    reset_settings()
+    metrics._backlog.read_at = float("-inf")
+    subscribe(client, tenant, "http://127.0.0.1:9/a")
+    publish(client, tenant, "order.created", {"n": 1})
+    counts: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM deliveries" in statement:
+            counts.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        scrapes: list[str] = []
+
+        def scrape() -> None:
+            registry = CollectorRegistry()  # a fresh registry per scrape, as the API builds
+            registry.register(metrics.BacklogCollector())
+            scrapes.append(generate_latest(registry).decode())
+
+        threads = [threading.Thread(target=scrape) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(scrapes) == 20
+        assert len(counts) == 1
+        assert all("webhooks_pending_deliveries 1.0" in s for s in scrapes)
+        first_age = _sample(scrapes[0], "webhooks_oldest_pending_age_seconds")
+        time.sleep(0.5)
+        scrape()
+        assert len(counts) == 1
+        # The age is computed at each scrape from the cached creation time: it keeps growing.
+        assert _sample(scrapes[-1], "webhooks_oldest_pending_age_seconds") >= first_age + 0.4
+        time.sleep(0.6)
+        scrape()
+        assert len(counts) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def _sample(text_format: str, name: str) -> float:
+    for line in text_format.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_worker_serves_its_metrics_on_loopback_unless_told_otherwise(
+    start_worker: Callable[..., Any],
+) -> None:
+    import psutil
+    import requests
+
+    from scripts.embedded import free_port
+
+    port = free_port()
+    worker = start_worker(concurrency=1, WEBHOOKS_WORKER_METRICS_PORT=port)
+    wait_until(
+        lambda: (
+            requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).ok
+            if _listening(port)
+            else False
+        ),
+        timeout=60,
+        message="worker metrics listening",
+    )
+    (listener,) = [
+        c
+        for c in psutil.Process(worker.pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+    assert listener.laddr.ip == "127.0.0.1"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -6,7 +6,7 @@ from typing import Any
 from flask import Blueprint
 from sqlalchemy import select
 
-from webhooks.api.common import db, load_query, page, require_tenant
+from webhooks.api.common import ApiError, db, load_query, page, require_tenant
 from webhooks.models import Attempt, Delivery
 from webhooks.schemas import (
     AttemptSchema,
@@ -81,8 +81,16 @@ def attempts_(delivery_id: uuid.UUID) -> Any:
         raise NotFound("no such delivery", {"id": str(delivery_id)})
     query = select(Attempt).where(Attempt.delivery_id == found)
     if args["cursor"] is not None:
-        # The cursor holds the last attempt's row number (attempt IDs are integers).
-        query = query.where(Attempt.id > args["cursor"].int)
+        # The cursor holds the last attempt's ID (a bigint) in a UUID's 128 bits.
+        after = args["cursor"].int
+        if after >= 1 << 63:
+            raise ApiError(
+                422,
+                "validation_error",
+                "some query parameters are invalid",
+                {"fields": {"cursor": ["not a cursor returned by this API"]}},
+            )
+        query = query.where(Attempt.id > after)
     items = list(session.scalars(query.order_by(Attempt.id).limit(args["limit"] + 1)))
     more = len(items) > args["limit"]
     items = items[: args["limit"]]
