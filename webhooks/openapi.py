@@ -23,6 +23,7 @@ from webhooks.models import AttemptResult
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
 from webhooks.schemas.subscriptions import HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.signing import SCHEMES
 
 TITLE = "webhooks"
 VERSION = "0.1.0"
@@ -448,6 +449,7 @@ REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("SubscriptionCreate", "headers"): HEADERS,
     ("SubscriptionUpdate", "headers"): HEADERS,
     ("Subscription", "status"): {"enum": ["active", "disabled"]},
+    ("Subscription", "signature_scheme"): {"enum": list(SCHEMES)},
     ("Delivery", "status"): {"enum": STATUSES},
     ("Attempt", "result"): {"enum": [r.value for r in AttemptResult]},
     ("Circuit", "state"): {"enum": ["closed", "open", "half_open", "unknown"]},

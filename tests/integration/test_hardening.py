@@ -257,3 +257,120 @@ def test_worker_serves_its_metrics_on_loopback_unless_told_otherwise(
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _deliver_now(event_id: str) -> None:
+    """Make the delivery's attempt in this process, as a worker's task would."""
+    from webhooks.services import delivery
+
+    with get_engine().begin() as conn:
+        ids = [str(r[0]) for r in conn.execute(text("SELECT id FROM deliveries"))]
+    for delivery_id in ids:
+        delivery.attempt(delivery_id)
+
+
+def test_custom_headers_are_encrypted_at_rest_redacted_in_answers_and_sent_in_full(
+    client: Any, tenant: dict[str, Any], receiver: Any
+) -> None:
+    secret_value = "Bearer s3cr3t-of-the-receiver"
+    sub = subscribe(
+        client,
+        tenant,
+        receiver.url("/h"),
+        headers={"Authorization": secret_value, "X-Team": "payments"},
+    )
+    redacted = {"Authorization": "********", "X-Team": "********"}
+    assert sub["headers"] == redacted
+    assert (
+        client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()[
+            "headers"
+        ]
+        == redacted
+    )
+    listed = client.get("/v1/subscriptions", headers=tenant["headers"]).get_json()["data"]
+    assert listed[0]["headers"] == redacted
+    with get_engine().begin() as conn:
+        dump = conn.execute(
+            text("SELECT headers::text, headers_ciphertext FROM subscriptions")
+        ).one()
+    assert "s3cr3t" not in dump[0] and b"s3cr3t" not in dump[1]
+
+    # Sending the redacted value back keeps the stored one; a new value replaces it.
+    resp = client.patch(
+        f"/v1/subscriptions/{sub['id']}",
+        json={"headers": {"Authorization": "********", "X-Team": "billing"}},
+        headers=tenant["headers"],
+    )
+    assert resp.status_code == 200 and resp.get_json()["headers"] == redacted
+
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    _deliver_now(event["id"])
+    (got,) = receiver.wait_for("/h", 1)
+    assert got.headers["authorization"] == secret_value
+    assert got.headers["x-team"] == "billing"
+
+
+def test_migration_encrypts_existing_plain_headers_and_downgrade_restores_them(
+    servers: Any,
+) -> None:
+    import psycopg
+    from alembic import command
+    from sqlalchemy import create_engine, pool
+
+    from config import normalize_database_url
+    from tests.integration.test_migrations import alembic_config
+    from webhooks.crypto import decrypt_headers
+
+    if servers.pg is None:
+        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
+    name = "webhooks_headers_migration"
+    engine = create_engine(
+        normalize_database_url(servers.pg.create_database(name)), poolclass=pool.NullPool
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name) VALUES"
+                    " ('01900000-0000-7000-8000-000000000001', 't');"
+                    "INSERT INTO subscriptions (id, tenant_id, url, event_types, headers, status,"
+                    " secret_ciphertext) VALUES"
+                    " ('01900000-0000-7000-8000-0000000000a1',"
+                    "  '01900000-0000-7000-8000-000000000001', 'http://x/', '{*}',"
+                    "  '{\"Authorization\": \"Bearer old-plain\"}', 'active', '\\x01'),"
+                    " ('01900000-0000-7000-8000-0000000000a2',"
+                    "  '01900000-0000-7000-8000-000000000001', 'http://x/', '{*}',"
+                    "  '{}', 'active', '\\x01')"
+                )
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+        with engine.connect() as conn:
+            rows = dict(
+                conn.execute(text("SELECT id::text, headers_ciphertext FROM subscriptions")).all()
+            )
+            shown = conn.execute(text("SELECT headers::text FROM subscriptions")).scalars().all()
+        blob = rows["01900000-0000-7000-8000-0000000000a1"]
+        assert b"old-plain" not in blob
+        assert decrypt_headers(blob, b"01900000-0000-7000-8000-0000000000a1") == {
+            "Authorization": "Bearer old-plain"
+        }
+        assert rows["01900000-0000-7000-8000-0000000000a2"] is None
+        assert not any("old-plain" in s for s in shown)
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0001")
+        with engine.connect() as conn:
+            restored = conn.execute(
+                text(
+                    "SELECT headers->>'Authorization' FROM subscriptions"
+                    " WHERE id = '01900000-0000-7000-8000-0000000000a1'"
+                )
+            ).scalar()
+        assert restored == "Bearer old-plain"
+    finally:
+        engine.dispose()
+        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -5,8 +5,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhooks.crypto import REDACTED
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EVENT_TYPE_PATTERN
+from webhooks.signing import SCHEMES
 
 MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 100
@@ -75,6 +77,10 @@ class SubscriptionCreateSchema(Schema):
     )
     description = fields.String(allow_none=True, validate=validate.Length(max=1000))
     headers = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_headers)
+    signature_scheme = fields.String(
+        validate=validate.OneOf(SCHEMES),
+        metadata={"description": "hmac-sha256 (the default) or ed25519 (Standard Webhooks v1a)"},
+    )
 
 
 class SubscriptionUpdateSchema(SubscriptionCreateSchema):
@@ -86,7 +92,16 @@ class SubscriptionSchema(Schema):
     url = fields.String()
     event_types = fields.List(fields.String())
     description = fields.String(allow_none=True)
-    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": f"names of the custom headers; values shown as {REDACTED}"},
+    )
+    signature_scheme = fields.String()
+    public_key = fields.String(
+        allow_none=True,
+        metadata={"description": "ed25519: the whpk_ key that verifies the signatures"},
+    )
     status = fields.String()
     disabled_reason = fields.String(allow_none=True)
     created_at = fields.DateTime()
@@ -94,7 +109,10 @@ class SubscriptionSchema(Schema):
 
 
 class SubscriptionWithSecretSchema(SubscriptionSchema):
-    secret = fields.String()
+    secret = fields.String(
+        allow_none=True,
+        metadata={"description": "hmac-sha256: the whsec_ secret, shown only here; ed25519: null"},
+    )
 
 
 class CircuitSchema(Schema):

@@ -20,7 +20,7 @@ from config import get_settings
 from config.celery import MAX_COUNTDOWN_SECONDS
 from webhooks import metrics
 from webhooks.circuit import CircuitBreaker
-from webhooks.crypto import decrypt_secret
+from webhooks.crypto import decrypt_headers, decrypt_secret
 from webhooks.db import affected, session_scope
 from webhooks.http import Client, Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus, Subscription
@@ -59,7 +59,7 @@ WITH claimed AS (
 )
 SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
        e.id AS event_id, e.event_type, e.payload, e.created_at AS event_created_at,
-       s.url, s.headers, s.status AS subscription_status, s.deleted_at,
+       s.url, s.headers_ciphertext, s.status AS subscription_status, s.deleted_at,
        s.secret_ciphertext, s.previous_secret_ciphertext, s.previous_secret_expires_at
   FROM claimed c
   JOIN events e ON e.id = c.event_id
@@ -205,7 +205,7 @@ def _attempt(conn: Connection, delivery_id: str) -> Step:
 
     now = datetime.now(UTC)
     body = envelope(row.event_id, row.event_type, row.event_created_at, row.payload)
-    headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+    headers = decrypt_headers(row.headers_ciphertext, str(row.subscription_id).encode())
     headers["content-type"] = "application/json"
     headers.update(signature_headers(signing_secrets(row, now), str(row.id), body))
 

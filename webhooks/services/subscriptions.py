@@ -10,14 +10,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from webhooks.crypto import decrypt_secret, encrypt_secret
+from webhooks.crypto import (
+    REDACTED,
+    decrypt_headers,
+    decrypt_secret,
+    encrypt_headers,
+    encrypt_secret,
+    redacted,
+)
 from webhooks.db import uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.services import Invalid, NotFound
 from webhooks.services.delivery import disable_subscription, get_breaker
-from webhooks.signing import generate_secret
+from webhooks.signing import HMAC_SHA256, new_key_material
 
 
 def _check_target(url: str) -> None:
@@ -42,25 +49,40 @@ def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> S
     return found
 
 
+def _set_headers(subscription: Subscription, headers: dict[str, str]) -> None:
+    """Store custom headers encrypted, and their names with redacted values in the clear."""
+    associated = str(subscription.id).encode()
+    stored = decrypt_headers(subscription.headers_ciphertext, associated)
+    # A value sent back as the API shows it (redacted) keeps the stored value: a client may
+    # GET a subscription, change one header and PATCH them all back.
+    headers = {k: stored[k] if v == REDACTED and k in stored else v for k, v in headers.items()}
+    subscription.headers = redacted(headers)
+    subscription.headers_ciphertext = encrypt_headers(headers, associated)
+
+
 def create(
     session: Session, tenant_id: uuid.UUID, data: dict[str, Any]
-) -> tuple[Subscription, str]:
-    """Create a subscription; return it with its new signing secret (shown only now)."""
+) -> tuple[Subscription, str | None]:
+    """Create a subscription; return it with its new signing secret (shown only now), or None
+    for an ed25519 subscription, whose private key is never shown (its public key is)."""
     _check_target(data["url"])
-    secret = generate_secret()
+    scheme = data.get("signature_scheme") or HMAC_SHA256
+    secret, public_key = new_key_material(scheme)
     subscription = Subscription(
         id=uuid7(),
         tenant_id=tenant_id,
         url=data["url"],
         event_types=sorted(set(data["event_types"])),
         description=data.get("description"),
-        headers=data.get("headers") or {},
         status=SubscriptionStatus.ACTIVE,
+        signature_scheme=scheme,
+        public_key=public_key,
     )
+    _set_headers(subscription, data.get("headers") or {})
     subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
     session.add(subscription)
     session.commit()
-    return subscription, secret
+    return subscription, secret if scheme == HMAC_SHA256 else None
 
 
 def update_one(
@@ -76,7 +98,7 @@ def update_one(
     if "description" in data:
         subscription.description = data["description"]
     if "headers" in data:
-        subscription.headers = data["headers"] or {}
+        _set_headers(subscription, data["headers"] or {})
     status = data.get("status")
     if status == "active" and subscription.status != SubscriptionStatus.ACTIVE:
         subscription.status = SubscriptionStatus.ACTIVE
@@ -98,19 +120,26 @@ def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
 
 
 def rotate_secret(
-    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID
-) -> tuple[Subscription, str]:
-    """Make a new secret; the old one keeps signing too until the grace period ends."""
+    session: Session,
+    tenant_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    scheme: str | None = None,
+) -> tuple[Subscription, str | None]:
+    """Make a new secret (or Ed25519 key pair), of `scheme` if given; the old one keeps signing
+    too until the grace period ends. Return the new HMAC secret, or None for ed25519."""
     subscription = get(session, tenant_id, subscription_id)
     associated = str(subscription.id).encode()
-    secret = generate_secret()
+    scheme = scheme or subscription.signature_scheme
+    secret, public_key = new_key_material(scheme)
     subscription.previous_secret_ciphertext = subscription.secret_ciphertext
     subscription.previous_secret_expires_at = datetime.now(UTC) + timedelta(
         seconds=get_settings().rotation_grace
     )
     subscription.secret_ciphertext = encrypt_secret(secret, associated)
+    subscription.signature_scheme = scheme
+    subscription.public_key = public_key
     session.commit()
-    return subscription, secret
+    return subscription, secret if scheme == HMAC_SHA256 else None
 
 
 def current_secret(subscription: Subscription) -> str:
