@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 import time
@@ -374,3 +375,69 @@ def test_migration_encrypts_existing_plain_headers_and_downgrade_restores_them(
         engine.dispose()
         with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+KEY_A = base64.urlsafe_b64encode(b"A" * 32).decode()
+KEY_B = base64.urlsafe_b64encode(b"B" * 32).decode()
+
+
+def _blobs() -> list[bytes]:
+    with get_engine().begin() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT secret_ciphertext, previous_secret_ciphertext, headers_ciphertext"
+                " FROM subscriptions"
+            )
+        ).all()
+    return [blob for row in rows for blob in row if blob is not None]
+
+
+def test_rotate_secret_key_re_encrypts_everything_while_both_keys_read(
+    app: Any, tenant: dict[str, Any], receiver: Any, make_client: Callable[..., Any]
+) -> None:
+    from standardwebhooks import Webhook
+
+    from webhooks.crypto import key_id
+
+    client = make_client(WEBHOOKS_SECRET_KEY=KEY_A)
+    sub = subscribe(client, tenant, receiver.url("/k"), headers={"X-Token": "t0ken"})
+    rotated = client.post(
+        f"/v1/subscriptions/{sub['id']}/rotate-secret", headers=tenant["headers"]
+    ).get_json()
+    assert len(_blobs()) == 3  # current and previous secret, headers
+
+    # Every process gets the new key, the old one only to read: deliveries go on.
+    client = make_client(WEBHOOKS_SECRET_KEY=KEY_B, WEBHOOKS_PREVIOUS_SECRET_KEYS=KEY_A)
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    _deliver_now(event["id"])
+    (got,) = receiver.wait_for("/k", 1)
+    assert got.headers["x-token"] == "t0ken"
+    Webhook(rotated["secret"]).verify(got.body, got.headers)
+    Webhook(sub["secret"]).verify(got.body, got.headers)  # the old secret, in its grace period
+
+    result = app.test_cli_runner().invoke(args=["rotate-secret-key"])
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 3 values of 1 subscriptions" in result.output
+    assert all(blob[1:5] == key_id(base64.urlsafe_b64decode(KEY_B)) for blob in _blobs())
+    again = app.test_cli_runner().invoke(args=["rotate-secret-key"])
+    assert "re-encrypted 0 values" in again.output
+
+    # The old key is gone everywhere now, and nothing needed it.
+    client = make_client(WEBHOOKS_SECRET_KEY=KEY_B, WEBHOOKS_PREVIOUS_SECRET_KEYS="")
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE deliveries SET status = 'pending', next_attempt_at = now()"))
+    _deliver_now(event["id"])
+    second = receiver.wait_for("/k", 2)[1]
+    assert second.headers["x-token"] == "t0ken"
+    Webhook(rotated["secret"]).verify(second.body, second.headers)
+
+
+def test_rotate_secret_key_names_a_key_it_cannot_find(
+    app: Any, tenant: dict[str, Any], make_client: Callable[..., Any]
+) -> None:
+    client = make_client(WEBHOOKS_SECRET_KEY=KEY_A)
+    subscribe(client, tenant, "http://127.0.0.1:9/a")
+    make_client(WEBHOOKS_SECRET_KEY=KEY_B, WEBHOOKS_PREVIOUS_SECRET_KEYS="")
+    result = app.test_cli_runner().invoke(args=["rotate-secret-key"])
+    assert result.exit_code == 1
+    assert "WEBHOOKS_PREVIOUS_SECRET_KEYS" in result.output
