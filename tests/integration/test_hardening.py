@@ -441,3 +441,70 @@ def test_rotate_secret_key_names_a_key_it_cannot_find(
     result = app.test_cli_runner().invoke(args=["rotate-secret-key"])
     assert result.exit_code == 1
     assert "WEBHOOKS_PREVIOUS_SECRET_KEYS" in result.output
+
+
+def test_ed25519_subscription_signs_v1a_verifiable_with_its_public_key_across_rotation(
+    client: Any, tenant: dict[str, Any], receiver: Any
+) -> None:
+    from standardwebhooks import Webhook
+
+    from tests.unit.test_signing import verify_v1a
+
+    sub = subscribe(client, tenant, receiver.url("/ed"), signature_scheme="ed25519")
+    assert sub["signature_scheme"] == "ed25519"
+    assert sub["secret"] is None  # the private key never leaves the service
+    public = sub["public_key"]
+    assert public.startswith("whpk_")
+    shown = client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()
+    assert (shown["signature_scheme"], shown["public_key"]) == ("ed25519", public)
+    with get_engine().begin() as conn:
+        (blob,) = conn.execute(text("SELECT secret_ciphertext FROM subscriptions")).one()
+    assert b"whsk_" not in blob  # encrypted at rest
+
+    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
+    _deliver_now(event["id"])
+    (first,) = receiver.wait_for("/ed", 1)
+    assert first.headers["webhook-signature"].startswith("v1a,")
+    verify_v1a(public, first.body, first.headers)
+
+    # Rotation, as for HMAC: a new key pair, and the old key keeps signing in the grace period.
+    rotated = client.post(
+        f"/v1/subscriptions/{sub['id']}/rotate-secret", headers=tenant["headers"]
+    ).get_json()
+    assert rotated["secret"] is None and rotated["public_key"] not in (None, public)
+    _redeliver()
+    second = receiver.wait_for("/ed", 2)[1]
+    assert len(second.headers["webhook-signature"].split(" ")) == 2
+    verify_v1a(rotated["public_key"], second.body, second.headers)
+    verify_v1a(public, second.body, second.headers)
+
+    # Back to HMAC with PATCH: the answer holds the new secret, once; both kinds sign meanwhile.
+    patched = client.patch(
+        f"/v1/subscriptions/{sub['id']}",
+        json={"signature_scheme": "hmac-sha256"},
+        headers=tenant["headers"],
+    ).get_json()
+    assert patched["signature_scheme"] == "hmac-sha256" and patched["public_key"] is None
+    assert patched["secret"].startswith("whsec_")
+    _redeliver()
+    third = receiver.wait_for("/ed", 3)[2]
+    Webhook(patched["secret"]).verify(third.body, third.headers)
+    verify_v1a(rotated["public_key"], third.body, third.headers)
+
+
+def _redeliver() -> None:
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE deliveries SET status = 'pending', next_attempt_at = now()"))
+    _deliver_now("")
+
+
+def test_unknown_signature_scheme_answers_422(client: Any, tenant: dict[str, Any]) -> None:
+    resp = client.post(
+        "/v1/subscriptions",
+        json={"url": "http://127.0.0.1:9/a", "event_types": ["*"], "signature_scheme": "rsa"},
+        headers=tenant["headers"],
+    )
+    assert resp.status_code == 422
+    assert "signature_scheme" in resp.get_json()["error"]["details"]["fields"]
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/a")
+    assert sub["signature_scheme"] == "hmac-sha256" and sub["public_key"] is None
