@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -73,23 +75,76 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _secret_key() -> bytes:
+ENVIRONMENTS = ("development", "production")
+# 32 bytes in URL-safe base64: 43 characters and an optional "=" of padding.
+_KEY = re.compile(r"[A-Za-z0-9_-]{43}=?")
+KEY_HELP = (
+    'generate one with: python -c "import base64, os; '
+    'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
+)
+
+
+def _environment() -> str:
+    raw = os.environ.get("WEBHOOKS_ENV") or "production"
+    if raw not in ENVIRONMENTS:
+        raise ConfigError(f"WEBHOOKS_ENV must be one of {', '.join(ENVIRONMENTS)}, got {raw!r}")
+    return raw
+
+
+def decode_key(name: str, raw: str) -> bytes:
+    """Decode a 32-byte key strictly: its one canonical URL-safe base64 spelling, nothing else."""
+    raw = raw.strip()
+    key = base64.urlsafe_b64decode(raw.rstrip("=") + "=") if _KEY.fullmatch(raw) else b""
+    # The last character carries 2 unused bits: a spelling with them set (43 x "a") is not the
+    # encoding of any key, and lenient decoders accept it as one.
+    if len(key) != 32 or base64.urlsafe_b64encode(key).decode().rstrip("=") != raw.rstrip("="):
+        raise ConfigError(f"{name} must be 32 bytes in URL-safe base64; {KEY_HELP}")
+    return key
+
+
+def _dev_key_text() -> str:
+    """Return the development key kept in ./var, creating it once, exclusively, mode 0600."""
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole to a file of our own (O_EXCL, 0600 from the start), then linked into
+        # place: link fails if the name exists, so of processes starting together exactly one
+        # key wins and no process ever reads a half-written file.
+        tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def _secret_key(environment: str) -> bytes:
     raw = os.environ.get("WEBHOOKS_SECRET_KEY")
     if not raw:
-        # Development only: a key generated once and kept beside the embedded databases.
-        path = VAR_DIR / "secret_key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-            path.chmod(0o600)
-        raw = path.read_text().strip()
-    try:
-        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise ConfigError("WEBHOOKS_SECRET_KEY must be 32 bytes in URL-safe base64")
-    return key
+        if environment != "development":
+            # Refusing beats a key made up per host: hosts could not read each other's
+            # secrets, and an ephemeral disk would lose every secret on restart.
+            raise ConfigError(
+                "WEBHOOKS_SECRET_KEY is not set. It encrypts the signing secrets and custom "
+                "headers at rest and must be the same on every process and host; "
+                f"{KEY_HELP}. (Only with WEBHOOKS_ENV=development is a key generated into "
+                f"{VAR_DIR / 'secret_key'}.)"
+            )
+        raw = _dev_key_text()
+    return decode_key("WEBHOOKS_SECRET_KEY", raw)
+
+
+def _previous_keys() -> tuple[bytes, ...]:
+    raw = os.environ.get("WEBHOOKS_PREVIOUS_SECRET_KEYS") or ""
+    return tuple(
+        decode_key("WEBHOOKS_PREVIOUS_SECRET_KEYS", part) for part in raw.split(",") if part.strip()
+    )
 
 
 @dataclass(frozen=True)
@@ -97,9 +152,15 @@ class Settings:
     database_url: str
     redis_url: str
     secret_key: bytes = field(repr=False)
+    # Keys that still decrypt, never encrypt: set them while rotate-secret-key re-encrypts.
+    previous_secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # "development" allows a generated secret key and Flower without credentials.
+    environment: str = "production"
     retry_delays: tuple[float, ...] = (2, 4, 8, 16, 32)
     retry_jitter: float = 0.1
     http_timeout: float = 10.0
+    # Subscription create and update resolve the URL's host within this budget (422 past it).
+    dns_timeout: float = 2.0
     circuit_failure_threshold: int = 5
     circuit_cooldown: float = 60.0
     watchdog_interval: float = 30.0
@@ -107,6 +168,10 @@ class Settings:
     allow_private_targets: bool = False
     max_payload_bytes: int = 262_144
     worker_metrics_port: int = 9808
+    # Loopback unless set: the metrics have no authentication (a scraper elsewhere needs it set).
+    worker_metrics_address: str = "127.0.0.1"
+    # The backlog gauges are read from the database at most this often per process.
+    metrics_cache_seconds: float = 5.0
     rotation_grace: float = 86_400.0
     retention_days: int = 30
     rate_limit: str = "600/minute"
@@ -133,13 +198,17 @@ def get_settings() -> Settings:
     if not redis_url:
         raise ConfigError("REDIS_URL is not set (make run starts an embedded Redis)")
     watchdog_interval = _float("WEBHOOKS_WATCHDOG_INTERVAL_SECONDS", 30.0, minimum=0.1)
+    environment = _environment()
     return Settings(
         database_url=normalize_database_url(database_url),
         redis_url=redis_url,
-        secret_key=_secret_key(),
+        secret_key=_secret_key(environment),
+        previous_secret_keys=_previous_keys(),
+        environment=environment,
         retry_delays=_delays("WEBHOOKS_RETRY_DELAYS", "2,4,8,16,32"),
         retry_jitter=_float("WEBHOOKS_RETRY_JITTER", 0.1),
         http_timeout=_float("WEBHOOKS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        dns_timeout=_float("WEBHOOKS_DNS_TIMEOUT_SECONDS", 2.0, minimum=0.1),
         circuit_failure_threshold=_int("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1),
         circuit_cooldown=_float("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", 60.0, minimum=0.1),
         watchdog_interval=watchdog_interval,
@@ -147,6 +216,8 @@ def get_settings() -> Settings:
         allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
         max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
         worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
+        worker_metrics_address=os.environ.get("WEBHOOKS_WORKER_METRICS_ADDRESS") or "127.0.0.1",
+        metrics_cache_seconds=_float("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
         rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
         retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
         rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),

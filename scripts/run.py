@@ -70,7 +70,9 @@ def main() -> int:
             redis = EmbeddedRedis(var / "redis", persistent=True)
             env["REDIS_URL"] = redis.start()
             print(f"embedded Redis:      {env['REDIS_URL']} (data in {var / 'redis'})")
-        # Development defaults: loopback receivers are allowed, as in a local test set-up.
+        # Development defaults: loopback receivers are allowed, as in a local test set-up; a
+        # secret key is generated into ./var and Flower runs without credentials if none are set.
+        env.setdefault("WEBHOOKS_ENV", "development")
         env.setdefault("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
         env.setdefault("PORT", "8000")
         env.setdefault("FLOWER_PORT", "5555")

@@ -9,8 +9,9 @@ from webhooks import dispatch
 from webhooks.services import delivery, scheduling
 
 _settings = get_settings()
-# The client cuts an attempt at its deadline; this is the backstop for a hang anywhere else:
-# past it the pool process is killed, well before the lease lets another worker send it again.
+# The client cuts every attempt at WEBHOOKS_HTTP_TIMEOUT_SECONDS (webhooks.http). This is the
+# backstop for a hang anywhere else (the database, a bug): past it the pool process is killed,
+# well before the lease lets another worker send the delivery again.
 HARD_TIME_LIMIT = _settings.http_timeout + _settings.lease_margin / 2
 
 

@@ -28,18 +28,21 @@ _pump_name: str | None = None
 
 
 @worker_init.connect
-def _serve_metrics(**_: object) -> None:
-    """Serve the samples of every pool process of this worker on WEBHOOKS_WORKER_METRICS_PORT."""
-    port = get_settings().worker_metrics_port
+def _serve_metrics(**_: object) -> Any:
+    """Serve the samples of every pool process of this worker on WEBHOOKS_WORKER_METRICS_PORT,
+    at WEBHOOKS_WORKER_METRICS_ADDRESS (loopback by default: they have no authentication)."""
+    settings = get_settings()
+    port, address = settings.worker_metrics_port, settings.worker_metrics_address
     if not port:
-        return
+        return None
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(BacklogCollector())
     try:
-        start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
+        return start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
-        log.warning("worker metrics not served on port %s: %s", port, exc)
+        log.warning("worker metrics not served on %s:%s: %s", address, port, exc)
+        return None
 
 
 @worker_ready.connect

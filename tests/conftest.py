@@ -18,6 +18,7 @@ _TMP = Path(tempfile.mkdtemp(prefix="webhooks-tests-"))
 
 # Settings every process of the suite shares; integration tests add the server URLs.
 BASE_ENV = {
+    "WEBHOOKS_ENV": "development",
     "WEBHOOKS_SECRET_KEY": TEST_SECRET_KEY,
     "WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
     "WEBHOOKS_VAR_DIR": str(_TMP / "var"),

@@ -148,6 +148,27 @@ def register_commands(app: Flask) -> None:
                     f"{d.last_error or ''}"
                 )
 
+    @app.cli.command("rotate-secret-key")
+    def rotate_secret_key() -> None:
+        """Re-encrypt every stored secret and custom header under WEBHOOKS_SECRET_KEY.
+
+        Run it once every process has the new key in WEBHOOKS_SECRET_KEY and the old one in
+        WEBHOOKS_PREVIOUS_SECRET_KEYS (docs/security.md); afterwards the old key can go.
+        """
+        from webhooks.crypto import current_key_id
+        from webhooks.services.secret_keys import reencrypt_all
+
+        try:
+            done = reencrypt_all()
+        except ValueError as exc:
+            raise click.ClickException(
+                f"{exc}; add that key to WEBHOOKS_PREVIOUS_SECRET_KEYS and run again"
+            ) from None
+        click.echo(
+            f"re-encrypted {done.rewritten} values of {done.subscriptions} subscriptions under "
+            f"key {current_key_id()}; WEBHOOKS_PREVIOUS_SECRET_KEYS is no longer needed"
+        )
+
     @app.cli.command("purge")
     @click.option("--days", type=int, default=None, help="default: WEBHOOKS_RETENTION_DAYS")
     def purge(days: int | None) -> None:

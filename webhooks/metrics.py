@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -44,42 +48,123 @@ THROTTLED = Counter(
 )
 
 
+# Every label value each counter can take. Each is created at zero when the process starts, so
+# that the series exists before its first increment: otherwise rate() and increase() miss that
+# first event, and alerts on it never fire. Add a value here when code starts using it.
+DELIVERY_OUTCOMES = ("delivered", "failed")
+ATTEMPT_RESULTS = (
+    "success",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "refused",
+    "circuit_open",
+    "lease_expired",
+    "error",
+)
+CIRCUIT_STATES = ("open", "half_open", "closed")
+WATCHDOG_REASONS = (
+    "lease_expired",
+    "lost",
+    "due",
+    "subscription_disabled",
+    "circuit_closed",
+    "probe",
+)
+# webhooks.scheduler.BLOCK_REASONS (not imported: this module is imported by everything)
+THROTTLE_REASONS = ("max_in_flight", "rate_limit", "tenant_cap")
+
+
+def _start_at_zero() -> None:
+    for outcome in DELIVERY_OUTCOMES:
+        DELIVERIES.labels(outcome=outcome)
+    for result in ATTEMPT_RESULTS:
+        ATTEMPTS.labels(result=result)
+    for state in CIRCUIT_STATES:
+        CIRCUIT_TRANSITIONS.labels(to=state)
+    for reason in WATCHDOG_REASONS:
+        WATCHDOG_REQUEUED.labels(reason=reason)
+    for reason in THROTTLE_REASONS:
+        THROTTLED.labels(reason=reason)
+
+
+_start_at_zero()
+
+
+@dataclass
+class _Backlog:
+    """The last reading of the backlog, shared by every collector of this process."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    read_at: float = -math.inf
+    # (count, unix time of the oldest unfinished delivery or None), or None if unavailable.
+    deliveries: tuple[float, float | None] | None = None
+    circuits: float | None = None
+
+
+_backlog = _Backlog()
+
+
+def _read_backlog() -> None:
+    from sqlalchemy import text
+
+    from webhooks.circuit import OPEN_SET
+    from webhooks.db import get_engine
+    from webhooks.redis_client import get_redis
+
+    try:
+        with get_engine().connect() as conn:
+            count, oldest = conn.execute(
+                text(
+                    "SELECT count(*), extract(epoch FROM min(created_at))"
+                    " FROM deliveries WHERE status IN ('pending', 'retrying', 'in_flight')"
+                )
+            ).one()
+        _backlog.deliveries = (float(count), float(oldest) if oldest is not None else None)
+    except Exception as exc:  # a scrape must answer even when the database does not
+        log.warning("backlog metrics unavailable: %s", exc)
+        _backlog.deliveries = None
+    try:
+        _backlog.circuits = float(get_redis().scard(OPEN_SET))
+    except Exception as exc:
+        log.warning("circuit metrics unavailable: %s", exc)
+        _backlog.circuits = None
+
+
 class BacklogCollector(Collector):
-    """Read the backlog from PostgreSQL and the open circuits from Redis at scrape time."""
+    """The backlog from PostgreSQL and the open circuits from Redis.
+
+    Read at most once per WEBHOOKS_METRICS_CACHE_SECONDS per process, however many scrapers
+    ask and however often: /metrics has no authentication, and each reading counts rows.
+    The oldest pending age is computed at each scrape from the cached creation time.
+    """
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from sqlalchemy import text
+        from config import get_settings
 
-        from webhooks.circuit import OPEN_SET
-        from webhooks.db import get_engine
-        from webhooks.redis_client import get_redis
-
+        max_age = get_settings().metrics_cache_seconds
+        with _backlog.lock:  # one reading at a time; the others wait and share it
+            if time.monotonic() - _backlog.read_at >= max_age:
+                _read_backlog()
+                _backlog.read_at = time.monotonic()
+            deliveries, circuits = _backlog.deliveries, _backlog.circuits
         pending = GaugeMetricFamily(
             "webhooks_pending_deliveries", "Deliveries not yet delivered or failed"
         )
         oldest = GaugeMetricFamily(
             "webhooks_oldest_pending_age_seconds", "Age of the oldest unfinished delivery"
         )
-        try:
-            with get_engine().connect() as conn:
-                count, age = conn.execute(
-                    text(
-                        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-                        " FROM deliveries WHERE status IN ('pending', 'retrying', 'in_flight')"
-                    )
-                ).one()
-            pending.add_metric([], float(count))
-            oldest.add_metric([], float(age))
-        except Exception as exc:  # a scrape must answer even when the database does not
-            log.warning("backlog metrics unavailable: %s", exc)
+        if deliveries is not None:
+            count, oldest_at = deliveries
+            pending.add_metric([], count)
+            oldest.add_metric([], max(0.0, time.time() - oldest_at) if oldest_at else 0.0)
         yield pending
         yield oldest
-        circuits = GaugeMetricFamily("webhooks_circuits_open", "Circuits open or half-open now")
-        try:
-            circuits.add_metric([], float(get_redis().scard(OPEN_SET)))
-        except Exception as exc:
-            log.warning("circuit metrics unavailable: %s", exc)
-        yield circuits
+        gauge = GaugeMetricFamily("webhooks_circuits_open", "Circuits open or half-open now")
+        if circuits is not None:
+            gauge.add_metric([], circuits)
+        yield gauge
+        # Three small Redis reads: no need to cache them like the database's count.
         ready = GaugeMetricFamily(
             "webhooks_ready_deliveries", "Deliveries ready and waiting for the scheduler's limits"
         )

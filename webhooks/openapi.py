@@ -22,7 +22,8 @@ from webhooks import schemas as s
 from webhooks.models import AttemptResult
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
-from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.schemas.subscriptions import HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.signing import SCHEMES
 
 TITLE = "webhooks"
 VERSION = "0.1.0"
@@ -41,6 +42,15 @@ class SubscriptionPageSchema(Schema):
 
 class DeliveryPageSchema(Schema):
     data = fields.List(fields.Nested(s.DeliverySchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
+class AttemptPageSchema(Schema):
+    data = fields.List(fields.Nested(s.AttemptSchema), required=True)
     next_cursor = fields.String(
         required=True,
         allow_none=True,
@@ -85,6 +95,7 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Delivery": s.DeliverySchema(),
     "DeliveryDetail": s.DeliveryDetailSchema(),
     "DeliveryPage": DeliveryPageSchema(),
+    "AttemptPage": AttemptPageSchema(),
     "Subscription": s.SubscriptionSchema(),
     "SubscriptionWithSecret": s.SubscriptionWithSecretSchema(),
     "SubscriptionPage": SubscriptionPageSchema(),
@@ -283,6 +294,15 @@ ROUTES: list[Route] = [
         response="DeliveryDetail",
     ),
     Route(
+        "get",
+        "/v1/deliveries/{delivery_id}/attempts",
+        "List a delivery's attempts, oldest first",
+        "deliveries",
+        response="AttemptPage",
+        query=s.PageQuery,
+        description="Every attempt; the delivery's own answer holds the first 100 only.",
+    ),
+    Route(
         "post",
         "/v1/deliveries/{delivery_id}/retry",
         "Retry a finished delivery",
@@ -413,7 +433,11 @@ HEADERS = {
     "maxProperties": MAX_HEADERS,
     "description": "Sent with every delivery. Names may not be `webhook-*`, `host`, "
     "`content-type`, `content-length`, `user-agent` or hop-by-hop headers.",
-    "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": MAX_HEADER_VALUE,
+        "pattern": HEADER_VALUE_PATTERN.replace("\\Z", "$"),
+    },
 }
 REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("SubscriptionCreate", "event_types"): {
@@ -425,9 +449,10 @@ REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("SubscriptionCreate", "headers"): HEADERS,
     ("SubscriptionUpdate", "headers"): HEADERS,
     ("Subscription", "status"): {"enum": ["active", "disabled"]},
+    ("Subscription", "signature_scheme"): {"enum": list(SCHEMES)},
     ("Delivery", "status"): {"enum": STATUSES},
     ("Attempt", "result"): {"enum": [r.value for r in AttemptResult]},
-    ("Circuit", "state"): {"enum": ["closed", "open", "half_open"]},
+    ("Circuit", "state"): {"enum": ["closed", "open", "half_open", "unknown"]},
 }
 
 

@@ -29,6 +29,7 @@ def get_client() -> Client:
         timeout=settings.http_timeout,
         allow_private=settings.allow_private_targets,
         body_cap=settings.max_response_body,
+        dns_timeout=settings.dns_timeout,
     )
 
 

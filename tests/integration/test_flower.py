@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
 from scripts.embedded import free_port
-from tests.support import VENV_BIN, Process, wait_until
+from tests.support import ROOT, VENV_BIN, Process, wait_until
 
 AUTH = ("ops", "s3cret-pw")
 
 
-@pytest.fixture
-def flower(process_env: Any, tmp_path: Any) -> Iterator[str]:
+def procfile_command(name: str) -> str:
+    """Return a process's command line as the Procfile has it."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in the Procfile")
+
+
+def start_flower(process_env: Any, tmp_path: Any, **env: str) -> tuple[Process, str]:
+    """Start Flower with the Procfile's own command line, as honcho would (through sh)."""
     port = free_port()
+    path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # make run puts it first too
     proc = Process(
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "tasks",
-            "flower",
-            f"--port={port}",
-            f"--basic-auth={AUTH[0]}:{AUTH[1]}",
-        ],
-        process_env(),
+        ["sh", "-c", "exec " + procfile_command("flower")],
+        process_env(FLOWER_PORT=port, PATH=path, **env),
         tmp_path / "flower.log",
         ready=None,
     )
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def flower(process_env: Any, tmp_path: Any) -> Iterator[str]:
+    # Production: the credentials are required, and come from the environment.
+    proc, url = start_flower(
+        process_env, tmp_path, WEBHOOKS_ENV="production", FLOWER_BASIC_AUTH=f"{AUTH[0]}:{AUTH[1]}"
+    )
     try:
         wait_until(lambda: _answers(url), 60, interval=0.2, message="flower listening")
+        # Never on the command line, where any local user could read them.
+        assert AUTH[1] not in " ".join(psutil.Process(proc.pid).cmdline())
         yield url
     finally:
         proc.stop()
@@ -75,3 +89,29 @@ def test_flower_asks_for_the_credentials_except_on_metrics(flower):
     metrics = requests.get(f"{flower}/metrics", timeout=10)
     assert metrics.status_code == 200
     assert "# TYPE flower_events_total counter" in metrics.text
+
+
+def test_flower_refuses_to_start_without_credentials_outside_development(process_env, tmp_path):
+    proc, _ = start_flower(process_env, tmp_path, WEBHOOKS_ENV="production", FLOWER_BASIC_AUTH="")
+    try:
+        assert proc.proc.wait(60) != 0
+        assert "FLOWER_BASIC_AUTH is not set" in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_flower_without_credentials_in_development_listens_on_loopback_only(process_env, tmp_path):
+    proc, url = start_flower(
+        process_env, tmp_path, WEBHOOKS_ENV="development", FLOWER_BASIC_AUTH=""
+    )
+    try:
+        wait_until(lambda: _answers(url), 60, interval=0.2, message="flower listening")
+        port = int(url.rsplit(":", 1)[1])
+        addresses = {
+            c.laddr.ip
+            for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        assert addresses == {"127.0.0.1"}
+    finally:
+        proc.stop()

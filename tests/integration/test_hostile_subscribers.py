@@ -86,31 +86,32 @@ class TricklingServer:
         self.sock.close()
 
 
-def test_trickling_subscriber_is_cut_off_before_its_lease_so_it_is_never_sent_twice_at_once(
-    client, tenant, start_worker, start_beat
+def test_trickling_subscriber_is_cut_at_the_deadline_as_a_timeout_and_the_breaker_counts_it(
+    client, tenant, start_worker
 ):
-    server = TricklingServer(seconds=12)
+    server = TricklingServer(seconds=30)
     try:
-        subscribe(client, tenant, f"http://127.0.0.1:{server.port}/trickle")
-        # Attempt deadline 1 + 2/2 = 2 s, lease 1 + 2 = 3 s: without a hard deadline each
-        # attempt would hang on the trickle past its lease, and a second worker process would
-        # send the same delivery while the first is still connected.
-        env = {"WEBHOOKS_HTTP_TIMEOUT_SECONDS": 1, "WEBHOOKS_LEASE_MARGIN_SECONDS": 2}
-        start_worker(concurrency=2, **env)
-        start_beat(**env)
+        sub = subscribe(client, tenant, f"http://127.0.0.1:{server.port}/trickle")
+        # urllib3's timeouts bound each socket read only: a header line every 0.3 s never trips
+        # them. The client's own deadline ends each attempt at 1 s, well inside its lease, so no
+        # attempt is lost to the lease and none runs twice at once.
+        start_worker(
+            concurrency=2, WEBHOOKS_HTTP_TIMEOUT_SECONDS=1, WEBHOOKS_LEASE_MARGIN_SECONDS=2
+        )
         event = publish(client, tenant, "order.created", {"n": 1}).get_json()
 
-        wait_until(
-            lambda: (
-                any(
-                    a["result"] == "lease_expired"
-                    for a in _delivery(client, tenant, event["id"])["attempts"]
-                )
-                and server.connections >= 2
-            ),
+        delivery = wait_until(
+            lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "failed" and d,
             timeout=40,
-            message="a lease taken back and the delivery sent again",
+            message="every attempt cut at the deadline, then the delivery failed",
         )
+        attempts = delivery["attempts"]
+        assert len(attempts) == 3  # FAST_ENV: two retries
+        for attempt in attempts:
+            assert attempt["result"] == "timeout", attempt
+            assert 1000 <= attempt["duration_ms"] < 1800, attempt
         assert server.max_open == 1
+        health = client.get(f"/v1/subscriptions/{sub['id']}/health", headers=tenant["headers"])
+        assert health.get_json()["circuit"]["consecutive_failures"] == 3
     finally:
         server.close()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import multiprocessing
+import os
+import subprocess
+import sys
 
 import pytest
 
+import config
 from config import ConfigError, get_settings, normalize_database_url
 
 
@@ -71,6 +76,14 @@ def test_settings_are_read_once_per_process(setenv, monkeypatch):
         ("WEBHOOKS_RETENTION_DAYS", "0"),
         ("WEBHOOKS_SECRET_KEY", base64.urlsafe_b64encode(b"short").decode()),
         ("WEBHOOKS_SECRET_KEY", "not base64 at all!"),
+        # 43 x "a" decodes to 32 bytes leniently, but is not the encoding of any key.
+        ("WEBHOOKS_SECRET_KEY", "a" * 43),
+        ("WEBHOOKS_SECRET_KEY", "a" * 43 + "="),
+        ("WEBHOOKS_SECRET_KEY", base64.urlsafe_b64encode(b"k" * 32).decode() + "=="),
+        ("WEBHOOKS_SECRET_KEY", base64.urlsafe_b64encode(b"k" * 31).decode()),
+        ("WEBHOOKS_SECRET_KEY", " " + "A" * 20 + " " + "A" * 23),
+        ("WEBHOOKS_PREVIOUS_SECRET_KEYS", "a" * 43),
+        ("WEBHOOKS_ENV", "staging"),
         ("DATABASE_URL", ""),
         ("REDIS_URL", ""),
     ],
@@ -92,3 +105,80 @@ def test_malformed_setting_raises_config_error_naming_it(setenv, name, value):
 )
 def test_database_url_uses_psycopg_3(url, expected):
     assert normalize_database_url(url) == expected
+
+
+@pytest.mark.parametrize("padding", ["=", ""])
+def test_a_canonical_key_is_accepted_with_or_without_its_padding(setenv, padding):
+    key = os.urandom(32)
+    setenv(WEBHOOKS_SECRET_KEY=base64.urlsafe_b64encode(key).decode().rstrip("=") + padding)
+    assert get_settings().secret_key == key
+
+
+def test_previous_keys_are_read_in_order(setenv):
+    keys = [os.urandom(32) for _ in range(2)]
+    setenv(
+        WEBHOOKS_PREVIOUS_SECRET_KEYS=",".join(base64.urlsafe_b64encode(k).decode() for k in keys)
+    )
+    assert get_settings().previous_secret_keys == tuple(keys)
+
+
+@pytest.mark.parametrize("environment", [None, "production"])
+def test_outside_development_a_missing_secret_key_stops_the_process(
+    setenv, monkeypatch, tmp_path, environment
+):
+    monkeypatch.setattr(config, "VAR_DIR", tmp_path)
+    setenv(WEBHOOKS_ENV=environment, WEBHOOKS_SECRET_KEY=None)
+    with pytest.raises(ConfigError) as info:
+        get_settings()
+    assert "WEBHOOKS_SECRET_KEY is not set" in str(info.value)
+    assert "WEBHOOKS_ENV=development" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no key made up on this host
+
+
+def test_the_app_refuses_to_start_without_a_secret_key_in_production(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOKS_SECRET_KEY", "WEBHOOKS_ENV")}
+    env["WEBHOOKS_VAR_DIR"] = str(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", "from webhooks import create_app; create_app()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "WEBHOOKS_SECRET_KEY is not set" in run.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_development_key_file_is_made_once_with_mode_0600(setenv, monkeypatch, tmp_path):
+    monkeypatch.setattr(config, "VAR_DIR", tmp_path / "var")
+    setenv(WEBHOOKS_ENV="development", WEBHOOKS_SECRET_KEY=None)
+    key = get_settings().secret_key
+    path = tmp_path / "var" / "secret_key"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert base64.urlsafe_b64decode(path.read_text()) == key
+    setenv()
+    assert get_settings().secret_key == key
+    assert os.listdir(tmp_path / "var") == ["secret_key"]
+
+
+def _read_dev_key(start, results) -> None:
+    start.wait(10)
+    results.put(config._dev_key_text())
+
+
+def test_processes_starting_together_agree_on_one_development_key(monkeypatch, tmp_path):
+    # Forked after VAR_DIR is patched: each child creates or reads the same file.
+    monkeypatch.setattr(config, "VAR_DIR", tmp_path)
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    children = [context.Process(target=_read_dev_key, args=(start, results)) for _ in range(12)]
+    for child in children:
+        child.start()
+    start.set()
+    keys = {results.get(timeout=20) for _ in children}
+    for child in children:
+        child.join(10)
+    assert len(keys) == 1
+    assert os.listdir(tmp_path) == ["secret_key"]  # no temporary file left behind
+    assert os.stat(tmp_path / "secret_key").st_mode & 0o777 == 0o600

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
+import time
 
 import pytest
 
+from webhooks import http
 from webhooks.http import AddressRefused, Target, check_url, parse_url, refusal_reason
 
 # The reason named, where it matters; "" where Python's tables call it private or reserved.
@@ -138,3 +142,139 @@ def test_parse_url_splits_scheme_host_port_and_path(url, expected):
 def test_parse_url_refuses_what_cannot_be_a_webhook_target(url):
     with pytest.raises(AddressRefused):
         parse_url(url)
+
+
+# --- the IANA special-purpose registries, range by range -------------------------------------
+
+
+def _edges(network: str) -> list[str]:
+    net = ipaddress.ip_network(network)
+    middle = net[net.num_addresses // 2]
+    return [str(net[0]), str(middle), str(net[-1])]
+
+
+@pytest.mark.parametrize(("network", "why"), [*http.SPECIAL_PURPOSE_V4, *http.SPECIAL_PURPOSE_V6])
+def test_every_special_purpose_range_is_refused_from_first_to_last_address(network, why):
+    assert why
+    for address in _edges(network):
+        reason = refusal_reason(ipaddress.ip_address(address))
+        assert reason is not None, address
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "192.0.0.192",  # Oracle Cloud metadata, inside 192.0.0.0/24
+        "192.0.0.8",
+        "192.0.0.9",
+        "192.0.0.255",
+        "192.88.99.1",
+        "192.31.196.1",
+        "192.52.193.1",
+        "192.175.48.1",
+        "198.18.0.1",
+        "198.19.255.254",
+        "3fff::1",
+        "3fff:fff:ffff::1",
+        "5f00::1",
+        "100::1",
+        "2001:2::1",
+        "2001:1::1",
+        "2001:4:112::1",
+        "2001:20::1",
+        "2620:4f:8000::1",
+        "::ffff:192.0.0.192",
+        "64:ff9b::c000:c0",  # NAT64 form of 192.0.0.192
+        "2002:c000:c0::1",  # 6to4 form of 192.0.0.192
+    ],
+)
+def test_special_purpose_addresses_pythons_tables_miss_are_refused(address):
+    assert refusal_reason(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["192.0.1.1", "192.88.98.255", "192.88.100.1", "3fff:1000::1", "2001:200::1"]
+)
+def test_addresses_just_outside_the_special_ranges_are_allowed(address):
+    assert refusal_reason(ipaddress.ip_address(address)) is None
+
+
+def test_port_zero_is_refused_not_sent_to_port_80():
+    with pytest.raises(AddressRefused, match="port"):
+        parse_url("http://1.1.1.1:0/")
+    assert parse_url("http://1.1.1.1:1/").port == 1
+
+
+def test_international_host_names_are_idna_encoded():
+    assert parse_url("http://пример.рф/hook") == Target(
+        "http", "xn--e1afmkfd.xn--p1ai", 80, "/hook"
+    )
+    with pytest.raises(AddressRefused, match="international"):
+        parse_url("http://" + "é" * 70 + ".com/")
+
+
+# --- what a tenant learns from a refusal -------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://10.9.8.7/", "http://[fe80::1]/"])
+def test_refusal_names_no_address_and_logs_the_detail(url, caplog):
+    with pytest.raises(AddressRefused) as info:
+        check_url(url, allow_private=False)
+    assert str(info.value) == http.NOT_PUBLIC
+    host = parse_url(url).host
+    assert host not in str(info.value)
+    assert host in info.value.detail
+    assert f"target refused: {info.value.detail}" in caplog.text
+
+
+def test_a_name_that_does_not_resolve_is_refused_in_the_same_words(caplog):
+    with pytest.raises(AddressRefused) as info:
+        check_url("http://does-not-exist.invalid/", allow_private=False)
+    assert str(info.value) == http.NOT_PUBLIC
+    assert "does-not-exist.invalid does not resolve" in caplog.text
+
+
+# --- DNS within a time budget ------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_dns(monkeypatch):
+    """A resolver that never answers for `*.silent.test` (until the test ends)."""
+    real = socket.getaddrinfo
+    released = threading.Event()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if str(host).endswith(".silent.test"):
+            released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    released.set()
+
+
+def test_a_resolver_that_never_answers_is_given_up_on_within_the_budget(silent_dns):
+    started = time.monotonic()
+    with pytest.raises(AddressRefused, match=r"did not resolve within 0\.5 s"):
+        check_url("https://hook.silent.test/", allow_private=False, dns_timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 1.5
+
+
+def test_many_silent_lookups_at_once_each_end_within_the_budget(silent_dns):
+    # More than the resolver threads: those that wait for a thread time out too.
+    errors: list[float] = []
+
+    def one(i: int) -> None:
+        started = time.monotonic()
+        with pytest.raises(AddressRefused):
+            check_url(f"https://h{i}.silent.test/", allow_private=False, dns_timeout=0.5)
+        errors.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 40
+    assert max(errors) < 1.5

@@ -176,3 +176,10 @@ def test_forgotten_picks_free_their_slots_and_leave_the_scheduler(client):
     s.forget(["a-0"])
     assert s.known(["a-0"]) == [False]
     assert s.pump(now=NOW).ids == ["a-1"]
+
+
+def test_the_metrics_start_every_throttle_reason_at_zero():
+    from webhooks import metrics
+    from webhooks.scheduler import BLOCK_REASONS
+
+    assert metrics.THROTTLE_REASONS == BLOCK_REASONS

@@ -151,6 +151,21 @@ def test_malformed_custom_headers_are_refused(headers):
     assert "headers" in errors(SubscriptionCreateSchema(), subscription(headers=headers))
 
 
+@pytest.mark.parametrize("value", ["\u2603", "caf\u00e9", "\u20ac5", "a\tb", "a\x7f", "\x01"])
+def test_header_values_outside_visible_ascii_are_refused(value):
+    # Each of these was accepted, then crashed every attempt with a UnicodeEncodeError.
+    (problems,) = errors(SubscriptionCreateSchema(), subscription(headers={"X-Snow": value}))[
+        "headers"
+    ]
+    assert "visible ASCII" in problems["X-Snow"]
+
+
+def test_header_values_of_visible_ascii_and_spaces_are_accepted():
+    value = "".join(chr(c) for c in range(0x20, 0x7F))
+    data = SubscriptionCreateSchema().load(subscription(headers={"X-All": value}))
+    assert data["headers"] == {"X-All": value}
+
+
 def test_url_length_is_limited():
     long_url = "https://example.com/" + "a" * (2048 - len("https://example.com/"))
     assert SubscriptionCreateSchema().load(subscription(url=long_url))

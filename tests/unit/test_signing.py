@@ -93,3 +93,68 @@ def test_rotation_sends_one_signature_per_secret_and_each_verifies():
 def test_missing_headers_are_refused_by_our_verifier():
     with pytest.raises(signing.SignatureError):
         signing.verify(signing.generate_secret(), BODY, {"webhook-id": "msg_1"})
+
+
+# --- Ed25519 (Standard Webhooks v1a) ----------------------------------------------------------
+
+# RFC 8032, section 7.1, TEST 1: the secret key (seed) and its public key.
+RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+
+
+def verify_v1a(public_key: str, body: bytes, headers: dict[str, str]) -> None:
+    """A receiver's check, written from the Standard Webhooks spec with a separate Ed25519
+    implementation (cryptography's), not with our signing code: accept if any v1a signature of
+    "{id}.{timestamp}.{body}" verifies under the whpk_ key; raise otherwise."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key.removeprefix("whpk_")))
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    for item in headers["webhook-signature"].split(" "):
+        version, _, signature = item.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(signature), content)
+            return
+        except InvalidSignature:
+            continue
+    raise AssertionError("no v1a signature verifies")
+
+
+def test_signing_key_serialization_matches_the_rfc_8032_test_vector():
+    key = "whsk_" + base64.b64encode(RFC8032_SEED).decode()
+    assert signing.public_key(key) == "whpk_" + base64.b64encode(RFC8032_PUBLIC).decode()
+
+
+def test_ed25519_signature_is_v1a_and_verifies_under_the_public_key_only():
+    key, public = signing.new_key_material(signing.ED25519)
+    assert key.startswith("whsk_") and public is not None and public.startswith("whpk_")
+    assert len(base64.b64decode(key.removeprefix("whsk_"))) == 32
+    headers = signing.signature_headers([key], "msg_1", BODY)
+    version, signature = headers["webhook-signature"].split(",")
+    assert version == "v1a" and len(base64.b64decode(signature)) == 64
+    verify_v1a(public, BODY, headers)
+    with pytest.raises(AssertionError):
+        verify_v1a(public, BODY.replace(b"42", b"43"), headers)
+    with pytest.raises(AssertionError):
+        verify_v1a(public, BODY, headers | {"webhook-id": "msg_2"})
+    other = signing.new_key_material(signing.ED25519)[1]
+    with pytest.raises(AssertionError):
+        verify_v1a(other, BODY, headers)  # type: ignore[arg-type]
+
+
+def test_rotation_across_schemes_sends_one_signature_of_each_kind():
+    key, public = signing.new_key_material(signing.ED25519)
+    secret = signing.generate_secret()
+    headers = signing.signature_headers([key, secret], "msg_1", BODY)
+    kinds = [s.split(",")[0] for s in headers["webhook-signature"].split(" ")]
+    assert kinds == ["v1a", "v1"]
+    verify_v1a(public, BODY, headers)  # type: ignore[arg-type]
+    Webhook(secret).verify(BODY, headers)  # the HMAC receiver skips the v1a signature
+
+
+def test_unknown_scheme_is_refused():
+    with pytest.raises(ValueError):
+        signing.new_key_material("rsa")

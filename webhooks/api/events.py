@@ -11,6 +11,7 @@ from config import get_settings
 from webhooks.api.common import ApiError, db, load, read_json, require_tenant
 from webhooks.models import Delivery, Event
 from webhooks.schemas import EventCreateSchema, EventDetailSchema, EventSchema
+from webhooks.schemas.deliveries import NESTED_LIMIT
 from webhooks.schemas.events import EventBatchCreateSchema
 from webhooks.services import NotFound, ingest
 
@@ -124,8 +125,14 @@ def get(event_id: uuid.UUID) -> Any:
     if event is None:
         raise NotFound("no such event", {"id": str(event_id)})
     deliveries = session.scalars(
-        select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.id)
+        select(Delivery)
+        .where(Delivery.event_id == event.id)
+        .order_by(Delivery.id)
+        .limit(NESTED_LIMIT + 1)
     ).all()
     out = detail_schema.dump(event)
-    out["deliveries"] = detail_schema.fields["deliveries"].serialize("d", {"d": deliveries})
+    shown = deliveries[:NESTED_LIMIT]
+    out["deliveries"] = detail_schema.fields["deliveries"].serialize("d", {"d": shown})
+    out["more_deliveries"] = len(deliveries) > NESTED_LIMIT
+    out["deliveries_url"] = f"/v1/deliveries?event_id={event.id}"
     return out

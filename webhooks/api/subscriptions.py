@@ -30,7 +30,7 @@ with_secret_schema = SubscriptionWithSecretSchema()
 health_schema = SubscriptionHealthSchema()
 
 
-def _with_secret(subscription: Subscription, secret: str) -> dict[str, Any]:
+def _with_secret(subscription: Subscription, secret: str | None) -> dict[str, Any]:
     out = with_secret_schema.dump(subscription)
     out["secret"] = secret
     return out
@@ -69,7 +69,14 @@ def get(subscription_id: uuid.UUID) -> Any:
 def patch(subscription_id: uuid.UUID) -> Any:
     tenant_id = require_tenant()
     data = load(update_schema, read_json()[0], partial=True)
-    return subscription_schema.dump(service.update_one(db(), tenant_id, subscription_id, data))
+    scheme = data.pop("signature_scheme", None)
+    subscription = service.update_one(db(), tenant_id, subscription_id, data)
+    if scheme is not None and scheme != subscription.signature_scheme:
+        # A new scheme is new key material, made as rotate-secret makes it (the old key keeps
+        # signing during the grace period); the answer holds the new secret as rotation's does.
+        subscription, secret = service.rotate_secret(db(), tenant_id, subscription_id, scheme)
+        return _with_secret(subscription, secret)
+    return subscription_schema.dump(subscription)
 
 
 @bp.delete("/<uuid:subscription_id>")

@@ -51,9 +51,18 @@ class Subscription(Timestamped, Base):
     url: Mapped[str] = mapped_column(Text, nullable=False)
     event_types: Mapped[list[str]] = mapped_column(ARRAY(String(200)), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
+    # Custom headers: their names here, each with a redacted value (what the API shows); the
+    # values, often the receiver's credentials, only in headers_ciphertext (webhooks.crypto).
     headers: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+    headers_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # "hmac-sha256" (secret_ciphertext holds a whsec_ secret) or "ed25519" (a whsk_ signing key,
+    # whose whpk_ public key is public_key).
+    signature_scheme: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="hmac-sha256", server_default="hmac-sha256"
+    )
+    public_key: Mapped[str | None] = mapped_column(Text)
     status: Mapped[SubscriptionStatus] = mapped_column(
         Enum(
             SubscriptionStatus,

@@ -33,8 +33,19 @@ class DeliverySchema(Schema):
     updated_at = fields.DateTime()
 
 
+# Nested lists in a detail answer hold at most this many items; the rest is paginated.
+NESTED_LIMIT = 100
+
+
 class DeliveryDetailSchema(DeliverySchema):
-    attempts = fields.List(fields.Nested(AttemptSchema))
+    attempts = fields.List(
+        fields.Nested(AttemptSchema),
+        metadata={"description": f"the first {NESTED_LIMIT} attempts, oldest first"},
+    )
+    more_attempts = fields.Boolean(
+        metadata={"description": "there are more attempts: page through `attempts_url`"}
+    )
+    attempts_url = fields.String(metadata={"description": "the paginated list of all attempts"})
 
 
 class DeliveryListQuery(PageQuery):

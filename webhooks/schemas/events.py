@@ -4,7 +4,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from webhooks.schemas.deliveries import DeliverySchema
+from webhooks.schemas.deliveries import NESTED_LIMIT, DeliverySchema
 
 # \Z, not $: in Python $ also matches before a trailing newline.
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\Z"
@@ -58,7 +58,16 @@ class EventSchema(Schema):
 
 
 class EventDetailSchema(EventSchema):
-    deliveries = fields.List(fields.Nested(DeliverySchema))  # type: ignore[assignment]
+    deliveries = fields.List(  # type: ignore[assignment]
+        fields.Nested(DeliverySchema),
+        metadata={"description": f"the first {NESTED_LIMIT} deliveries"},
+    )
+    more_deliveries = fields.Boolean(
+        metadata={"description": "there are more deliveries: page through `deliveries_url`"}
+    )
+    deliveries_url = fields.String(
+        metadata={"description": "the paginated list of all its deliveries"}
+    )
 
 
 MAX_BATCH_EVENTS = 500

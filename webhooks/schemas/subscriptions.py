@@ -5,8 +5,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhooks.crypto import REDACTED
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EVENT_TYPE_PATTERN
+from webhooks.signing import SCHEMES
 
 MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 100
@@ -17,6 +19,10 @@ MAX_IN_FLIGHT = 1000
 # \Z, not $: in Python $ also matches before a trailing newline.
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}\Z"
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+# Visible ASCII and spaces: anything else cannot be sent as latin-1 on every HTTP stack, and
+# made each attempt fail with an uncaught UnicodeEncodeError. Tabs and controls are refused too.
+HEADER_VALUE_PATTERN = r"^[\x20-\x7e]*\Z"
+_HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
 # Ours to set, or meaningless per request: a subscription may not override them.
 RESERVED_HEADERS = {
     "host",
@@ -58,6 +64,8 @@ def _check_headers(value: dict[str, Any]) -> None:
             problems[name] = "value must be a string"
         elif len(header_value) > MAX_HEADER_VALUE or any(c in header_value for c in "\r\n\0"):
             problems[name] = f"value must be one line of at most {MAX_HEADER_VALUE} characters"
+        elif not _HEADER_VALUE.match(header_value):
+            problems[name] = "value may hold only visible ASCII characters and spaces"
     if problems:
         raise ValidationError(problems)
 
@@ -75,6 +83,10 @@ class SubscriptionCreateSchema(Schema):
         allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_RATE_LIMIT)
     )
     max_in_flight = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_IN_FLIGHT))
+    signature_scheme = fields.String(
+        validate=validate.OneOf(SCHEMES),
+        metadata={"description": "hmac-sha256 (the default) or ed25519 (Standard Webhooks v1a)"},
+    )
 
 
 class SubscriptionUpdateSchema(SubscriptionCreateSchema):
@@ -86,7 +98,16 @@ class SubscriptionSchema(Schema):
     url = fields.String()
     event_types = fields.List(fields.String())
     description = fields.String(allow_none=True)
-    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": f"names of the custom headers; values shown as {REDACTED}"},
+    )
+    signature_scheme = fields.String()
+    public_key = fields.String(
+        allow_none=True,
+        metadata={"description": "ed25519: the whpk_ key that verifies the signatures"},
+    )
     status = fields.String()
     disabled_reason = fields.String(allow_none=True)
     rate_limit = fields.Integer(allow_none=True)
@@ -96,7 +117,10 @@ class SubscriptionSchema(Schema):
 
 
 class SubscriptionWithSecretSchema(SubscriptionSchema):
-    secret = fields.String()
+    secret = fields.String(
+        allow_none=True,
+        metadata={"description": "hmac-sha256: the whsec_ secret, shown only here; ed25519: null"},
+    )
 
 
 class CircuitSchema(Schema):

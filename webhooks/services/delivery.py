@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from config import get_settings
 from webhooks import metrics, scheduler
 from webhooks.circuit import CircuitBreaker
-from webhooks.crypto import decrypt_secret
+from webhooks.crypto import decrypt_headers, decrypt_secret
 from webhooks.db import affected, session_scope, state_engine
 from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
@@ -64,7 +64,8 @@ WITH claimed AS (
 )
 SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
        e.id AS event_id, e.event_type, e.payload, e.created_at AS event_created_at,
-       s.url, s.headers, s.status AS subscription_status, s.deleted_at, s.rate_limit,
+       s.url, s.headers_ciphertext, s.status AS subscription_status, s.deleted_at,
+       s.rate_limit,
        s.secret_ciphertext, s.previous_secret_ciphertext, s.previous_secret_expires_at
   FROM claimed c
   JOIN events e ON e.id = c.event_id
@@ -168,7 +169,7 @@ def _send(row: Any) -> Response:
     started = time.monotonic()
     try:
         body = envelope(row.event_id, row.event_type, row.event_created_at, row.payload)
-        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        headers = decrypt_headers(row.headers_ciphertext, str(row.subscription_id).encode())
         headers["content-type"] = "application/json"
         headers.update(
             signature_headers(signing_secrets(row, datetime.now(UTC)), str(row.id), body)

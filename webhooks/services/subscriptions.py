@@ -11,19 +11,26 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from webhooks import metrics
-from webhooks.crypto import encrypt_secret
+from webhooks.crypto import (
+    REDACTED,
+    decrypt_headers,
+    encrypt_headers,
+    encrypt_secret,
+    redacted,
+)
 from webhooks.db import affected, uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT, SubscriptionStatus
 from webhooks.runtime import get_breaker
 from webhooks.services import Invalid, NotFound, scheduling
-from webhooks.signing import generate_secret
+from webhooks.signing import HMAC_SHA256, new_key_material
 
 
 def _check_target(url: str) -> None:
     try:
-        check_url(url, get_settings().allow_private_targets)
+        settings = get_settings()
+        check_url(url, settings.allow_private_targets, settings.dns_timeout)
     except AddressRefused as exc:
         raise Invalid(f"url is refused: {exc}", {"fields": {"url": [str(exc)]}}) from None
 
@@ -42,27 +49,42 @@ def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> S
     return found
 
 
+def _set_headers(subscription: Subscription, headers: dict[str, str]) -> None:
+    """Store custom headers encrypted, and their names with redacted values in the clear."""
+    associated = str(subscription.id).encode()
+    stored = decrypt_headers(subscription.headers_ciphertext, associated)
+    # A value sent back as the API shows it (redacted) keeps the stored value: a client may
+    # GET a subscription, change one header and PATCH them all back.
+    headers = {k: stored[k] if v == REDACTED and k in stored else v for k, v in headers.items()}
+    subscription.headers = redacted(headers)
+    subscription.headers_ciphertext = encrypt_headers(headers, associated)
+
+
 def create(
     session: Session, tenant_id: uuid.UUID, data: dict[str, Any]
-) -> tuple[Subscription, str]:
-    """Create a subscription; return it with its new signing secret (shown only now)."""
+) -> tuple[Subscription, str | None]:
+    """Create a subscription; return it with its new signing secret (shown only now), or None
+    for an ed25519 subscription, whose private key is never shown (its public key is)."""
     _check_target(data["url"])
-    secret = generate_secret()
+    scheme = data.get("signature_scheme") or HMAC_SHA256
+    secret, public_key = new_key_material(scheme)
     subscription = Subscription(
         id=uuid7(),
         tenant_id=tenant_id,
         url=data["url"],
         event_types=sorted(set(data["event_types"])),
         description=data.get("description"),
-        headers=data.get("headers") or {},
         status=SubscriptionStatus.ACTIVE,
         rate_limit=data.get("rate_limit"),
         max_in_flight=data.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT,
+        signature_scheme=scheme,
+        public_key=public_key,
     )
+    _set_headers(subscription, data.get("headers") or {})
     subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
     session.add(subscription)
     session.commit()
-    return subscription, secret
+    return subscription, secret if scheme == HMAC_SHA256 else None
 
 
 def update_one(
@@ -78,7 +100,7 @@ def update_one(
     if "description" in data:
         subscription.description = data["description"]
     if "headers" in data:
-        subscription.headers = data["headers"] or {}
+        _set_headers(subscription, data["headers"] or {})
     limits_changed = False
     for name in ("rate_limit", "max_in_flight"):
         if name in data and (data[name] is not None or name == "rate_limit"):
@@ -109,19 +131,26 @@ def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
 
 
 def rotate_secret(
-    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID
-) -> tuple[Subscription, str]:
-    """Make a new secret; the old one keeps signing too until the grace period ends."""
+    session: Session,
+    tenant_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    scheme: str | None = None,
+) -> tuple[Subscription, str | None]:
+    """Make a new secret (or Ed25519 key pair), of `scheme` if given; the old one keeps signing
+    too until the grace period ends. Return the new HMAC secret, or None for ed25519."""
     subscription = get(session, tenant_id, subscription_id)
     associated = str(subscription.id).encode()
-    secret = generate_secret()
+    scheme = scheme or subscription.signature_scheme
+    secret, public_key = new_key_material(scheme)
     subscription.previous_secret_ciphertext = subscription.secret_ciphertext
     subscription.previous_secret_expires_at = datetime.now(UTC) + timedelta(
         seconds=get_settings().rotation_grace
     )
     subscription.secret_ciphertext = encrypt_secret(secret, associated)
+    subscription.signature_scheme = scheme
+    subscription.public_key = public_key
     session.commit()
-    return subscription, secret
+    return subscription, secret if scheme == HMAC_SHA256 else None
 
 
 def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> dict[str, Any]:
@@ -144,9 +173,10 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
         "status": subscription.status.value,
         "circuit": {
             "state": circuit["state"],
-            "consecutive_failures": circuit["consecutive_failures"],
-            "opened_at": _when(circuit["opened_at"]),
-            "probe_at": _when(circuit["probe_at"]),
+            # With Redis unreachable the breaker answers only {"state": "unknown"}.
+            "consecutive_failures": circuit.get("consecutive_failures"),
+            "opened_at": _when(circuit.get("opened_at")),
+            "probe_at": _when(circuit.get("probe_at")),
         },
         "deliveries": counts,
         "parked": int(parked or 0),

@@ -1,0 +1,172 @@
+"""The delivery client against real sockets on loopback: the whole-attempt deadline, errors that
+never escape, international host names."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import Receiver, Reply
+from webhooks.http import Client
+from webhooks.models import AttemptResult
+
+
+class Trickler:
+    """A server that accepts, reads the request, then sends `prefix` and one byte of `drip`
+    every `interval` seconds for `seconds`, and hangs up."""
+
+    def __init__(self, prefix: bytes, drip: bytes, interval: float = 0.1, seconds: float = 6):
+        self.prefix, self.drip, self.interval, self.seconds = prefix, drip, interval, seconds
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.hung_up_by_client = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        until = time.monotonic() + self.seconds
+        try:
+            conn.recv(65536)
+            conn.sendall(self.prefix)
+            i = 0
+            while time.monotonic() < until:
+                conn.sendall(self.drip[i % len(self.drip) : i % len(self.drip) + 1])
+                i += 1
+                time.sleep(self.interval)
+        except OSError:
+            self.hung_up_by_client.set()
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def _client(timeout: float = 1.0) -> Client:
+    return Client(timeout=timeout, allow_private=True, body_cap=100)
+
+
+def test_subscriber_trickling_its_headers_is_cut_at_the_deadline_as_a_timeout() -> None:
+    # One header byte every 0.1 s: no single read ever waits 1 s, so per-read timeouts never fire.
+    server = Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n")
+    try:
+        started = time.monotonic()
+        response = _client(1.0).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert response.result is AttemptResult.TIMEOUT, response
+    assert 1.0 <= elapsed < 1.8, elapsed
+    assert response.error == "no complete answer within 1 s"
+    assert server.hung_up_by_client.wait(2)
+
+
+def test_subscriber_trickling_its_body_is_cut_at_the_deadline_as_a_timeout() -> None:
+    server = Trickler(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n", b"a")
+    try:
+        started = time.monotonic()
+        response = _client(1.0).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert response.result is AttemptResult.TIMEOUT, response
+    assert response.status_code == 200
+    assert 1.0 <= elapsed < 1.8, elapsed
+
+
+def test_kept_alive_connection_is_watched_on_its_next_attempt_too(receiver: Receiver) -> None:
+    receiver.plan("/k", Reply(200), then=Reply(200, delay=3))
+    client = _client(1.0)
+    assert client.post(receiver.url("/k"), b"{}", {}).result is AttemptResult.SUCCESS
+    started = time.monotonic()
+    response = client.post(receiver.url("/k"), b"{}", {})
+    assert response.result is AttemptResult.TIMEOUT, response
+    assert time.monotonic() - started < 1.8
+    # And the client still works afterwards, on a fresh connection.
+    receiver.plan("/ok", Reply(200))
+    assert client.post(receiver.url("/ok"), b"{}", {}).result is AttemptResult.SUCCESS
+
+
+def test_many_attempts_each_end_at_their_own_deadline() -> None:
+    server = Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n", seconds=8)
+    results: list[tuple[AttemptResult, float]] = []
+
+    def one(timeout: float) -> None:
+        started = time.monotonic()
+        response = _client(timeout).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
+        results.append((response.result, time.monotonic() - started - timeout))
+
+    threads = [threading.Thread(target=one, args=(0.5 + 0.25 * (i % 3),)) for i in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    finally:
+        server.close()
+    assert len(results) == 6
+    assert all(result is AttemptResult.TIMEOUT for result, _ in results), results
+    assert all(0 <= late < 0.6 for _, late in results), results
+
+
+@pytest.mark.parametrize("value", ["\u2603", "\u20ac 5"])
+def test_header_value_that_http_cannot_carry_is_a_failed_attempt_not_an_exception(
+    receiver: Receiver, value: str
+) -> None:
+    # Such values are refused at the API now; rows stored before must still end as attempts.
+    receiver.plan("/h", Reply(200))
+    response = _client().post(receiver.url("/h"), b"{}", {"x-snow": value})
+    assert response.result is AttemptResult.CONNECTION_ERROR, response
+    assert response.error is not None and "UnicodeEncodeError" in response.error
+    assert receiver.received == []
+
+
+def test_any_unexpected_error_inside_post_becomes_a_failed_attempt(receiver: Receiver) -> None:
+    receiver.plan("/x", Reply(200))
+    client = _client()
+    # A body that is not bytes: a programming error, still reported and never raised.
+    response = client.post(receiver.url("/x"), object(), {})  # type: ignore[arg-type]
+    assert response.result is AttemptResult.CONNECTION_ERROR, response
+    assert response.error
+    assert client.post(receiver.url("/x"), b"{}", {}).result is AttemptResult.SUCCESS
+
+
+def test_international_host_name_is_sent_in_its_idna_form(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the name's lookup is scripted (either spelling to loopback); connecting, the Host
+    # header and the request are real.
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("xn--e1afmkfd.xn--p1ai", "пример.рф"):
+            return real("127.0.0.1", port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    receiver.plan("/idn", Reply(200))
+    response = _client().post(f"http://пример.рф:{receiver.port}/idn", b"{}", {})
+    assert response.result is AttemptResult.SUCCESS, response
+    (got,) = receiver.wait_for("/idn", 1)
+    assert got.headers["host"] == f"xn--e1afmkfd.xn--p1ai:{receiver.port}"
