@@ -39,6 +39,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     for blueprint in (subscriptions.bp, events.bp, deliveries.bp, health.bp):
         app.register_blueprint(blueprint)
+    from webhooks import console
+    from webhooks.console.web import init_pages
+
+    init_pages(app)
+    app.register_blueprint(console.bp)
     register_error_handlers(app)
     register_openapi(app)
     register_commands(app)

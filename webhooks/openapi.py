@@ -22,7 +22,9 @@ from webhooks import schemas as s
 from webhooks.models import AttemptResult
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
+from webhooks.schemas.stats import AttemptCountsSchema, StatsQuery, SubscriptionStatsSchema
 from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.services.stats import WINDOWS
 
 TITLE = "webhooks"
 VERSION = "0.1.0"
@@ -91,6 +93,8 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Circuit": s.SubscriptionHealthSchema().fields["circuit"].schema,  # type: ignore[attr-defined]
     "SubscriptionHealth": s.SubscriptionHealthSchema(),
     "ReplayResult": ReplayResultSchema(),
+    "AttemptCounts": AttemptCountsSchema(),
+    "SubscriptionStats": SubscriptionStatsSchema(),
     "Event": s.EventSchema(),
     "EventDetail": s.EventDetailSchema(),
     "EventBatchResult": EventBatchResultSchema(),
@@ -213,6 +217,17 @@ ROUTES: list[Route] = [
         "Circuit state and delivery counts",
         "subscriptions",
         response="SubscriptionHealth",
+    ),
+    Route(
+        "get",
+        SUB + "/stats",
+        "Attempt statistics over a window",
+        "subscriptions",
+        response="SubscriptionStats",
+        query=StatsQuery,
+        description="Attempts made in the last `window` (1h, 24h or 7d; default 24h) by "
+        "result, the success rate, and the median and 95th percentile attempt duration. Read "
+        "from one range of the index on attempts (subscription_id, created_at).",
     ),
     Route(
         "post",
@@ -347,8 +362,9 @@ ROUTES: list[Route] = [
     ),
 ]
 
-# Where a Flask URL rule has no documentation on purpose.
+# Where a Flask URL rule has no documentation on purpose: the HTML pages are not the API.
 UNDOCUMENTED_ENDPOINTS = {"static"}
+PAGE_BLUEPRINTS = {"console", "portal"}
 
 
 def _operation(route: Route, plugin: MarshmallowPlugin) -> dict[str, Any]:
@@ -428,6 +444,7 @@ REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("Delivery", "status"): {"enum": STATUSES},
     ("Attempt", "result"): {"enum": [r.value for r in AttemptResult]},
     ("Circuit", "state"): {"enum": ["closed", "open", "half_open"]},
+    ("SubscriptionStats", "window"): {"enum": list(WINDOWS)},
 }
 
 
@@ -522,7 +539,9 @@ def undocumented_rules(app: Flask) -> list[str]:
     documented = {(r.method.upper(), r.path) for r in ROUTES}
     missing = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in UNDOCUMENTED_ENDPOINTS:
+        if rule.endpoint in UNDOCUMENTED_ENDPOINTS or rule.endpoint.partition(".")[0] in (
+            PAGE_BLUEPRINTS
+        ):
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             if (method, _flask_to_openapi(rule.rule)) not in documented:

@@ -16,7 +16,9 @@ from webhooks.schemas import (
     SubscriptionUpdateSchema,
     SubscriptionWithSecretSchema,
 )
+from webhooks.schemas.stats import StatsQuery, SubscriptionStatsSchema
 from webhooks.services import recovery
+from webhooks.services import stats as stats_service
 from webhooks.services import subscriptions as service
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
@@ -28,6 +30,8 @@ page_query = PageQuery()
 subscription_schema = SubscriptionSchema()
 with_secret_schema = SubscriptionWithSecretSchema()
 health_schema = SubscriptionHealthSchema()
+stats_query = StatsQuery()
+stats_schema = SubscriptionStatsSchema()
 
 
 def _with_secret(subscription: Subscription, secret: str) -> dict[str, Any]:
@@ -100,3 +104,12 @@ def replay(subscription_id: uuid.UUID) -> Any:
         db(), tenant_id, subscription_id, data["since"], data["until"], data["status"]
     )
     return {"requeued": count, "more": more}, 202
+
+
+@bp.get("/<uuid:subscription_id>/stats")
+def stats(subscription_id: uuid.UUID) -> Any:
+    tenant_id = require_tenant()
+    args = load_query(stats_query)
+    return stats_schema.dump(
+        stats_service.subscription_stats(db(), tenant_id, subscription_id, args["window"])
+    )
