@@ -32,7 +32,6 @@ from webhooks.console.web import (
     form_list,
     secure_headers,
     signin_allowed,
-    template_globals,
 )
 from webhooks.models import DeliveryStatus
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
@@ -57,7 +56,7 @@ STATUSES = [s.value for s in DeliveryStatus]
 
 @bp.context_processor
 def _globals() -> dict[str, Any]:
-    return template_globals() | {"operator": g.get("operator")}
+    return {"operator": g.get("operator")}
 
 
 @bp.before_request

@@ -38,6 +38,8 @@ def init_pages(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_seconds),
     )
+    # Globals, not context: macros imported without context use them too.
+    app.jinja_env.globals.update(csrf_token=csrf_token, CSRF_FIELD=CSRF_FIELD)
 
 
 def csrf_token() -> str:
@@ -107,10 +109,6 @@ def secure_headers(response: Response, frame_ancestors: str = "'none'", img: str
 def form_list(value: str) -> list[str]:
     """Split a text field of names separated by commas, spaces or lines."""
     return [part for part in value.replace(",", " ").split() if part]
-
-
-def template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "CSRF_FIELD": CSRF_FIELD}
 
 
 def flat_errors(messages: Any, name: str = "") -> dict[str, list[str]]:
