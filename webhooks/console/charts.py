@@ -25,8 +25,9 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     bars: list[Bar] = field(default_factory=list)
-    # Polylines as (kind, "x,y x,y ..."), one per series.
+    # Polylines as (kind, "x,y x,y ..."), one per series, and a dot on each of their points.
     lines: list[tuple[str, str]] = field(default_factory=list)
+    dots: list[Bar] = field(default_factory=list)
     labels: tuple[str, str] = ("", "")
 
 
@@ -71,11 +72,13 @@ def lines(
     slot = WIDTH / n
     chart = Chart(title, f"{top:g} {unit}" if top != 1 else f"— {unit}", labels=_ends(labels))
     for kind, values in series:
-        points = [
-            f"{round(i * slot + slot / 2, 1)},{round(HEIGHT - (HEIGHT - PAD) * v / top, 1)}"
-            for i, v in enumerate(values)
-            if v is not None
-        ]
+        points = []
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            x, y = round(i * slot + slot / 2, 1), round(HEIGHT - (HEIGHT - PAD) * v / top, 1)
+            points.append(f"{x},{y}")
+            chart.dots.append(Bar(x, y, 0, 0, kind, f"{labels[i]}: {v:g} {unit} {kind}"))
         if points:
             chart.lines.append((kind, " ".join(points)))
     return chart
