@@ -66,7 +66,7 @@ def _check_filter(value: dict[str, Any]) -> None:
     try:
         compile_filter(value)
     except FilterError as exc:
-        raise ValidationError({exc.pointer: [exc.message]}) from None
+        raise ValidationError(f"{exc.pointer}: {exc.message}") from None
 
 
 class SubscriptionCreateSchema(Schema):
