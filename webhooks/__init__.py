@@ -31,13 +31,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from webhooks.api import deliveries, events, health, subscriptions
+    from webhooks.api import consumers, deliveries, events, health, subscriptions
     from webhooks.api.common import close_db, register_error_handlers
     from webhooks.cli import register_commands
     from webhooks.openapi import register_openapi
     from webhooks.web_metrics import init_metrics
 
-    for blueprint in (subscriptions.bp, events.bp, deliveries.bp, health.bp):
+    for blueprint in (consumers.bp, subscriptions.bp, events.bp, deliveries.bp, health.bp):
         app.register_blueprint(blueprint)
     from webhooks import console
     from webhooks.console.web import init_pages

@@ -20,10 +20,17 @@ from marshmallow import Schema, fields
 
 from webhooks import schemas as s
 from webhooks.models import AttemptResult
+from webhooks.schemas.consumers import (
+    MAX_UID,
+    UID_PATTERN,
+    ConsumerCreateSchema,
+    ConsumerSchema,
+    ConsumerUpdateSchema,
+)
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
 from webhooks.schemas.stats import AttemptCountsSchema, StatsQuery, SubscriptionStatsSchema
-from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS, SubscriptionListQuery
 from webhooks.services.stats import WINDOWS
 
 TITLE = "webhooks"
@@ -43,6 +50,15 @@ class SubscriptionPageSchema(Schema):
 
 class DeliveryPageSchema(Schema):
     data = fields.List(fields.Nested(s.DeliverySchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
+class ConsumerPageSchema(Schema):
+    data = fields.List(fields.Nested(ConsumerSchema), required=True)
     next_cursor = fields.String(
         required=True,
         allow_none=True,
@@ -75,6 +91,8 @@ class ReadinessSchema(Schema):
 # response always carries all of them (null where nullable), which makes the fuzzing strict.
 SCHEMAS: dict[str, Schema] = {
     "Error": s.ErrorSchema(),
+    "ConsumerCreate": ConsumerCreateSchema(),
+    "ConsumerUpdate": ConsumerUpdateSchema(partial=True),
     "SubscriptionCreate": s.SubscriptionCreateSchema(),
     "SubscriptionUpdate": s.SubscriptionUpdateSchema(partial=True),
     "Replay": s.ReplaySchema(),
@@ -82,6 +100,8 @@ SCHEMAS: dict[str, Schema] = {
     "EventBatchCreate": EventBatchCreateSchema(),
 }
 OUTPUT_SCHEMAS: dict[str, Schema] = {
+    "Consumer": ConsumerSchema(),
+    "ConsumerPage": ConsumerPageSchema(),
     # Nested schemas come before the ones that hold them (apispec names nested ones itself).
     "Attempt": s.AttemptSchema(),
     "Delivery": s.DeliverySchema(),
@@ -163,7 +183,49 @@ class Route:
 
 
 SUB = "/v1/subscriptions/{subscription_id}"
+CONSUMER = "/v1/consumers/{uid}"
 ROUTES: list[Route] = [
+    Route(
+        "post",
+        "/v1/consumers",
+        "Create a consumer",
+        "consumers",
+        status=201,
+        response="Consumer",
+        body="ConsumerCreate",
+        errors=(409,),
+        description="A consumer is one of your own customers, named by your `uid` for it. "
+        "Its subscriptions get only the events that name it (`consumer`); 409 if the uid is "
+        "taken.",
+    ),
+    Route(
+        "get",
+        "/v1/consumers",
+        "List consumers",
+        "consumers",
+        response="ConsumerPage",
+        query=s.PageQuery,
+    ),
+    Route("get", CONSUMER, "Get a consumer", "consumers", response="Consumer"),
+    Route(
+        "patch",
+        CONSUMER,
+        "Change a consumer",
+        "consumers",
+        response="Consumer",
+        body="ConsumerUpdate",
+        description="Only the given fields change; the uid stays.",
+    ),
+    Route(
+        "delete",
+        CONSUMER,
+        "Delete a consumer and its subscriptions",
+        "consumers",
+        status=204,
+        description="Each of its subscriptions is deleted as DELETE /v1/subscriptions/{id} "
+        "would: unfinished deliveries end as failed, history stays readable. Its uid may be "
+        "used again.",
+    ),
     Route(
         "post",
         "/v1/subscriptions",
@@ -173,7 +235,8 @@ ROUTES: list[Route] = [
         response="SubscriptionWithSecret",
         body="SubscriptionCreate",
         description="The answer holds the signing secret; no other answer shows it again. "
-        "The URL must be http(s) and resolve only to public addresses.",
+        "The URL must be http(s) and resolve only to public addresses. With `consumer`, it "
+        "gets only events that name that consumer; without, only events that name none.",
     ),
     Route(
         "get",
@@ -181,7 +244,7 @@ ROUTES: list[Route] = [
         "List subscriptions",
         "subscriptions",
         response="SubscriptionPage",
-        query=s.PageQuery,
+        query=SubscriptionListQuery,
     ),
     Route("get", SUB, "Get a subscription", "subscriptions", response="Subscription"),
     Route(
@@ -367,6 +430,12 @@ UNDOCUMENTED_ENDPOINTS = {"static"}
 PAGE_BLUEPRINTS = {"console", "portal"}
 
 
+# Path parameters that are not UUIDs.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "uid": {"type": "string", "minLength": 1, "maxLength": MAX_UID, "pattern": UID_PATTERN},
+}
+
+
 def _operation(route: Route, plugin: MarshmallowPlugin) -> dict[str, Any]:
     responses: dict[Any, Any] = {}
     if route.response:
@@ -387,7 +456,7 @@ def _operation(route: Route, plugin: MarshmallowPlugin) -> dict[str, Any]:
             "in": "path",
             "name": name,
             "required": True,
-            "schema": {"type": "string", "format": "uuid"},
+            "schema": PATH_PARAMETERS.get(name, {"type": "string", "format": "uuid"}),
         }
         for name in route.path_params
     ]

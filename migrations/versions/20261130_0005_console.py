@@ -10,7 +10,7 @@ A trigger copies the subscription from the delivery on insert, so every writer (
 watchdog, anything later) fills the column without knowing about it.
 
 Revision ID: 20261130_0005
-Revises: 0001
+Revises: 20261130_0004
 Create Date: 2026-11-30 03:30:00
 
 """
@@ -21,8 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261130_0005"
-# The initial migration's ID is "0001" (its file is named 20261129_0001_...).
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "20261130_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from webhooks.api.common import db, load_query, page, require_tenant
 from webhooks.models import Attempt, Delivery
 from webhooks.schemas import DeliveryDetailSchema, DeliveryListQuery, DeliverySchema
-from webhooks.services import NotFound, recovery
+from webhooks.services import NotFound, consumers, recovery
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
 
@@ -29,6 +29,10 @@ def list_() -> Any:
         query = query.where(Delivery.subscription_id == args["subscription_id"])
     if args["event_id"]:
         query = query.where(Delivery.event_id == args["event_id"])
+    if args["consumer"]:
+        query = query.where(
+            Delivery.subscription_id.in_(consumers.subscription_ids(tenant_id, args["consumer"]))
+        )
     if args["cursor"] is not None:
         query = query.where(Delivery.id < args["cursor"])
     items = list(db().scalars(query.order_by(Delivery.id.desc()).limit(args["limit"] + 1)))

@@ -8,7 +8,6 @@ from flask import Blueprint
 from webhooks.api.common import db, load, load_query, page, read_json, require_tenant
 from webhooks.models import Subscription
 from webhooks.schemas import (
-    PageQuery,
     ReplaySchema,
     SubscriptionCreateSchema,
     SubscriptionHealthSchema,
@@ -17,6 +16,7 @@ from webhooks.schemas import (
     SubscriptionWithSecretSchema,
 )
 from webhooks.schemas.stats import StatsQuery, SubscriptionStatsSchema
+from webhooks.schemas.subscriptions import SubscriptionListQuery
 from webhooks.services import recovery
 from webhooks.services import stats as stats_service
 from webhooks.services import subscriptions as service
@@ -26,7 +26,7 @@ bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 create_schema = SubscriptionCreateSchema()
 update_schema = SubscriptionUpdateSchema()
 replay_schema = ReplaySchema()
-page_query = PageQuery()
+list_query = SubscriptionListQuery()
 subscription_schema = SubscriptionSchema()
 with_secret_schema = SubscriptionWithSecretSchema()
 health_schema = SubscriptionHealthSchema()
@@ -51,15 +51,8 @@ def create() -> Any:
 @bp.get("")
 def list_() -> Any:
     tenant_id = require_tenant()
-    args = load_query(page_query)
-    from sqlalchemy import select
-
-    query = select(Subscription).where(
-        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
-    )
-    if args["cursor"] is not None:
-        query = query.where(Subscription.id < args["cursor"])
-    items = list(db().scalars(query.order_by(Subscription.id.desc()).limit(args["limit"] + 1)))
+    args = load_query(list_query)
+    items = service.list_(db(), tenant_id, args["limit"], args["cursor"], args["consumer"])
     return page(items, args["limit"], subscription_schema)
 
 

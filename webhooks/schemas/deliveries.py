@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from webhooks.models import DeliveryStatus
-from webhooks.schemas.common import PageQuery
+from webhooks.schemas.consumers import ConsumerFilterQuery
 
 STATUSES = [s.value for s in DeliveryStatus]
 
@@ -37,7 +37,7 @@ class DeliveryDetailSchema(DeliverySchema):
     attempts = fields.List(fields.Nested(AttemptSchema))
 
 
-class DeliveryListQuery(PageQuery):
+class DeliveryListQuery(ConsumerFilterQuery):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     subscription_id = fields.UUID(load_default=None)
     event_id = fields.UUID(load_default=None)

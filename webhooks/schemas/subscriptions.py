@@ -5,8 +5,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhooks.schemas.consumers import ConsumerFilterQuery, uid_validators
 from webhooks.schemas.deliveries import STATUSES
-from webhooks.schemas.events import EVENT_TYPE_PATTERN
+from webhooks.schemas.events import EVENT_TYPE_PATTERN, channels_field
+from webhooks.services.filters import FilterError, compile_filter
 
 MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 100
@@ -60,6 +62,13 @@ def _check_headers(value: dict[str, Any]) -> None:
         raise ValidationError(problems)
 
 
+def _check_filter(value: dict[str, Any]) -> None:
+    try:
+        compile_filter(value)
+    except FilterError as exc:
+        raise ValidationError(f"{exc.pointer}: {exc.message}") from None
+
+
 class SubscriptionCreateSchema(Schema):
     url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_LENGTH))
     event_types = fields.List(
@@ -69,6 +78,19 @@ class SubscriptionCreateSchema(Schema):
     )
     description = fields.String(allow_none=True, validate=validate.Length(max=1000))
     headers = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_headers)
+    consumer = fields.String(
+        allow_none=True,
+        validate=uid_validators,
+        metadata={"description": "uid of the consumer it belongs to; null: the tenant's own"},
+    )
+    channels = channels_field(
+        metadata={"description": "only events sharing one of these; empty: every event"}
+    )
+    filter = fields.Dict(
+        allow_none=True,
+        validate=_check_filter,
+        metadata={"description": "a payload filter document; null: every payload"},
+    )
 
 
 class SubscriptionUpdateSchema(SubscriptionCreateSchema):
@@ -81,6 +103,9 @@ class SubscriptionSchema(Schema):
     event_types = fields.List(fields.String())
     description = fields.String(allow_none=True)
     headers = fields.Dict(keys=fields.String(), values=fields.String())
+    consumer = fields.String(attribute="consumer_uid", allow_none=True)
+    channels = fields.List(fields.String())
+    filter = fields.Dict(allow_none=True)
     status = fields.String()
     disabled_reason = fields.String(allow_none=True)
     created_at = fields.DateTime()
@@ -104,6 +129,10 @@ class SubscriptionHealthSchema(Schema):
     circuit = fields.Nested(CircuitSchema)
     deliveries = fields.Dict(keys=fields.String(), values=fields.Integer())
     parked = fields.Integer()
+
+
+class SubscriptionListQuery(ConsumerFilterQuery):
+    pass
 
 
 class ReplaySchema(Schema):

@@ -13,9 +13,9 @@ from config import get_settings
 from webhooks.crypto import decrypt_secret, encrypt_secret
 from webhooks.db import uuid7
 from webhooks.http import AddressRefused, check_url
-from webhooks.models import Delivery, DeliveryStatus, Subscription
+from webhooks.models import Consumer, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.services import Invalid, NotFound
+from webhooks.services import Invalid, NotFound, consumers, filters
 from webhooks.services.delivery import disable_subscription, get_breaker
 from webhooks.signing import generate_secret
 
@@ -25,6 +25,16 @@ def _check_target(url: str) -> None:
         check_url(url, get_settings().allow_private_targets)
     except AddressRefused as exc:
         raise Invalid(f"url is refused: {exc}", {"fields": {"url": [str(exc)]}}) from None
+
+
+def _consumer(session: Session, tenant_id: uuid.UUID, uid: str | None) -> Consumer | None:
+    """Return the live consumer a body names by uid (None for the tenant's own), or 422."""
+    if uid is None:
+        return None
+    try:
+        return consumers.get(session, tenant_id, uid)
+    except NotFound:
+        raise Invalid("no such consumer", {"fields": {"consumer": ["no such consumer"]}}) from None
 
 
 def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
@@ -46,6 +56,7 @@ def create(
 ) -> tuple[Subscription, str]:
     """Create a subscription; return it with its new signing secret (shown only now)."""
     _check_target(data["url"])
+    consumer = _consumer(session, tenant_id, data.get("consumer"))
     secret = generate_secret()
     subscription = Subscription(
         id=uuid7(),
@@ -55,7 +66,10 @@ def create(
         description=data.get("description"),
         headers=data.get("headers") or {},
         status=SubscriptionStatus.ACTIVE,
+        consumer=consumer,
+        channels=sorted(set(data.get("channels") or [])),
     )
+    _set_filter(subscription, data.get("filter"))
     subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
     session.add(subscription)
     session.commit()
@@ -76,6 +90,12 @@ def update_one(
         subscription.description = data["description"]
     if "headers" in data:
         subscription.headers = data["headers"] or {}
+    if "consumer" in data:
+        subscription.consumer = _consumer(session, tenant_id, data["consumer"])
+    if "channels" in data:
+        subscription.channels = sorted(set(data["channels"] or []))
+    if "filter" in data:
+        _set_filter(subscription, data["filter"])
     status = data.get("status")
     if status == "active" and subscription.status != SubscriptionStatus.ACTIVE:
         subscription.status = SubscriptionStatus.ACTIVE
@@ -90,10 +110,41 @@ def update_one(
 
 def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> None:
     """Delete a subscription; its unfinished deliveries end as failed, its history stays."""
-    subscription = get(session, tenant_id, subscription_id)
-    disable_subscription(session, subscription.id, "subscription deleted")
-    subscription.deleted_at = datetime.now(UTC)
+    remove(session, get(session, tenant_id, subscription_id))
     session.commit()
+
+
+def remove(session: Session, subscription: Subscription) -> None:
+    """Delete a subscription within the caller's transaction (see `delete`)."""
+    # Marked deleted first: a deleted subscription is not reported as disabled.
+    subscription.deleted_at = datetime.now(UTC)
+    session.flush()
+    disable_subscription(session, subscription.id, "subscription deleted")
+
+
+def list_(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    cursor: uuid.UUID | None = None,
+    consumer: str | None = None,
+) -> list[Subscription]:
+    """Return up to `limit` + 1 live subscriptions, newest first, after `cursor`; only those
+    of the consumer with this uid when one is given."""
+    query = select(Subscription).where(
+        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
+    )
+    if consumer is not None:
+        query = query.where(Subscription.consumer_id.in_(consumers.ids_of(tenant_id, consumer)))
+    if cursor is not None:
+        query = query.where(Subscription.id < cursor)
+    return list(session.scalars(query.order_by(Subscription.id.desc()).limit(limit + 1)))
+
+
+def _set_filter(subscription: Subscription, document: dict[str, Any] | None) -> None:
+    """Keep the filter as given and compiled to the jsonpath predicate that ingest matches."""
+    subscription.filter = document or None
+    subscription.filter_path = filters.compile_filter(document) if document else None
 
 
 def rotate_secret(
