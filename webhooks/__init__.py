@@ -39,11 +39,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     for blueprint in (consumers.bp, subscriptions.bp, events.bp, deliveries.bp, health.bp):
         app.register_blueprint(blueprint)
-    from webhooks import console
+    from webhooks import console, portal
+    from webhooks.api import portal_links
     from webhooks.console.web import init_pages
 
     init_pages(app)
-    app.register_blueprint(console.bp)
+    for blueprint in (console.bp, portal.bp, portal_links.bp):
+        app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_openapi(app)
     register_commands(app)

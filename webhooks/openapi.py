@@ -29,6 +29,7 @@ from webhooks.schemas.consumers import (
 )
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
+from webhooks.schemas.portal import PortalLinkSchema
 from webhooks.schemas.stats import AttemptCountsSchema, StatsQuery, SubscriptionStatsSchema
 from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS, SubscriptionListQuery
 from webhooks.services.stats import WINDOWS
@@ -114,6 +115,7 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "SubscriptionHealth": s.SubscriptionHealthSchema(),
     "ReplayResult": ReplayResultSchema(),
     "AttemptCounts": AttemptCountsSchema(),
+    "PortalLink": PortalLinkSchema(),
     "SubscriptionStats": SubscriptionStatsSchema(),
     "Event": s.EventSchema(),
     "EventDetail": s.EventDetailSchema(),
@@ -225,6 +227,18 @@ ROUTES: list[Route] = [
         description="Each of its subscriptions is deleted as DELETE /v1/subscriptions/{id} "
         "would: unfinished deliveries end as failed, history stays readable. Its uid may be "
         "used again.",
+    ),
+    Route(
+        "post",
+        CONSUMER + "/portal-links",
+        "Make a link that signs this consumer into the portal",
+        "consumers",
+        status=201,
+        response="PortalLink",
+        description="The URL opens the consumer portal for this one consumer: its endpoints, "
+        "secrets, deliveries and test events. It works until `expires_at` "
+        "(WEBHOOKS_PORTAL_LINK_SECONDS after now) and may be embedded in an iframe of the "
+        "origins in WEBHOOKS_PORTAL_FRAME_ANCESTORS. Hand it to the consumer's browser only.",
     ),
     Route(
         "post",

@@ -41,7 +41,7 @@ def stacked_bars(
     slot = WIDTH / n
     chart = Chart(title, f"{max(totals, default=0):g} {unit}", labels=_ends(labels))
     for i, label in enumerate(labels):
-        base = HEIGHT
+        base: float = HEIGHT
         for kind, values in series:
             h = (HEIGHT - PAD) * values[i] / top
             if h <= 0:

@@ -100,7 +100,7 @@ def _http_error(exc: HTTPException) -> Any:
 
 
 def _tenant() -> uuid.UUID:
-    return g.operator.tenant_id  # type: ignore[no-any-return]
+    return g.operator.tenant_id
 
 
 def _safe_next(target: str | None) -> str:
@@ -300,8 +300,10 @@ def _delivery_filter() -> tuple[queries.DeliveryFilter, dict[str, str]]:
         subscription_id=subscription_id,
         since=_parse_time(args.get("since", "")),
         until=_parse_time(args.get("until", "")),
+        consumer_uid=args.get("consumer", "").strip() or None,
     )
-    kept = {k: args.get(k, "") for k in ("status", "event_type", "subscription", "since", "until")}
+    names = ("status", "event_type", "subscription", "consumer", "since", "until")
+    kept = {k: args.get(k, "") for k in names}
     return where, {k: v for k, v in kept.items() if v}
 
 

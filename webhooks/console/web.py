@@ -9,7 +9,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from flask import Flask, Response, abort, has_request_context, request, session
+from flask import Flask, Response, abort, g, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
 from limits import parse, storage, strategies
 
@@ -43,7 +43,10 @@ def init_pages(app: Flask) -> None:
 
 
 def csrf_token() -> str:
-    """Return this session's CSRF token, making one on first use."""
+    """Return this page's CSRF token: the portal link's, or the session's (made on first use)."""
+    portal_token = g.get("portal_csrf")
+    if portal_token:
+        return str(portal_token)
     token = session.get("csrf")
     if not isinstance(token, str):
         token = secrets.token_urlsafe(32)

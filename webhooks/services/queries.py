@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Subscription
 from webhooks.services import NotFound
+from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
 
 T = TypeVar("T")
@@ -33,8 +34,8 @@ class Page(Generic[T]):
 
 def keyset(
     session: Session,
-    query: Select[Any],
-    key: ColumnElement[Any],
+    query: Select[Any] | Any,
+    key: InstrumentedAttribute[Any],
     after: str | None,
     limit: int,
     parse: Callable[[str], Any] = uuid.UUID,
@@ -77,6 +78,9 @@ class DeliveryFilter:
     event_id: uuid.UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # The consumer by ID (the portal) or by the tenant's uid for it (the console).
+    consumer_id: uuid.UUID | None = None
+    consumer_uid: str | None = None
 
 
 def deliveries(
@@ -102,6 +106,12 @@ def deliveries(
         query = query.where(Delivery.subscription_id == where.subscription_id)
     if where.event_id is not None:
         query = query.where(Delivery.event_id == where.event_id)
+    if where.consumer_id is not None:
+        query = query.where(Subscription.consumer_id == where.consumer_id)
+    if where.consumer_uid:
+        query = query.where(
+            Subscription.consumer_id.in_(consumer_service.ids_of(tenant_id, where.consumer_uid))
+        )
     if where.since is not None:
         query = query.where(Delivery.created_at >= where.since)
     if where.until is not None:
