@@ -250,3 +250,64 @@ def test_an_operator_works_through_the_console_in_a_browser(
     console.open("/console/")
     assert "/console/sign-in" in browser.current_url
     assert len(console.shots) >= 20
+
+
+def test_a_consumer_adds_an_endpoint_through_a_portal_link_in_a_browser(
+    browser: Any,
+    live: LiveServer,
+    receiver: Receiver,
+    start_worker: Callable[..., Any],
+) -> None:
+    from sqlalchemy import text
+
+    from webhooks.db import get_engine
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    start_worker()
+    tenant = make_tenant("acme")
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {tenant['key']}"
+    api.post(live.url + "/v1/consumers", json={"uid": "cust-42", "name": "Customer 42"})
+    with get_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO event_types (id, tenant_id, name, description)"
+                " VALUES (gen_random_uuid(), :t, 'invoice.paid', 'An invoice was paid')"
+            ),
+            {"t": tenant["id"]},
+        )
+    url = api.post(live.url + "/v1/consumers/cust-42/portal-links").json()["url"]
+    console = Console(browser, live.url)
+
+    browser.get(url)
+    assert "Customer 42" in console.text() and "No endpoints yet." in console.text()
+    console.check_page("portal-endpoints")
+    console.click(browser.find_element(By.LINK_TEXT, "Add endpoint"))
+    console.fill("url", receiver.url("/customer"))
+    browser.find_element(By.CSS_SELECTOR, "input[name=event_type][value='invoice.paid']").click()
+    console.check_page("portal-endpoint-new")
+    console.press("Add")
+    secret = browser.find_element(By.ID, "new-secret").text
+    assert secret.startswith("whsec_")
+    console.check_page("portal-endpoint")
+
+    # The tenant's app publishes to this consumer: the endpoint gets it, signed with the secret.
+    api.post(
+        live.url + "/v1/events",
+        json={"event_type": "invoice.paid", "payload": {"n": SCRIPT}, "consumer": "cust-42"},
+    )
+    received = receiver.wait_for("/customer", 1)[0]
+    assert Webhook(secret).verify(received.body, received.headers)["data"] == {"n": SCRIPT}
+
+    console.press("Send test event")
+    wait_until(lambda: len(receiver.at("/customer")) >= 2, message="the test event")
+    console.click(browser.find_element(By.LINK_TEXT, "Deliveries"))
+    wait_for_text(console, browser.current_url.removeprefix(live.url), "webhook.test")
+    assert "invoice.paid" in console.text()
+    console.check_page("portal-deliveries")
+    console.click(browser.find_element(By.CSS_SELECTOR, "table a[href*='/deliveries/']"))
+    assert "#1" in console.text()
+    console.check_page("portal-delivery")
+    console.width(NARROW)
+    console.click(browser.find_element(By.LINK_TEXT, "Endpoints"))
+    assert receiver.url("/customer") in console.text()
