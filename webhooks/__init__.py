@@ -14,6 +14,8 @@ from config import get_settings
 from webhooks.logs import configure_logging
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A portal link's token signs its holder in: it never goes into a log line.
+_PORTAL_TOKEN = re.compile(r"^/portal/[^/]+/")
 access_log = logging.getLogger("webhooks.access")
 
 
@@ -66,7 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             extra={
                 "request_id": g.get("request_id"),
                 "method": request.method,
-                "path": request.path,
+                "path": _PORTAL_TOKEN.sub("/portal/<token>/", request.path),
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
                 "tenant_id": str(g.get("tenant_id")) if g.get("tenant_id") else None,

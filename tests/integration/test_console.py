@@ -183,17 +183,24 @@ def test_a_session_older_than_its_lifetime_is_over(
 
 
 def test_sign_in_returns_only_to_a_console_path(client: Any, tenant: Any) -> None:
-    page = client.get("/console/sign-in")
-    token = csrf_of(page.get_data(as_text=True))
     for target, expected in (
         ("/console/dead-letters", "/console/dead-letters"),
         ("https://evil.example/", "/console/"),
         ("//evil.example/console", "/console/"),
     ):
+        token = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
         answer = client.post(
-            "/console/sign-in", data={"api_key": tenant["key"], "csrf_token": token, "next": target}
+            "/console/sign-in",
+            data={"api_key": tenant["key"], "csrf_token": token, "next": target},
         )
         assert answer.headers["Location"] == expected
+
+
+def test_signing_in_gives_a_new_csrf_token(client: Any, tenant: Any) -> None:
+    before = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+    client.post("/console/sign-in", data={"api_key": tenant["key"], "csrf_token": before})
+    after = csrf_of(client.get("/console/").get_data(as_text=True))
+    assert after != before
 
 
 def test_every_page_renders_the_tenants_data(client: Any, tenant: Any, world: Any) -> None:

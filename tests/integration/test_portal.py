@@ -309,3 +309,17 @@ def test_bad_portal_settings_stop_the_app(monkeypatch: pytest.MonkeyPatch, serve
             patch.setenv(name, value)
             with pytest.raises(ConfigError, match=name):
                 create_app({"TESTING": True})
+
+
+def test_the_links_token_never_reaches_the_access_log(
+    client: Any, shop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    path = shop["alice"]["link"]
+    token = path.split("/")[2]
+    with caplog.at_level(logging.INFO, logger="webhooks.access"):
+        assert client.get(path + "deliveries").status_code == 200
+    paths = [getattr(r, "path", "") for r in caplog.records if r.name == "webhooks.access"]
+    assert paths == ["/portal/<token>/deliveries"]
+    assert token not in caplog.text

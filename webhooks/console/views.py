@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -122,9 +123,8 @@ def sign_in() -> Any:
             if operator is None:
                 error, status = "That API key is not valid.", 401
             else:
-                csrf = session.get("csrf")
                 session.clear()  # a fresh session: nothing from before sign-in carries over
-                session["csrf"] = csrf
+                session["csrf"] = secrets.token_urlsafe(32)
                 session["key_id"] = str(operator.key_id)
                 session["signed_in_at"] = time.time()
                 session.permanent = True
