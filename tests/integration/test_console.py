@@ -507,3 +507,30 @@ def test_stats_read_one_range_of_the_attempts_index(world: Any) -> None:
             )
         )
     assert "ix_attempts_subscription_id_created_at" in plan, plan
+
+
+def test_the_catalogue_shows_each_type_with_its_schema_and_an_example(
+    client: Any, tenant: Any, other_tenant: Any
+) -> None:
+    signed_in(client, tenant)
+    with get_engine().begin() as conn:
+        for who, name, schema in (
+            (
+                tenant,
+                "invoice.paid",
+                '{"type": "object", "properties": {"total": {"type": "integer"}}}',
+            ),
+            (tenant, "user.<script>", None),
+            (other_tenant, "secret.type", None),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO event_types (id, tenant_id, name, schema)"
+                    " VALUES (gen_random_uuid(), :t, :n, CAST(:s AS jsonb))"
+                ),
+                {"t": who["id"], "n": name, "s": schema},
+            )
+    html = client.get("/console/event-types").get_data(as_text=True)
+    assert "invoice.paid" in html and "&#34;total&#34;: 0" in html
+    assert "user.&lt;script&gt;" in html and "No schema" in html
+    assert "secret.type" not in html

@@ -236,10 +236,13 @@ def test_an_operator_works_through_the_console_in_a_browser(
     console.check_page("overview")
     console.open("/console/subscriptions")
     console.check_page("subscriptions")
+    console.open("/console/event-types")
+    console.check_page("event-types")
     console.width(NARROW)
     for link, path in (
         ("Deliveries", "/console/deliveries"),
         ("Dead letters", "/console/dead-letters"),
+        ("Event types", "/console/event-types"),
         ("Subscriptions", "/console/subscriptions"),
         ("Overview", "/console/"),
     ):

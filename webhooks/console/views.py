@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks.api.common import db
-from webhooks.console import charts
+from webhooks.console import charts, examples
 from webhooks.console.web import (
     check_csrf,
     flat_errors,
@@ -356,3 +356,20 @@ def event(event_id: uuid.UUID) -> Any:
     found, rows = queries.event(db(), _tenant(), event_id)
     payload = json.dumps(found.payload, indent=2, ensure_ascii=False, sort_keys=True)
     return render_template("console/event.html", event=found, payload=payload, rows=rows)
+
+
+@bp.get("/event-types")
+def event_types() -> Any:
+    rows = []
+    for item in queries.event_types(db(), _tenant()):
+        shown = item.schema is not None
+        rows.append(
+            {
+                "type": item,
+                "schema": json.dumps(item.schema, indent=2, sort_keys=True) if shown else None,
+                "example": json.dumps(examples.example(item.schema), indent=2, ensure_ascii=False)
+                if shown
+                else None,
+            }
+        )
+    return render_template("console/event_types.html", rows=rows)

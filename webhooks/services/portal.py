@@ -21,7 +21,7 @@ from webhooks.models import Consumer, EventType, Subscription
 from webhooks.services import NotFound, ServiceError
 from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
-from webhooks.services.queries import DeliveryView
+from webhooks.services.queries import DeliveryView, event_types
 from webhooks.services.queries import delivery as delivery_view
 
 SALT = "webhooks portal link v1"
@@ -114,10 +114,4 @@ def delivery(session: Session, visitor: Visitor, delivery_id: uuid.UUID) -> Deli
 
 def catalogue(session: Session, tenant_id: uuid.UUID) -> list[EventType]:
     """The tenant's event types that a consumer may pick (archived ones left out)."""
-    return list(
-        session.scalars(
-            select(EventType)
-            .where(EventType.tenant_id == tenant_id, EventType.archived.is_(False))
-            .order_by(EventType.name)
-        )
-    )
+    return event_types(session, tenant_id, with_archived=False)

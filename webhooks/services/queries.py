@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Subscription
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, EventType, Subscription
 from webhooks.services import NotFound
 from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
@@ -165,3 +165,13 @@ def attempts(
     subscription = subscription_service.get(session, tenant_id, subscription_id)
     query = select(Attempt).where(Attempt.subscription_id == subscription.id)
     return keyset(session, query, Attempt.id, after, limit, parse=int)
+
+
+def event_types(
+    session: Session, tenant_id: uuid.UUID, with_archived: bool = True
+) -> list[EventType]:
+    """The tenant's event-type catalogue, by name."""
+    query = select(EventType).where(EventType.tenant_id == tenant_id)
+    if not with_archived:
+        query = query.where(EventType.archived.is_(False))
+    return list(session.scalars(query.order_by(EventType.name)))
