@@ -207,6 +207,11 @@ def test_an_operator_works_through_the_console_in_a_browser(
     api.post(live.url + "/v1/events", json={"event_type": "order.paid", "payload": {"n": 1}})
     wait_for_text(console, "/console/dead-letters", "order.paid", timeout=60)
     console.check_page("dead-letters")
+    console.click(browser.find_element(By.CSS_SELECTOR, "table a[href^='/console/deliveries/']"))
+    assert "#3" in console.text() and "HTTP 500" in console.text()
+    assert SCRIPT in console.text()  # the subscriber's answer, shown as text
+    console.check_page("delivery-failed")
+    console.open("/console/dead-letters")
     receiver.plan("/down", then=Reply(204))
     before = len(receiver.at("/down"))
     browser.find_element(By.CSS_SELECTOR, "input[type=checkbox][name=id]").click()
