@@ -25,7 +25,8 @@ def _operational_events() -> list[tuple[str, dict[str, Any]]]:
     with get_engine().connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT event_type, payload FROM events WHERE event_type LIKE 'webhook.%' ORDER BY id"
+                "SELECT event_type, payload FROM events"
+                " WHERE event_type LIKE 'webhook.%' ORDER BY id"
             )
         ).all()
     return [(r.event_type, r.payload) for r in rows]
@@ -66,19 +67,12 @@ def test_spent_attempts_emit_one_delivery_failed_and_its_own_failure_emits_none(
     assert detail.get_json()["status"] == "failed"
     # /ops-down failed to receive it too, three times: that emits nothing more.
     receiver.wait_for("/ops-down", 3, timeout=40)
-    wait_until(
-        lambda: (
-            [
-                d
-                for d in client.get(
-                    "/v1/deliveries?status=failed", headers=tenant["headers"]
-                ).get_json()["data"]
-            ].__len__()
-            == 2
-        ),
-        timeout=30,
-        message="both failures recorded",
-    )
+
+    def failed() -> list[Any]:
+        resp = client.get("/v1/deliveries?status=failed", headers=tenant["headers"])
+        return resp.get_json()["data"]
+
+    wait_until(lambda: len(failed()) == 2, timeout=30, message="both failures recorded")
     time.sleep(1.5)
     assert [t for t, _ in _operational_events()] == ["webhook.delivery.failed"]
     assert len(receiver.at("/ops")) == 1
