@@ -211,3 +211,29 @@ def test_another_tenants_catalogue_is_invisible_and_never_applies(client, tenant
     assert _event(client, tenant, "order.paid", {"not": "an array"}).status_code == 202
     # The same name in this tenant is its own entry.
     assert _type(client, tenant, "order.paid").status_code == 201
+
+
+def test_the_openapi_description_shows_the_callers_catalogue_as_examples(client, tenant):
+    _type(
+        client,
+        tenant,
+        "order.paid",
+        description="An order was paid",
+        schema={**ORDER_SCHEMA, "examples": [GOOD]},
+    )
+    _type(client, tenant, "order.old", archived=True)
+    spec = client.get("/openapi.json", headers=tenant["headers"]).get_json()
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["examples"] == {
+        "order.paid": {
+            "summary": "An order was paid",
+            "value": {"event_type": "order.paid", "payload": GOOD},
+        }
+    }
+    # Without a key (or with another tenant's) the description is the generic one.
+    assert (
+        "examples"
+        not in client.get("/openapi.json").get_json()["paths"]["/v1/events"]["post"]["requestBody"][
+            "content"
+        ]["application/json"]
+    )

@@ -29,8 +29,8 @@ def _local_refs_only(node: Any, where: str = "") -> None:
 
 def check_schema(value: Any) -> None:
     """Raise a ValidationError naming where a JSON Schema (2020-12) is wrong."""
-    if not isinstance(value, dict | bool):
-        raise ValidationError("must be a JSON Schema (an object or a boolean)")
+    if not isinstance(value, dict):
+        raise ValidationError("must be a JSON Schema object")
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as exc:
