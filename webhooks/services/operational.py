@@ -10,18 +10,23 @@ operational event by itself.
 
 Each function writes in the caller's transaction: with a Session, the deliveries are sent to
 the broker after it commits; with an autocommit Connection (the delivery state engine), at
-once; with another Connection, the watchdog sends them.
+once; with another Connection, the watchdog sends them. A database error while telling is
+logged and leaves the caller's own work alone (a savepoint in a Session): these events are
+the service's best effort, the state they tell of is always in the API.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
@@ -36,6 +41,7 @@ TYPES = (SUBSCRIPTION_DISABLED, DELIVERY_FAILED, CIRCUIT_OPENED, CIRCUIT_CLOSED)
 PREFIX = "webhook."
 
 _PENDING = "operational_deliveries"
+log = logging.getLogger("webhooks.operational")
 
 _SUBSCRIPTION = text(
     "SELECT s.tenant_id, s.deleted_at, c.uid AS consumer FROM subscriptions s"
@@ -72,6 +78,21 @@ _UNDISPATCH = text(
 )
 
 
+def _best_effort(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def guarded(conn: Session | Connection, *args: Any) -> Any:
+        try:
+            if isinstance(conn, Session):
+                with conn.begin_nested():
+                    return fn(conn, *args)
+            return fn(conn, *args)
+        except SQLAlchemyError:
+            log.exception("operational event not stored", extra={"function": fn.__name__})
+            return None
+
+    return guarded
+
+
 def emit(
     conn: Session | Connection, tenant_id: uuid.UUID, event_type: str, data: dict[str, Any]
 ) -> list[uuid.UUID]:
@@ -79,6 +100,7 @@ def emit(
     return _emit(conn, [(tenant_id, event_type, data)])
 
 
+@_best_effort
 def subscription_disabled(
     conn: Session | Connection, subscription_id: uuid.UUID, reason: str
 ) -> None:
@@ -90,6 +112,7 @@ def subscription_disabled(
     emit(conn, row.tenant_id, SUBSCRIPTION_DISABLED, data)
 
 
+@_best_effort
 def deliveries_failed(conn: Session | Connection, delivery_ids: Sequence[uuid.UUID]) -> None:
     """Tell that these deliveries failed for good (those of operational events excepted)."""
     if not delivery_ids:
@@ -116,6 +139,7 @@ def deliveries_failed(conn: Session | Connection, delivery_ids: Sequence[uuid.UU
     )
 
 
+@_best_effort
 def circuit_opened(
     conn: Session | Connection,
     tenant_id: uuid.UUID,
@@ -137,6 +161,7 @@ def circuit_opened(
     emit(conn, tenant_id, CIRCUIT_OPENED, data)
 
 
+@_best_effort
 def circuit_closed(
     conn: Session | Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID
 ) -> None:
@@ -189,7 +214,7 @@ def _send_after_commit(conn: Session | Connection, ids: list[uuid.UUID]) -> None
         if not pending and not conn.info.get(_PENDING + "_hooked"):
             conn.info[_PENDING + "_hooked"] = True
             event.listen(conn, "after_commit", _flush)
-            event.listen(conn, "after_rollback", lambda s: s.info.get(_PENDING, []).clear())
+            event.listen(conn, "after_rollback", _forget)
         pending.extend(ids)
     elif getattr(conn.connection.dbapi_connection, "autocommit", False):
         _send(ids)
@@ -200,10 +225,19 @@ def _send_after_commit(conn: Session | Connection, ids: list[uuid.UUID]) -> None
 
 
 def _flush(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint: the rows are not committed yet
     ids = list(session.info.get(_PENDING, []))
     session.info[_PENDING] = []
     if ids:
         _send(ids)
+
+
+def _forget(session: Session) -> None:
+    # A rolled back savepoint may leave IDs of rows that do not exist: sending them is harmless
+    # (a task finds no row and stops), so only the whole transaction's rollback forgets them.
+    if not session.in_nested_transaction():
+        session.info[_PENDING] = []
 
 
 def _send(ids: list[uuid.UUID]) -> None:
