@@ -105,6 +105,8 @@ class Settings:
     watchdog_interval: float = 30.0
     lost_after: float = 60.0
     allow_private_targets: bool = False
+    # Events and subscriptions must name a known, unarchived type of the catalogue.
+    strict_event_types: bool = False
     max_payload_bytes: int = 262_144
     worker_metrics_port: int = 9808
     rotation_grace: float = 86_400.0
@@ -143,6 +145,7 @@ def get_settings() -> Settings:
         watchdog_interval=watchdog_interval,
         lost_after=_float("WEBHOOKS_LOST_AFTER_SECONDS", max(60.0, 2 * watchdog_interval), 0.1),
         allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
+        strict_event_types=_bool("WEBHOOKS_STRICT_EVENT_TYPES", False),
         max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
         worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
         rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),

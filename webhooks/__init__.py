@@ -33,13 +33,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from webhooks.api import consumers, deliveries, events, health, subscriptions
+    from webhooks.api import consumers, deliveries, event_types, events, health, subscriptions
     from webhooks.api.common import close_db, register_error_handlers
     from webhooks.cli import register_commands
     from webhooks.openapi import register_openapi
     from webhooks.web_metrics import init_metrics
 
-    for blueprint in (consumers.bp, subscriptions.bp, events.bp, deliveries.bp, health.bp):
+    for blueprint in (
+        consumers.bp,
+        event_types.bp,
+        subscriptions.bp,
+        events.bp,
+        deliveries.bp,
+        health.bp,
+    ):
         app.register_blueprint(blueprint)
     from webhooks import console, portal
     from webhooks.api import portal_links

@@ -9,18 +9,21 @@ IDs, a query, auth). A test checks that every URL rule of the app has its entry.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Flask, Response, current_app, render_template_string
+from flask import Flask, Response, current_app, render_template_string, request
 from marshmallow import Schema, fields
 
 from webhooks import schemas as s
 from webhooks.models import AttemptResult
 from webhooks.schemas.consumers import (
+    MAX_METADATA,
+    MAX_METADATA_VALUE,
     MAX_UID,
     UID_PATTERN,
     ConsumerCreateSchema,
@@ -28,7 +31,18 @@ from webhooks.schemas.consumers import (
     ConsumerUpdateSchema,
 )
 from webhooks.schemas.deliveries import STATUSES
-from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
+from webhooks.schemas.event_types import (
+    EventTypeCreateSchema,
+    EventTypeSchema,
+    EventTypeUpdateSchema,
+)
+from webhooks.schemas.events import (
+    CHANNEL_PATTERN,
+    EVENT_TYPE_PATTERN,
+    MAX_CHANNELS,
+    EventBatchCreateSchema,
+    EventBatchResultSchema,
+)
 from webhooks.schemas.portal import PortalLinkSchema
 from webhooks.schemas.stats import AttemptCountsSchema, StatsQuery, SubscriptionStatsSchema
 from webhooks.schemas.subscriptions import MAX_HEADER_VALUE, MAX_HEADERS, SubscriptionListQuery
@@ -67,6 +81,15 @@ class ConsumerPageSchema(Schema):
     )
 
 
+class EventTypePageSchema(Schema):
+    data = fields.List(fields.Nested(EventTypeSchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
 class ReplayResultSchema(Schema):
     requeued = fields.Integer(required=True, metadata={"description": "deliveries sent again"})
     more = fields.Boolean(
@@ -94,6 +117,8 @@ SCHEMAS: dict[str, Schema] = {
     "Error": s.ErrorSchema(),
     "ConsumerCreate": ConsumerCreateSchema(),
     "ConsumerUpdate": ConsumerUpdateSchema(partial=True),
+    "EventTypeCreate": EventTypeCreateSchema(),
+    "EventTypeUpdate": EventTypeUpdateSchema(partial=True),
     "SubscriptionCreate": s.SubscriptionCreateSchema(),
     "SubscriptionUpdate": s.SubscriptionUpdateSchema(partial=True),
     "Replay": s.ReplaySchema(),
@@ -103,6 +128,8 @@ SCHEMAS: dict[str, Schema] = {
 OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Consumer": ConsumerSchema(),
     "ConsumerPage": ConsumerPageSchema(),
+    "EventType": EventTypeSchema(),
+    "EventTypePage": EventTypePageSchema(),
     # Nested schemas come before the ones that hold them (apispec names nested ones itself).
     "Attempt": s.AttemptSchema(),
     "Delivery": s.DeliverySchema(),
@@ -186,7 +213,41 @@ class Route:
 
 SUB = "/v1/subscriptions/{subscription_id}"
 CONSUMER = "/v1/consumers/{uid}"
+EVENT_TYPE = "/v1/event-types/{name}"
 ROUTES: list[Route] = [
+    Route(
+        "post",
+        "/v1/event-types",
+        "Add an event type to the catalogue",
+        "event types",
+        status=201,
+        response="EventType",
+        body="EventTypeCreate",
+        errors=(409,),
+        description="Events of a type with a `schema` (JSON Schema 2020-12) are checked at "
+        "ingest: a payload that does not match is a 422 naming its JSON pointer, and nothing "
+        "is stored. With WEBHOOKS_STRICT_EVENT_TYPES=true, events and subscriptions must name "
+        "a known, unarchived type. `webhook.` names are the service's own.",
+    ),
+    Route(
+        "get",
+        "/v1/event-types",
+        "List the event-type catalogue",
+        "event types",
+        response="EventTypePage",
+        query=s.PageQuery,
+    ),
+    Route("get", EVENT_TYPE, "Get an event type", "event types", response="EventType"),
+    Route(
+        "patch",
+        EVENT_TYPE,
+        "Change an event type",
+        "event types",
+        response="EventType",
+        body="EventTypeUpdate",
+        description="Only the given fields change; `schema: null` removes the schema. "
+        "Archived types stay readable and, unless types are strict, publishable.",
+    ),
     Route(
         "post",
         "/v1/consumers",
@@ -447,6 +508,7 @@ PAGE_BLUEPRINTS = {"console", "portal"}
 # Path parameters that are not UUIDs.
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "uid": {"type": "string", "minLength": 1, "maxLength": MAX_UID, "pattern": UID_PATTERN},
+    "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": EVENT_TYPE_PATTERN},
 }
 
 
@@ -514,7 +576,35 @@ HEADERS = {
     "`content-type`, `content-length`, `user-agent` or hop-by-hop headers.",
     "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
 }
+CHANNELS = {
+    "maxItems": MAX_CHANNELS,
+    "items": {"type": "string", "pattern": CHANNEL_PATTERN},
+}
+METADATA = {
+    "type": "object",
+    "maxProperties": MAX_METADATA,
+    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+}
+FILTER = {
+    "type": "object",
+    "nullable": True,
+    "description": "Matched against the payload. Each key is a condition, all must hold: a "
+    "field name descends (nested fields as nested objects; a plain value means $eq), and "
+    "$eq, $neq, $gt, $gte, $lt, $lte, $in, $nin, $exists, $startsWith, $and, $or, $not "
+    "compare or combine. A wrong filter is a 422 naming its JSON pointer.",
+    "example": {"customer": {"tier": "gold"}, "amount": {"$gte": 100}},
+}
+NOT_RESERVED = {"not": {"pattern": "^webhook\\."}}
 REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("SubscriptionCreate", "channels"): CHANNELS,
+    ("SubscriptionUpdate", "channels"): CHANNELS,
+    ("SubscriptionCreate", "filter"): FILTER,
+    ("SubscriptionUpdate", "filter"): FILTER,
+    ("EventCreate", "channels"): CHANNELS,
+    ("EventCreate", "event_type"): NOT_RESERVED,
+    ("EventTypeCreate", "name"): NOT_RESERVED,
+    ("ConsumerCreate", "metadata"): METADATA,
+    ("ConsumerUpdate", "metadata"): METADATA,
     ("SubscriptionCreate", "event_types"): {
         "items": {"type": "string", "maxLength": 200, "pattern": EVENT_TYPE_OR_STAR}
     },
@@ -714,12 +804,52 @@ def get_spec(app: Flask) -> dict[str, Any]:
     return spec
 
 
+def _optional_tenant() -> Any:
+    """The tenant of a valid bearer key, if the request carries one (the page is public)."""
+    from webhooks.api.common import db
+    from webhooks.services.tenants import authenticate
+
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return authenticate(db(), key.strip())
+
+
+def with_catalogue(spec: dict[str, Any], tenant_id: Any) -> dict[str, Any]:
+    """Return the description with the tenant's event-type catalogue as examples of a
+    published event: one per unarchived type, its payload the schema's first example."""
+    from webhooks.api.common import db
+    from webhooks.services import event_types
+
+    examples: dict[str, Any] = {}
+    for entry in event_types.list_(db(), tenant_id, 500, include_archived=False):
+        schema = entry.schema if isinstance(entry.schema, dict) else {}
+        samples = schema.get("examples")
+        payload = samples[0] if isinstance(samples, list) and samples else {}
+        examples[entry.name] = {
+            "summary": entry.description or entry.name,
+            "value": {"event_type": entry.name, "payload": payload},
+        }
+    if not examples:
+        return spec
+    out = copy.deepcopy(spec)
+    for path in ("/v1/events",):
+        body = out["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        body["examples"] = examples
+    out["components"]["schemas"]["EventCreate"]["properties"]["event_type"]["example"] = next(
+        iter(examples)
+    )
+    return out
+
+
 def register_openapi(app: Flask) -> None:
     """Serve /openapi.json and /docs (a self-contained page: no CDN, works offline)."""
 
     @app.get("/openapi.json")
     def openapi_json() -> Any:
-        return get_spec(current_app)
+        spec = get_spec(current_app)
+        tenant_id = _optional_tenant()
+        return with_catalogue(spec, tenant_id) if tenant_id is not None else spec
 
     @app.get("/docs")
     def openapi_docs() -> Response:

@@ -26,6 +26,7 @@ from webhooks.http import Client, Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.redis_client import get_redis
+from webhooks.services import operational
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
@@ -254,6 +255,7 @@ def _record(
         left = breaker.record_success(subscription_id)
         if left is not None:
             metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+            operational.circuit_closed(conn, row.tenant_id, row.subscription_id)
             return Step(release_subscription=subscription_id)
         return DONE
 
@@ -286,6 +288,9 @@ def _record(
 
     if breaker.record_failure(subscription_id):
         metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+        operational.circuit_opened(
+            conn, row.tenant_id, row.subscription_id, row.event_type, probe, response.error
+        )
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
         _run(conn, _park(row, keep_attempt=True, error=response.error).add_cte(with_attempt))
@@ -297,6 +302,7 @@ def _record(
         failed = _finish(row, DeliveryStatus.FAILED, error=response.error, failures=failures)
         if _run(conn, failed.add_cte(with_attempt)):
             metrics.DELIVERIES.labels(outcome="failed").inc()
+            operational.deliveries_failed(conn, [row.id])
         return DONE
     use_countdown = delay <= MAX_COUNTDOWN_SECONDS
     moved = _run(
@@ -388,4 +394,5 @@ def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: s
         metrics.DELIVERIES.labels(outcome="failed").inc(failed)
     # Nothing more goes to it: its circuit must not count as open any longer.
     get_breaker().reset(str(subscription_id))
+    operational.subscription_disabled(session, subscription_id, reason)
     return int(failed or 0)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
 from webhooks.db import uuid7
-from webhooks.services import Conflict, Invalid, consumers
+from webhooks.services import Conflict, Invalid, consumers, event_types
 
 # The events, and one delivery per new event and matching active subscription, in one
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
@@ -197,8 +197,12 @@ def _publish(
     if keyed:
         _replay(session, tenant_id, items, keyed, results, batch)
 
-    now = datetime.now(UTC)
     new = [i for i, result in enumerate(results) if result is None]
+    # Before any write: an event its type's schema refuses leaves the whole batch unstored.
+    event_types.check_events(
+        session, tenant_id, [(i, items[i].event_type, items[i].payload) for i in new], batch
+    )
+    now = datetime.now(UTC)
     consumer_ids = _consumers(session, tenant_id, items, new, batch)
     delivery_ids = (
         _insert(session, tenant_id, items, new, consumer_ids, now, results, batch) if new else []

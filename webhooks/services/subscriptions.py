@@ -15,7 +15,7 @@ from webhooks.db import uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Consumer, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.services import Invalid, NotFound, consumers, filters
+from webhooks.services import Invalid, NotFound, consumers, event_types, filters
 from webhooks.services.delivery import disable_subscription, get_breaker
 from webhooks.signing import generate_secret
 
@@ -56,6 +56,7 @@ def create(
 ) -> tuple[Subscription, str]:
     """Create a subscription; return it with its new signing secret (shown only now)."""
     _check_target(data["url"])
+    event_types.check_subscribable(session, tenant_id, data["event_types"])
     consumer = _consumer(session, tenant_id, data.get("consumer"))
     secret = generate_secret()
     subscription = Subscription(
@@ -85,6 +86,7 @@ def update_one(
         _check_target(data["url"])
         subscription.url = data["url"]
     if "event_types" in data:
+        event_types.check_subscribable(session, tenant_id, data["event_types"])
         subscription.event_types = sorted(set(data["event_types"]))
     if "description" in data:
         subscription.description = data["description"]

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from config import get_settings
 from webhooks import dispatch, metrics
 from webhooks.db import session_scope
+from webhooks.services import operational
 from webhooks.services.delivery import get_breaker
 
 log = logging.getLogger("webhooks.watchdog")
@@ -131,6 +132,7 @@ def run() -> Report:
                 _RECORD_LOST_ATTEMPTS,
                 {"ids": [r.id for r in rows], "numbers": [r.attempt_count for r in rows]},
             )
+            operational.deliveries_failed(session, [r.id for r in rows if r.status == "failed"])
     retry_ids = [str(r.id) for r in rows if r.status == "retrying"]
     report.expired = len(rows)
     report.failed_after_expiry = len(rows) - len(retry_ids)
