@@ -534,3 +534,85 @@ def test_the_catalogue_shows_each_type_with_its_schema_and_an_example(
     assert "invoice.paid" in html and "&#34;total&#34;: 0" in html
     assert "user.&lt;script&gt;" in html and "No schema" in html
     assert "secret.type" not in html
+
+
+def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> None:
+    """A database at the routing revision with an attempt upgrades: the attempt gets its
+    subscription; downgrading removes the column and its trigger, and upgrading works again."""
+    if servers.pg is None:
+        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
+    import psycopg
+    from alembic import command
+    from sqlalchemy import create_engine, pool
+
+    from config import normalize_database_url
+    from tests.integration.test_migrations import alembic_config
+
+    name = "webhooks_console_upgrade"
+    url = servers.pg.create_database(name)
+    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
+    ids = {k: uuid.uuid4() for k in ("tenant", "sub", "event", "delivery")}
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            command.upgrade(alembic_config(conn), "20261130_0004")
+            conn.execute(text("INSERT INTO tenants (id, name) VALUES (:tenant, 'old')"), ids)
+            conn.execute(
+                text(
+                    "INSERT INTO subscriptions (id, tenant_id, url, event_types, status,"
+                    " secret_ciphertext) VALUES (:sub, :tenant, 'http://x', '{*}', 'active', '')"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, tenant_id, event_type, payload)"
+                    " VALUES (:event, :tenant, 'a', '{}')"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status,"
+                    " attempt_count, failures) VALUES (:delivery, :tenant, :event, :sub,"
+                    " 'delivered', 1, 0)"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 1,"
+                    " 'success')"
+                ),
+                ids,
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+            filled = conn.execute(text("SELECT subscription_id FROM attempts")).scalar_one()
+            assert filled == ids["sub"]
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "20261130_0004")
+            columns = conn.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'attempts'"
+                )
+            ).scalars()
+            assert "subscription_id" not in set(columns)
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 2,"
+                    " 'success')"
+                ),
+                ids,
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+            rows = conn.execute(
+                text("SELECT count(*) FROM attempts WHERE subscription_id = :sub"), ids
+            )
+            assert rows.scalar_one() == 2
+    finally:
+        engine.dispose()
+        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
