@@ -616,3 +616,31 @@ def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> 
         engine.dispose()
         with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_the_filter_channels_and_consumer_are_edited_and_checked(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    token = signed_in(client, tenant)
+    sub = world["mine"]["sub"]["id"]
+    path = f"/console/subscriptions/{sub}/edit"
+    form = {"csrf_token": token, "url": "http://127.0.0.1:9/hook", "event_types": "*"}
+    for bad, message in (
+        ({"filter": "{not json"}, "not valid JSON"),
+        ({"filter": '{"amount": {"$between": 1}}'}, "$between"),
+        ({"consumer": "nobody"}, "no such consumer"),
+    ):
+        answer = client.post(path, data={**form, **bad})
+        assert answer.status_code == 422, bad
+        assert message in answer.get_data(as_text=True), bad
+    client.post("/v1/consumers", json={"uid": "c-1", "name": "C"}, headers=tenant["headers"])
+    saved = client.post(
+        path,
+        data={**form, "filter": '{"amount": {"$gt": 100}}', "channels": "eu us", "consumer": "c-1"},
+    )
+    assert saved.status_code == 302
+    state = client.get(f"/v1/subscriptions/{sub}", headers=tenant["headers"]).get_json()
+    assert state["filter"] == {"amount": {"$gt": 100}}
+    assert state["channels"] == ["eu", "us"] and state["consumer"] == "c-1"
+    page = client.get(f"/console/subscriptions/{sub}").get_data(as_text=True)
+    assert "$gt" in page and "c-1" in page

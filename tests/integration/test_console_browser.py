@@ -153,8 +153,6 @@ def test_an_operator_works_through_the_console_in_a_browser(
     start_worker: Callable[..., Any],
 ) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
-        old.unlink()
     start_worker()
     tenant = make_tenant("acme")
     api = requests.Session()

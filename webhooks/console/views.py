@@ -178,12 +178,42 @@ def subscriptions() -> Any:
     )
 
 
-def _subscription_form() -> dict[str, Any]:
-    return {
+def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Read the subscription form; return the fields and the errors of fields not parsed."""
+    form = {
         "url": request.form.get("url", "").strip(),
         "event_types": form_list(request.form.get("event_types", "")),
         "description": request.form.get("description", "").strip() or None,
+        "consumer": request.form.get("consumer", "").strip() or None,
+        "channels": form_list(request.form.get("channels", "")),
+        "filter": None,
     }
+    errors: dict[str, list[str]] = {}
+    raw_filter = request.form.get("filter", "").strip()
+    if raw_filter:
+        try:
+            form["filter"] = json.loads(raw_filter)
+        except ValueError as exc:
+            errors["filter"] = [f"not valid JSON: {exc}"]
+        form["filter_text"] = raw_filter
+    return form, errors
+
+
+def _load(schema: Any, form: dict[str, Any], errors: dict[str, list[str]], **kw: Any) -> Any:
+    """Validate the form's fields with the API's schema; raise ValidationError naming all."""
+    fields = {k: v for k, v in form.items() if k != "filter_text"}
+    try:
+        data = schema.load(fields, **kw)
+    except ValidationError as exc:
+        raise ValidationError(flat_errors(exc.messages) | errors) from None
+    if errors:
+        raise ValidationError(errors)
+    return data
+
+
+def _refused(exc: ServiceError) -> dict[str, list[str]]:
+    """The fields a service refused (the address guard, an unknown consumer, a bad filter)."""
+    return flat_errors(exc.details.get("fields") or {"": [exc.message]})
 
 
 @bp.get("/subscriptions/new")
@@ -193,15 +223,17 @@ def new_subscription() -> Any:
 
 @bp.post("/subscriptions")
 def create_subscription() -> Any:
-    form = _subscription_form()
+    form, errors = _subscription_form()
     try:
-        data = create_schema.load(form)
+        data = _load(create_schema, form, errors)
+        subscription, secret = subscription_service.create(db(), _tenant(), data)
     except ValidationError as exc:
-        return render_template(
-            "console/subscription_new.html", form=form, errors=flat_errors(exc.messages)
-        ), 422
-    subscription, secret = subscription_service.create(db(), _tenant(), data)
-    return _subscription_page(subscription.id, secret=secret, created=True)
+        errors = flat_errors(exc.messages)
+    except ServiceError as exc:
+        errors = _refused(exc)
+    else:
+        return _subscription_page(subscription.id, secret=secret, created=True)
+    return render_template("console/subscription_new.html", form=form, errors=errors), 422
 
 
 def _subscription_page(subscription_id: uuid.UUID, status: int = 200, **extra: Any) -> Any:
@@ -229,14 +261,22 @@ def subscription(subscription_id: uuid.UUID) -> Any:
 
 @bp.post("/subscriptions/<uuid:subscription_id>/edit")
 def edit_subscription(subscription_id: uuid.UUID) -> Any:
-    form = _subscription_form()
+    subscription_service.get(db(), _tenant(), subscription_id)  # 404 before anything else
+    form, errors = _subscription_form()
     try:
-        data = update_schema.load(form, partial=True)
+        data = _load(update_schema, form, errors, partial=True)
+        subscription_service.update_one(db(), _tenant(), subscription_id, data)
     except ValidationError as exc:
-        return _subscription_page(subscription_id, 422, form=form, errors=flat_errors(exc.messages))
-    subscription_service.update_one(db(), _tenant(), subscription_id, data)
-    flash("Subscription saved.")
-    return redirect(url_for("console.subscription", subscription_id=subscription_id))
+        errors = flat_errors(exc.messages)
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise
+        db().rollback()
+        errors = _refused(exc)
+    else:
+        flash("Subscription saved.")
+        return redirect(url_for("console.subscription", subscription_id=subscription_id))
+    return _subscription_page(subscription_id, 422, form=form, errors=errors)
 
 
 @bp.post("/subscriptions/<uuid:subscription_id>/status")
