@@ -644,3 +644,15 @@ def test_the_filter_channels_and_consumer_are_edited_and_checked(
     assert state["channels"] == ["eu", "us"] and state["consumer"] == "c-1"
     page = client.get(f"/console/subscriptions/{sub}").get_data(as_text=True)
     assert "$gt" in page and "c-1" in page
+
+
+def test_an_event_page_names_its_consumer_and_channels(client: Any, tenant: Any) -> None:
+    signed_in(client, tenant)
+    client.post("/v1/consumers", json={"uid": "c-9", "name": "C"}, headers=tenant["headers"])
+    event = client.post(
+        "/v1/events",
+        json={"event_type": "a.b", "payload": {}, "consumer": "c-9", "channels": ["eu"]},
+        headers=tenant["headers"],
+    ).get_json()
+    html = client.get(f"/console/events/{event['id']}").get_data(as_text=True)
+    assert "<dd>c-9</dd>" in html and "<dd>eu</dd>" in html
