@@ -145,6 +145,52 @@ def explain(uid_of_big: str) -> list[str]:
     return plans
 
 
+def measure(stack: Stack, port: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Populate both tenants on a running stack and measure them; return the report."""
+    small_auth, small_uids = populate("small", 1)
+    big_auth, big_uids = populate("big", 1000)
+    loads = {"small": requests(small_auth, small_uids), "big": requests(big_auth, big_uids)}
+    results: dict[str, list[LoadResult]] = {"small": [], "big": []}
+    sequential: dict[str, list[LoadResult]] = {"small": [], "big": []}
+    for name in loads:
+        run_load(port, loads[name], CONNECTIONS, 1)  # warm-up (and prepared plans)
+    for n in range(rounds):
+        # Each tenant goes first in every other round: the noise falls on both.
+        for name in sorted(loads, reverse=n % 2 == 1):
+            reqs = loads[name]
+            results[name].append(run_load(port, reqs, CONNECTIONS, seconds))
+            sequential[name].append(run_load(port, reqs, 1, seconds / 2, 1))
+    report: dict[str, Any] = {"deliveries_per_event": deliveries_per_event()}
+    for name in loads:
+        merged = LoadResult()
+        for r in results[name]:
+            merged.requests += r.requests
+            merged.seconds += r.seconds
+            merged.latencies += r.latencies
+            merged.errors += r.errors
+        alone = LoadResult()
+        for r in sequential[name]:
+            alone.latencies += r.latencies
+        report[name] = {
+            "rate": round(merged.rate, 1),
+            "p50_ms": round(merged.percentile(50), 2),
+            "p99_ms": round(merged.percentile(99), 2),
+            "sequential_p50_ms": round(alone.percentile(50), 2),
+            "errors": merged.errors,
+        }
+    small, big = report["small"], report["big"]
+    report["ratios"] = {
+        "rate (small / big)": round(small["rate"] / big["rate"], 3),
+        "p50 (big / small)": round(big["p50_ms"] / small["p50_ms"], 3),
+        "sequential p50 (big / small)": round(
+            big["sequential_p50_ms"] / small["sequential_p50_ms"], 3
+        ),
+    }
+    report["met"] = all(v <= 1.5 for v in report["ratios"].values())
+    report["plan"] = explain(big_uids[500])
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -156,51 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(Path(tempfile.mkdtemp(prefix="webhooks-bench-routing-")))
     try:
         stack.start()
-        small_auth, small_uids = populate("small", 1)
-        big_auth, big_uids = populate("big", 1000)
-        loads = {
-            "small": requests(small_auth, small_uids),
-            "big": requests(big_auth, big_uids),
-        }
-        results: dict[str, list[LoadResult]] = {"small": [], "big": []}
-        sequential: dict[str, list[LoadResult]] = {"small": [], "big": []}
         with stack.web() as port:
-            for name in loads:
-                run_load(port, loads[name], CONNECTIONS, 1)  # warm-up (and prepared plans)
-            for n in range(args.rounds):
-                # Each tenant goes first in every other round: the noise falls on both.
-                for name in sorted(loads, reverse=n % 2 == 1):
-                    reqs = loads[name]
-                    results[name].append(run_load(port, reqs, CONNECTIONS, args.seconds))
-                    sequential[name].append(run_load(port, reqs, 1, args.seconds / 2, 1))
-        report: dict[str, Any] = {"deliveries_per_event": deliveries_per_event()}
-        for name in loads:
-            merged = LoadResult()
-            for r in results[name]:
-                merged.requests += r.requests
-                merged.seconds += r.seconds
-                merged.latencies += r.latencies
-                merged.errors += r.errors
-            alone = LoadResult()
-            for r in sequential[name]:
-                alone.latencies += r.latencies
-            report[name] = {
-                "rate": round(merged.rate, 1),
-                "p50_ms": round(merged.percentile(50), 2),
-                "p99_ms": round(merged.percentile(99), 2),
-                "sequential_p50_ms": round(alone.percentile(50), 2),
-                "errors": merged.errors,
-            }
-        small, big = report["small"], report["big"]
-        report["ratios"] = {
-            "rate (small / big)": round(small["rate"] / big["rate"], 3),
-            "p50 (big / small)": round(big["p50_ms"] / small["p50_ms"], 3),
-            "sequential p50 (big / small)": round(
-                big["sequential_p50_ms"] / small["sequential_p50_ms"], 3
-            ),
-        }
-        report["met"] = all(v <= 1.5 for v in report["ratios"].values())
-        report["plan"] = explain(big_uids[500])
+            report = measure(stack, port, args.seconds, args.rounds)
         print(json.dumps({k: v for k, v in report.items() if k != "plan"}, indent=2))
         print("\n\n".join(report["plan"]))
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -309,3 +309,23 @@ def test_invalid_channels_are_422(client, tenant, subtests):
             )
             assert resp.status_code == 422
             assert "channels" in resp.get_json()["error"]["details"]["fields"]
+
+
+def test_changing_or_removing_a_filter_changes_what_matches(client, tenant):
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/x", ["a.b"], filter={"n": {"$gt": 5}})
+    h = tenant["headers"]
+
+    def deliveries(n: int) -> int:
+        resp = client.post("/v1/events", json={"event_type": "a.b", "payload": {"n": n}}, headers=h)
+        return resp.get_json()["deliveries"]
+
+    assert (deliveries(3), deliveries(7)) == (0, 1)
+    resp = client.patch(f"/v1/subscriptions/{sub['id']}", json={"filter": {"n": 3}}, headers=h)
+    assert resp.status_code == 200 and resp.get_json()["filter"] == {"n": 3}
+    assert (deliveries(3), deliveries(7)) == (1, 0)
+    resp = client.patch(f"/v1/subscriptions/{sub['id']}", json={"filter": None}, headers=h)
+    assert resp.get_json()["filter"] is None
+    assert (deliveries(3), deliveries(7)) == (1, 1)
+    bad = client.patch(f"/v1/subscriptions/{sub['id']}", json={"filter": {"n": []}}, headers=h)
+    assert bad.status_code == 422
+    assert client.get(f"/v1/subscriptions/{sub['id']}", headers=h).get_json()["filter"] is None

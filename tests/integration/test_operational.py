@@ -205,3 +205,16 @@ def test_nothing_is_stored_for_a_tenant_that_does_not_listen(client, tenant, oth
         )
     assert watchdog.run().failed_after_expiry == 1
     assert _operational_events() == []
+
+
+def test_subscriptions_name_only_the_types_the_service_emits(client, tenant):
+    for name in OPS:
+        subscribe(client, tenant, "http://127.0.0.1:9/ops", [name])
+    resp = client.post(
+        "/v1/subscriptions",
+        json={"url": "http://127.0.0.1:9/ops", "event_types": ["webhook.endpoint.created"]},
+        headers=tenant["headers"],
+    )
+    assert resp.status_code == 422
+    (message,) = resp.get_json()["error"]["details"]["fields"]["event_types"]["0"]
+    assert message.startswith("the service emits only webhook.subscription.disabled")

@@ -10,6 +10,16 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from webhooks.db import Base, Timestamped, uuid7
 from webhooks.models.consumer import Consumer
 
+# The event types the service emits itself (services/operational.py). Tenants subscribe to
+# them by name (`*` leaves them out) and never publish them. The ingest and operational SQL
+# spell the prefix as 'webhook.' too.
+OPERATIONAL_PREFIX = "webhook."
+SUBSCRIPTION_DISABLED = "webhook.subscription.disabled"
+DELIVERY_FAILED = "webhook.delivery.failed"
+CIRCUIT_OPENED = "webhook.circuit.opened"
+CIRCUIT_CLOSED = "webhook.circuit.closed"
+OPERATIONAL_TYPES = (SUBSCRIPTION_DISABLED, DELIVERY_FAILED, CIRCUIT_OPENED, CIRCUIT_CLOSED)
+
 
 class Event(Timestamped, Base):
     __tablename__ = "events"

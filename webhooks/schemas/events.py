@@ -4,6 +4,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from webhooks.models.event import OPERATIONAL_PREFIX
 from webhooks.schemas.consumers import uid_validators
 from webhooks.schemas.deliveries import DeliverySchema
 
@@ -27,9 +28,6 @@ def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return depth
 
 
-# Event types the service emits itself (webhooks.services.operational): tenants may subscribe
-# to them, never publish them.
-RESERVED_PREFIX = "webhook."
 MAX_CHANNELS = 20
 # \Z, not $: in Python $ also matches before a trailing newline.
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}\Z"
@@ -50,8 +48,8 @@ def channels_field(**kwargs: Any) -> fields.List:
 
 
 def _not_reserved(value: str) -> None:
-    if value.startswith(RESERVED_PREFIX):
-        raise ValidationError(f"'{RESERVED_PREFIX}' types are emitted by the service only")
+    if value.startswith(OPERATIONAL_PREFIX):
+        raise ValidationError(f"'{OPERATIONAL_PREFIX}' types are emitted by the service only")
 
 
 event_type_field = fields.String(

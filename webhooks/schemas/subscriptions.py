@@ -5,6 +5,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhooks.models.event import OPERATIONAL_PREFIX, OPERATIONAL_TYPES
 from webhooks.schemas.consumers import ConsumerFilterQuery, uid_validators
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EVENT_TYPE_PATTERN, channels_field
@@ -38,8 +39,10 @@ RESERVED_HEADERS = {
 
 
 def _check_event_type(value: str) -> None:
-    if value == "*":
+    if value == "*" or value in OPERATIONAL_TYPES:
         return
+    if value.startswith(OPERATIONAL_PREFIX):
+        raise ValidationError(f"the service emits only {', '.join(OPERATIONAL_TYPES)}")
     validate.Length(min=1, max=200)(value)
     validate.Regexp(EVENT_TYPE_PATTERN, error="must be an event type name or '*'")(value)
 

@@ -27,11 +27,10 @@ from sqlalchemy.orm import Session
 from config import get_settings
 from webhooks.db import uuid7
 from webhooks.models import EventType
+from webhooks.models.event import OPERATIONAL_TYPES
 from webhooks.services import Conflict, Invalid, NotFound
 
 CACHE_SECONDS = 5.0
-# The types the service emits itself (services/operational.py): always known.
-RESERVED_PREFIX = "webhook."
 
 
 @dataclass
@@ -137,7 +136,7 @@ def check_subscribable(session: Session, tenant_id: uuid.UUID, names: Iterable[s
     catalogue = _catalogue(session, tenant_id)
     problems = {}
     for name in names:
-        if name == "*" or name.startswith(RESERVED_PREFIX):
+        if name == "*" or name in OPERATIONAL_TYPES:
             continue
         entry = catalogue.get(name)
         if entry is None or entry.archived:

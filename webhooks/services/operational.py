@@ -31,14 +31,17 @@ from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
 from webhooks.db import uuid7
+from webhooks.models.event import (
+    CIRCUIT_CLOSED,
+    CIRCUIT_OPENED,
+    DELIVERY_FAILED,
+    OPERATIONAL_PREFIX,
+    OPERATIONAL_TYPES,
+    SUBSCRIPTION_DISABLED,
+)
 from webhooks.services import ingest
 
-SUBSCRIPTION_DISABLED = "webhook.subscription.disabled"
-DELIVERY_FAILED = "webhook.delivery.failed"
-CIRCUIT_OPENED = "webhook.circuit.opened"
-CIRCUIT_CLOSED = "webhook.circuit.closed"
-TYPES = (SUBSCRIPTION_DISABLED, DELIVERY_FAILED, CIRCUIT_OPENED, CIRCUIT_CLOSED)
-PREFIX = "webhook."
+TYPES = OPERATIONAL_TYPES
 
 _PENDING = "operational_deliveries"
 log = logging.getLogger("webhooks.operational")
@@ -150,7 +153,7 @@ def circuit_opened(
 ) -> None:
     """Tell that a subscription's circuit opened (not again when a probe fails, not when an
     operational event's delivery opened it)."""
-    if probe or cause_event_type.startswith(PREFIX):
+    if probe or cause_event_type.startswith(OPERATIONAL_PREFIX):
         return
     row = conn.execute(_SUBSCRIPTION, {"id": subscription_id}).first()
     data = {
