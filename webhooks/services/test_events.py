@@ -10,13 +10,15 @@ from sqlalchemy.orm import Session
 from webhooks import dispatch, metrics
 from webhooks.db import uuid7
 from webhooks.models import Delivery, DeliveryStatus, Event
+from webhooks.models.event import OPERATIONAL_PREFIX
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.services import Conflict
 from webhooks.services import subscriptions as subscription_service
 
-# Emitted by the service itself, like the operational types; sent only to the one subscription
-# asked for, whatever event types it lists.
-TEST_EVENT_TYPE = "webhook.test"
+# Emitted by the service itself, under the operational prefix (so a failing test delivery never
+# causes an operational event); sent only to the one subscription asked for, whatever event
+# types it lists.
+TEST_EVENT_TYPE = OPERATIONAL_PREFIX + "test"
 
 
 def send_test_event(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Delivery:
