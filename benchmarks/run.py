@@ -1,7 +1,7 @@
 """`make bench`: each figure of the service beside a ceiling measured in the same run.
 
     python -m benchmarks.run [--quick] [--pool prefork|threads] [--concurrency N]
-                             [--only ingest,batch,delivery,isolation,latency,parked]
+                             [--only ingest,batch,delivery,isolation,latency,parked,routing]
 
 Starts its own PostgreSQL, Redis and receiver, runs gunicorn and celery from the Procfile's
 command lines, prints a table and writes benchmarks/results/latest.json. The machine is
@@ -49,6 +49,7 @@ SCENARIOS = (
     "recovery",
     "latency",
     "parked",
+    "routing",
 )
 
 
@@ -63,6 +64,8 @@ class Sizes:
     recovery_lost: int = 50_000
     latency_seconds: float = 10
     parked: int = 20_000
+    routing_seconds: float = 5
+    routing_rounds: int = 2
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -76,6 +79,8 @@ class Sizes:
             recovery_lost=5_000,
             latency_seconds=4,
             parked=5_000,
+            routing_seconds=2,
+            routing_rounds=1,
         )
 
 
@@ -619,6 +624,16 @@ class Bench:
         )
 
     # -- 6: memory with deliveries parked ------------------------------------------------------
+    def routing(self, web_port: int) -> None:
+        """Issue 11: a tenant's non-matching subscriptions must not cost its ingest."""
+        from benchmarks.routing import measure
+
+        report = measure(
+            self.stack, web_port, self.sizes.routing_seconds, self.sizes.routing_rounds
+        )
+        for figure in _routing_figures(report):
+            self.add(figure)
+
     def parked(self, web_port: int) -> None:
         from webhooks.runtime import get_breaker
 
@@ -683,6 +698,36 @@ class Bench:
                 {"redis_after_mb": redis_after / 2**20, "redis_peak_mb": redis_peak / 2**20},
             )
         )
+
+
+def _routing_figures(report: dict[str, Any]) -> list[Figure]:
+    """The routing target (issue 11) as figures: the big tenant against the small one."""
+    small, big = report["small"], report["big"]
+    rate_ratio = big["rate"] / small["rate"] if small["rate"] else 0.0
+    latency_ratio = big["sequential_p50_ms"] / small["sequential_p50_ms"]
+    return [
+        Figure(
+            "ingest to 1 of 1,000 consumers (10,000 subs)",
+            big["rate"],
+            "events/s",
+            small["rate"],
+            "same, tenant with 10 subs",
+            rate_ratio,
+            ">= 0.67",
+            rate_ratio >= 1 / 1.5,
+            {"p50_ms": big["p50_ms"], "p99_ms": big["p99_ms"]},
+        ),
+        Figure(
+            "ingest p50, 1 of 1,000 consumers, 1 conn",
+            big["sequential_p50_ms"],
+            "ms",
+            small["sequential_p50_ms"],
+            "same, tenant with 10 subs",
+            latency_ratio,
+            "<= 1.5",
+            latency_ratio <= 1.5,
+        ),
+    ]
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -832,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
             ("recovery", bench.recovery),
             ("latency", bench.latency),
             ("parked", bench.parked),
+            ("routing", bench.routing),
         ]
         if only & {name for name, _ in steps}:
             with stack.web() as port:

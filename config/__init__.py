@@ -166,6 +166,8 @@ class Settings:
     watchdog_interval: float = 30.0
     lost_after: float = 60.0
     allow_private_targets: bool = False
+    # Events and subscriptions must name a known, unarchived type of the catalogue.
+    strict_event_types: bool = False
     max_payload_bytes: int = 262_144
     worker_metrics_port: int = 9808
     # Loopback unless set: the metrics have no authentication (a scraper elsewhere needs it set).
@@ -214,6 +216,7 @@ def get_settings() -> Settings:
         watchdog_interval=watchdog_interval,
         lost_after=_float("WEBHOOKS_LOST_AFTER_SECONDS", max(60.0, 2 * watchdog_interval), 0.1),
         allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
+        strict_event_types=_bool("WEBHOOKS_STRICT_EVENT_TYPES", False),
         max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
         worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
         worker_metrics_address=os.environ.get("WEBHOOKS_WORKER_METRICS_ADDRESS") or "127.0.0.1",

@@ -92,6 +92,8 @@ def main() -> int:
             f"  API metrics:     http://127.0.0.1:{env['PORT']}/metrics\n"
             f"  Worker metrics:  http://127.0.0.1:{env['WEBHOOKS_WORKER_METRICS_PORT']}/metrics\n"
             f"  Flower:          http://127.0.0.1:{env['FLOWER_PORT']}\n"
+            f"  Console:         http://127.0.0.1:{env['PORT']}/console/"
+            "  (sign in with the dev API key below)\n"
             f"  Dev API key:     {key}\n"
             f"  export API_KEY={key}\n",
             flush=True,

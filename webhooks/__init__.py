@@ -14,6 +14,8 @@ from config import get_settings
 from webhooks.logs import configure_logging
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A portal link's token signs its holder in: it never goes into a log line.
+_PORTAL_TOKEN = re.compile(r"^/portal/[^/]+/")
 access_log = logging.getLogger("webhooks.access")
 
 
@@ -31,13 +33,27 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from webhooks.api import deliveries, events, health, subscriptions
+    from webhooks.api import consumers, deliveries, event_types, events, health, subscriptions
     from webhooks.api.common import close_db, register_error_handlers
     from webhooks.cli import register_commands
     from webhooks.openapi import register_openapi
     from webhooks.web_metrics import init_metrics
 
-    for blueprint in (subscriptions.bp, events.bp, deliveries.bp, health.bp):
+    for blueprint in (
+        consumers.bp,
+        event_types.bp,
+        subscriptions.bp,
+        events.bp,
+        deliveries.bp,
+        health.bp,
+    ):
+        app.register_blueprint(blueprint)
+    from webhooks import console, portal
+    from webhooks.api import portal_links
+    from webhooks.console.web import init_pages
+
+    init_pages(app)
+    for blueprint in (console.bp, portal.bp, portal_links.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_openapi(app)
@@ -59,7 +75,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             extra={
                 "request_id": g.get("request_id"),
                 "method": request.method,
-                "path": request.path,
+                "path": _PORTAL_TOKEN.sub("/portal/<token>/", request.path),
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
                 "tenant_id": str(g.get("tenant_id")) if g.get("tenant_id") else None,

@@ -9,20 +9,49 @@ IDs, a query, auth). A test checks that every URL rule of the app has its entry.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Flask, Response, current_app, render_template_string
+from flask import Flask, Response, current_app, render_template_string, request
 from marshmallow import Schema, fields
 
 from webhooks import schemas as s
 from webhooks.models import AttemptResult
+from webhooks.schemas.consumers import (
+    MAX_METADATA,
+    MAX_METADATA_VALUE,
+    MAX_UID,
+    UID_PATTERN,
+    ConsumerCreateSchema,
+    ConsumerSchema,
+    ConsumerUpdateSchema,
+)
 from webhooks.schemas.deliveries import STATUSES
-from webhooks.schemas.events import EventBatchCreateSchema, EventBatchResultSchema
-from webhooks.schemas.subscriptions import HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS
+from webhooks.schemas.event_types import (
+    EventTypeCreateSchema,
+    EventTypeSchema,
+    EventTypeUpdateSchema,
+)
+from webhooks.schemas.events import (
+    CHANNEL_PATTERN,
+    EVENT_TYPE_PATTERN,
+    MAX_CHANNELS,
+    EventBatchCreateSchema,
+    EventBatchResultSchema,
+)
+from webhooks.schemas.portal import PortalLinkSchema
+from webhooks.schemas.stats import AttemptCountsSchema, StatsQuery, SubscriptionStatsSchema
+from webhooks.schemas.subscriptions import (
+    HEADER_VALUE_PATTERN,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    SubscriptionListQuery,
+)
+from webhooks.services.stats import WINDOWS
 from webhooks.signing import SCHEMES
 
 TITLE = "webhooks"
@@ -58,6 +87,24 @@ class AttemptPageSchema(Schema):
     )
 
 
+class ConsumerPageSchema(Schema):
+    data = fields.List(fields.Nested(ConsumerSchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
+class EventTypePageSchema(Schema):
+    data = fields.List(fields.Nested(EventTypeSchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor`; null at the end"},
+    )
+
+
 class ReplayResultSchema(Schema):
     requeued = fields.Integer(required=True, metadata={"description": "deliveries sent again"})
     more = fields.Boolean(
@@ -83,6 +130,10 @@ class ReadinessSchema(Schema):
 # response always carries all of them (null where nullable), which makes the fuzzing strict.
 SCHEMAS: dict[str, Schema] = {
     "Error": s.ErrorSchema(),
+    "ConsumerCreate": ConsumerCreateSchema(),
+    "ConsumerUpdate": ConsumerUpdateSchema(partial=True),
+    "EventTypeCreate": EventTypeCreateSchema(),
+    "EventTypeUpdate": EventTypeUpdateSchema(partial=True),
     "SubscriptionCreate": s.SubscriptionCreateSchema(),
     "SubscriptionUpdate": s.SubscriptionUpdateSchema(partial=True),
     "Replay": s.ReplaySchema(),
@@ -90,6 +141,10 @@ SCHEMAS: dict[str, Schema] = {
     "EventBatchCreate": EventBatchCreateSchema(),
 }
 OUTPUT_SCHEMAS: dict[str, Schema] = {
+    "Consumer": ConsumerSchema(),
+    "ConsumerPage": ConsumerPageSchema(),
+    "EventType": EventTypeSchema(),
+    "EventTypePage": EventTypePageSchema(),
     # Nested schemas come before the ones that hold them (apispec names nested ones itself).
     "Attempt": s.AttemptSchema(),
     "Delivery": s.DeliverySchema(),
@@ -102,6 +157,9 @@ OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Circuit": s.SubscriptionHealthSchema().fields["circuit"].schema,  # type: ignore[attr-defined]
     "SubscriptionHealth": s.SubscriptionHealthSchema(),
     "ReplayResult": ReplayResultSchema(),
+    "AttemptCounts": AttemptCountsSchema(),
+    "PortalLink": PortalLinkSchema(),
+    "SubscriptionStats": SubscriptionStatsSchema(),
     "Event": s.EventSchema(),
     "EventDetail": s.EventDetailSchema(),
     "EventBatchResult": EventBatchResultSchema(),
@@ -170,7 +228,95 @@ class Route:
 
 
 SUB = "/v1/subscriptions/{subscription_id}"
+CONSUMER = "/v1/consumers/{uid}"
+EVENT_TYPE = "/v1/event-types/{name}"
 ROUTES: list[Route] = [
+    Route(
+        "post",
+        "/v1/event-types",
+        "Add an event type to the catalogue",
+        "event types",
+        status=201,
+        response="EventType",
+        body="EventTypeCreate",
+        errors=(409,),
+        description="Events of a type with a `schema` (JSON Schema 2020-12) are checked at "
+        "ingest: a payload that does not match is a 422 naming its JSON pointer, and nothing "
+        "is stored. With WEBHOOKS_STRICT_EVENT_TYPES=true, events and subscriptions must name "
+        "a known, unarchived type. `webhook.` names are the service's own.",
+    ),
+    Route(
+        "get",
+        "/v1/event-types",
+        "List the event-type catalogue",
+        "event types",
+        response="EventTypePage",
+        query=s.PageQuery,
+    ),
+    Route("get", EVENT_TYPE, "Get an event type", "event types", response="EventType"),
+    Route(
+        "patch",
+        EVENT_TYPE,
+        "Change an event type",
+        "event types",
+        response="EventType",
+        body="EventTypeUpdate",
+        description="Only the given fields change; `schema: null` removes the schema. "
+        "Archived types stay readable and, unless types are strict, publishable.",
+    ),
+    Route(
+        "post",
+        "/v1/consumers",
+        "Create a consumer",
+        "consumers",
+        status=201,
+        response="Consumer",
+        body="ConsumerCreate",
+        errors=(409,),
+        description="A consumer is one of your own customers, named by your `uid` for it. "
+        "Its subscriptions get only the events that name it (`consumer`); 409 if the uid is "
+        "taken.",
+    ),
+    Route(
+        "get",
+        "/v1/consumers",
+        "List consumers",
+        "consumers",
+        response="ConsumerPage",
+        query=s.PageQuery,
+    ),
+    Route("get", CONSUMER, "Get a consumer", "consumers", response="Consumer"),
+    Route(
+        "patch",
+        CONSUMER,
+        "Change a consumer",
+        "consumers",
+        response="Consumer",
+        body="ConsumerUpdate",
+        description="Only the given fields change; the uid stays.",
+    ),
+    Route(
+        "delete",
+        CONSUMER,
+        "Delete a consumer and its subscriptions",
+        "consumers",
+        status=204,
+        description="Each of its subscriptions is deleted as DELETE /v1/subscriptions/{id} "
+        "would: unfinished deliveries end as failed, history stays readable. Its uid may be "
+        "used again.",
+    ),
+    Route(
+        "post",
+        CONSUMER + "/portal-links",
+        "Make a link that signs this consumer into the portal",
+        "consumers",
+        status=201,
+        response="PortalLink",
+        description="The URL opens the consumer portal for this one consumer: its endpoints, "
+        "secrets, deliveries and test events. It works until `expires_at` "
+        "(WEBHOOKS_PORTAL_LINK_SECONDS after now) and may be embedded in an iframe of the "
+        "origins in WEBHOOKS_PORTAL_FRAME_ANCESTORS. Hand it to the consumer's browser only.",
+    ),
     Route(
         "post",
         "/v1/subscriptions",
@@ -180,7 +326,8 @@ ROUTES: list[Route] = [
         response="SubscriptionWithSecret",
         body="SubscriptionCreate",
         description="The answer holds the signing secret; no other answer shows it again. "
-        "The URL must be http(s) and resolve only to public addresses.",
+        "The URL must be http(s) and resolve only to public addresses. With `consumer`, it "
+        "gets only events that name that consumer; without, only events that name none.",
     ),
     Route(
         "get",
@@ -188,7 +335,7 @@ ROUTES: list[Route] = [
         "List subscriptions",
         "subscriptions",
         response="SubscriptionPage",
-        query=s.PageQuery,
+        query=SubscriptionListQuery,
     ),
     Route("get", SUB, "Get a subscription", "subscriptions", response="Subscription"),
     Route(
@@ -224,6 +371,17 @@ ROUTES: list[Route] = [
         "Circuit state and delivery counts",
         "subscriptions",
         response="SubscriptionHealth",
+    ),
+    Route(
+        "get",
+        SUB + "/stats",
+        "Attempt statistics over a window",
+        "subscriptions",
+        response="SubscriptionStats",
+        query=StatsQuery,
+        description="Attempts made in the last `window` (1h, 24h or 7d; default 24h) by "
+        "result, the success rate, and the median and 95th percentile attempt duration. Read "
+        "from one range of the index on attempts (subscription_id, created_at).",
     ),
     Route(
         "post",
@@ -367,8 +525,16 @@ ROUTES: list[Route] = [
     ),
 ]
 
-# Where a Flask URL rule has no documentation on purpose.
+# Where a Flask URL rule has no documentation on purpose: the HTML pages are not the API.
 UNDOCUMENTED_ENDPOINTS = {"static"}
+PAGE_BLUEPRINTS = {"console", "portal"}
+
+
+# Path parameters that are not UUIDs.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "uid": {"type": "string", "minLength": 1, "maxLength": MAX_UID, "pattern": UID_PATTERN},
+    "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": EVENT_TYPE_PATTERN},
+}
 
 
 def _operation(route: Route, plugin: MarshmallowPlugin) -> dict[str, Any]:
@@ -391,7 +557,7 @@ def _operation(route: Route, plugin: MarshmallowPlugin) -> dict[str, Any]:
             "in": "path",
             "name": name,
             "required": True,
-            "schema": {"type": "string", "format": "uuid"},
+            "schema": PATH_PARAMETERS.get(name, {"type": "string", "format": "uuid"}),
         }
         for name in route.path_params
     ]
@@ -439,7 +605,35 @@ HEADERS = {
         "pattern": HEADER_VALUE_PATTERN.replace("\\Z", "$"),
     },
 }
+CHANNELS = {
+    "maxItems": MAX_CHANNELS,
+    "items": {"type": "string", "pattern": CHANNEL_PATTERN},
+}
+METADATA = {
+    "type": "object",
+    "maxProperties": MAX_METADATA,
+    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+}
+FILTER = {
+    "type": "object",
+    "nullable": True,
+    "description": "Matched against the payload. Each key is a condition, all must hold: a "
+    "field name descends (nested fields as nested objects; a plain value means $eq), and "
+    "$eq, $neq, $gt, $gte, $lt, $lte, $in, $nin, $exists, $startsWith, $and, $or, $not "
+    "compare or combine. A wrong filter is a 422 naming its JSON pointer.",
+    "example": {"customer": {"tier": "gold"}, "amount": {"$gte": 100}},
+}
+NOT_RESERVED = {"not": {"pattern": "^webhook\\."}}
 REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("SubscriptionCreate", "channels"): CHANNELS,
+    ("SubscriptionUpdate", "channels"): CHANNELS,
+    ("SubscriptionCreate", "filter"): FILTER,
+    ("SubscriptionUpdate", "filter"): FILTER,
+    ("EventCreate", "channels"): CHANNELS,
+    ("EventCreate", "event_type"): NOT_RESERVED,
+    ("EventTypeCreate", "name"): NOT_RESERVED,
+    ("ConsumerCreate", "metadata"): METADATA,
+    ("ConsumerUpdate", "metadata"): METADATA,
     ("SubscriptionCreate", "event_types"): {
         "items": {"type": "string", "maxLength": 200, "pattern": EVENT_TYPE_OR_STAR}
     },
@@ -453,6 +647,7 @@ REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
     ("Delivery", "status"): {"enum": STATUSES},
     ("Attempt", "result"): {"enum": [r.value for r in AttemptResult]},
     ("Circuit", "state"): {"enum": ["closed", "open", "half_open", "unknown"]},
+    ("SubscriptionStats", "window"): {"enum": list(WINDOWS)},
 }
 
 
@@ -547,7 +742,9 @@ def undocumented_rules(app: Flask) -> list[str]:
     documented = {(r.method.upper(), r.path) for r in ROUTES}
     missing = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in UNDOCUMENTED_ENDPOINTS:
+        if rule.endpoint in UNDOCUMENTED_ENDPOINTS or rule.endpoint.partition(".")[0] in (
+            PAGE_BLUEPRINTS
+        ):
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             if (method, _flask_to_openapi(rule.rule)) not in documented:
@@ -637,12 +834,52 @@ def get_spec(app: Flask) -> dict[str, Any]:
     return spec
 
 
+def _optional_tenant() -> Any:
+    """The tenant of a valid bearer key, if the request carries one (the page is public)."""
+    from webhooks.api.common import db
+    from webhooks.services.tenants import authenticate
+
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return authenticate(db(), key.strip())
+
+
+def with_catalogue(spec: dict[str, Any], tenant_id: Any) -> dict[str, Any]:
+    """Return the description with the tenant's event-type catalogue as examples of a
+    published event: one per unarchived type, its payload the schema's first example."""
+    from webhooks.api.common import db
+    from webhooks.services import event_types
+
+    examples: dict[str, Any] = {}
+    for entry in event_types.list_(db(), tenant_id, 500, include_archived=False):
+        schema = entry.schema if isinstance(entry.schema, dict) else {}
+        samples = schema.get("examples")
+        payload = samples[0] if isinstance(samples, list) and samples else {}
+        examples[entry.name] = {
+            "summary": entry.description or entry.name,
+            "value": {"event_type": entry.name, "payload": payload},
+        }
+    if not examples:
+        return spec
+    out = copy.deepcopy(spec)
+    for path in ("/v1/events",):
+        body = out["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        body["examples"] = examples
+    out["components"]["schemas"]["EventCreate"]["properties"]["event_type"]["example"] = next(
+        iter(examples)
+    )
+    return out
+
+
 def register_openapi(app: Flask) -> None:
     """Serve /openapi.json and /docs (a self-contained page: no CDN, works offline)."""
 
     @app.get("/openapi.json")
     def openapi_json() -> Any:
-        return get_spec(current_app)
+        spec = get_spec(current_app)
+        tenant_id = _optional_tenant()
+        return with_catalogue(spec, tenant_id) if tenant_id is not None else spec
 
     @app.get("/docs")
     def openapi_docs() -> Response:

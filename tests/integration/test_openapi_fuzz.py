@@ -64,7 +64,9 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
     """Use the tenant's real IDs for half of the well-formed path IDs."""
     values = path_parameters or {}
     known = {k: KNOWN[k] for k in values if k in KNOWN}
-    if not known or not all(_is_uuid(v) for v in values.values()):
+    # Well-formed: IDs are UUIDs; consumer uids and event-type names are checked by the API.
+    ids = [v for k, v in values.items() if k not in ("uid", "name")]
+    if not known or not all(_is_uuid(v) for v in ids):
         return st.just(path_parameters)
     return st.sampled_from([{**values, **known}, path_parameters])
 
@@ -98,6 +100,15 @@ def fuzz_app(servers: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     app = create_app({"TESTING": True})
     client = app.test_client()
     tenant = _tenant_with_key(FUZZ_KEY)
+    consumer = client.post(
+        "/v1/consumers", json={"uid": "fuzz-consumer", "name": "Fuzz"}, headers=tenant["headers"]
+    ).get_json()
+    client.post(
+        "/v1/event-types",
+        json={"name": "order.created", "schema": {"type": "object"}},
+        headers=tenant["headers"],
+    )
+    subscribe(client, tenant, TARGET, ["*"], consumer=consumer["uid"], filter={"n": {"$gte": 0}})
     sub = subscribe(client, tenant, TARGET, ["*"])
     event = publish(client, tenant, "order.created", {"n": 1}).get_json()
     detail = client.get(f"/v1/events/{event['id']}", headers=tenant["headers"]).get_json()
@@ -105,6 +116,8 @@ def fuzz_app(servers: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         # A finished delivery, so that retry and replay have something to send again.
         conn.execute(text("UPDATE deliveries SET status = 'failed'"))
     KNOWN.update(
+        uid=consumer["uid"],
+        name="order.created",
         subscription_id=sub["id"],
         event_id=event["id"],
         delivery_id=detail["deliveries"][0]["id"],

@@ -17,7 +17,7 @@ from webhooks.schemas import (
     encode_cursor,
 )
 from webhooks.schemas.deliveries import NESTED_LIMIT
-from webhooks.services import NotFound, recovery
+from webhooks.services import NotFound, consumers, recovery
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
 
@@ -39,6 +39,10 @@ def list_() -> Any:
         query = query.where(Delivery.subscription_id == args["subscription_id"])
     if args["event_id"]:
         query = query.where(Delivery.event_id == args["event_id"])
+    if args["consumer"]:
+        query = query.where(
+            Delivery.subscription_id.in_(consumers.subscription_ids(tenant_id, args["consumer"]))
+        )
     if args["cursor"] is not None:
         query = query.where(Delivery.id < args["cursor"])
     items = list(db().scalars(query.order_by(Delivery.id.desc()).limit(args["limit"] + 1)))

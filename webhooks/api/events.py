@@ -59,8 +59,14 @@ def publish() -> Any:
         data["payload"],
         idempotency_key=key,
         body_hash=(
-            ingest.request_hash(data["event_type"], data["payload"]) if key is not None else None
+            ingest.request_hash(
+                data["event_type"], data["payload"], data["consumer"], data["channels"]
+            )
+            if key is not None
+            else None
         ),
+        consumer=data["consumer"],
+        channels=data["channels"],
     )
     out = event_schema.dump(accepted.event)
     out["deliveries"] = accepted.deliveries
@@ -92,7 +98,13 @@ def publish_batch() -> Any:
                 event["event_type"],
                 event["payload"],
                 key,
-                ingest.request_hash(event["event_type"], event["payload"]) if key else None,
+                ingest.request_hash(
+                    event["event_type"], event["payload"], event["consumer"], event["channels"]
+                )
+                if key
+                else None,
+                event["consumer"],
+                event["channels"],
             )
         )
     accepted = ingest.publish_batch(db(), tenant_id, items)
@@ -103,6 +115,8 @@ def publish_batch() -> Any:
             "id": str(result.event.id),
             "event_type": result.event.event_type,
             "idempotency_key": result.event.idempotency_key,
+            "consumer": result.event.consumer_uid,
+            "channels": result.event.channels,
             "created_at": result.event.created_at.isoformat(),
             "deliveries": result.deliveries,
             "replayed": not result.created,

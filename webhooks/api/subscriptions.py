@@ -8,7 +8,6 @@ from flask import Blueprint
 from webhooks.api.common import db, load, load_query, page, read_json, require_tenant
 from webhooks.models import Subscription
 from webhooks.schemas import (
-    PageQuery,
     ReplaySchema,
     SubscriptionCreateSchema,
     SubscriptionHealthSchema,
@@ -16,7 +15,10 @@ from webhooks.schemas import (
     SubscriptionUpdateSchema,
     SubscriptionWithSecretSchema,
 )
+from webhooks.schemas.stats import StatsQuery, SubscriptionStatsSchema
+from webhooks.schemas.subscriptions import SubscriptionListQuery
 from webhooks.services import recovery
+from webhooks.services import stats as stats_service
 from webhooks.services import subscriptions as service
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
@@ -24,10 +26,12 @@ bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 create_schema = SubscriptionCreateSchema()
 update_schema = SubscriptionUpdateSchema()
 replay_schema = ReplaySchema()
-page_query = PageQuery()
+list_query = SubscriptionListQuery()
 subscription_schema = SubscriptionSchema()
 with_secret_schema = SubscriptionWithSecretSchema()
 health_schema = SubscriptionHealthSchema()
+stats_query = StatsQuery()
+stats_schema = SubscriptionStatsSchema()
 
 
 def _with_secret(subscription: Subscription, secret: str | None) -> dict[str, Any]:
@@ -47,15 +51,8 @@ def create() -> Any:
 @bp.get("")
 def list_() -> Any:
     tenant_id = require_tenant()
-    args = load_query(page_query)
-    from sqlalchemy import select
-
-    query = select(Subscription).where(
-        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
-    )
-    if args["cursor"] is not None:
-        query = query.where(Subscription.id < args["cursor"])
-    items = list(db().scalars(query.order_by(Subscription.id.desc()).limit(args["limit"] + 1)))
+    args = load_query(list_query)
+    items = service.list_(db(), tenant_id, args["limit"], args["cursor"], args["consumer"])
     return page(items, args["limit"], subscription_schema)
 
 
@@ -107,3 +104,12 @@ def replay(subscription_id: uuid.UUID) -> Any:
         db(), tenant_id, subscription_id, data["since"], data["until"], data["status"]
     )
     return {"requeued": count, "more": more}, 202
+
+
+@bp.get("/<uuid:subscription_id>/stats")
+def stats(subscription_id: uuid.UUID) -> Any:
+    tenant_id = require_tenant()
+    args = load_query(stats_query)
+    return stats_schema.dump(
+        stats_service.subscription_stats(db(), tenant_id, subscription_id, args["window"])
+    )

@@ -115,12 +115,25 @@ class Delivery(Timestamped, Base):
 
 class Attempt(Timestamped, Base):
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_delivery_id_number", "delivery_id", "number"),)
+    __table_args__ = (
+        Index("ix_attempts_delivery_id_number", "delivery_id", "number"),
+        # Per-subscription statistics over a time window (the stats API, the console) read
+        # only this index: a range of one subscription's attempts, result and duration included.
+        Index(
+            "ix_attempts_subscription_id_created_at",
+            "subscription_id",
+            "created_at",
+            postgresql_include=["result", "duration_ms"],
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     delivery_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False
     )
+    # Copied from the delivery by a trigger on insert (migration 20261130_0005), so every writer
+    # fills it; no foreign key, the delivery's own already ties the row to its subscription.
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     result: Mapped[AttemptResult] = mapped_column(_enum(AttemptResult), nullable=False)
     status_code: Mapped[int | None] = mapped_column(Integer)

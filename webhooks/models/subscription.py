@@ -18,10 +18,29 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, base
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import UserDefinedType
 
 from webhooks.db import Base, Timestamped, uuid7
+from webhooks.models.consumer import Consumer
+
+
+class JsonPath(UserDefinedType[str]):
+    """PostgreSQL's `jsonpath`: parsed once when stored, matched with `@@` (a string in Python).
+
+    SQLAlchemy's JSONPATH is another thing (a path array for `#>`), and binds None as '{}'.
+    """
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "JSONPATH"
+
+
+# Reflection knows the type then, so that autogenerate compares it (as GeoAlchemy registers
+# its types).
+base.ischema_names.setdefault("jsonpath", JsonPath)
 
 # Concurrent attempts a subscription may have when it does not say.
 DEFAULT_MAX_IN_FLIGHT = 10
@@ -36,12 +55,15 @@ class Subscription(Timestamped, Base):
     __tablename__ = "subscriptions"
     __table_args__ = (
         Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
-        # Ingest looks up the live subscriptions of one tenant on every event.
+        # Ingest looks up the live subscriptions of one tenant and one consumer (or none) on
+        # every event: a tenant's other consumers' subscriptions are never read.
         Index(
             "ix_subscriptions_live",
             "tenant_id",
+            "consumer_id",
             postgresql_where=text("status = 'active' AND deleted_at IS NULL"),
         ),
+        Index("ix_subscriptions_consumer_id_id", "consumer_id", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -49,6 +71,17 @@ class Subscription(Timestamped, Base):
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
     )
     url: Mapped[str] = mapped_column(Text, nullable=False)
+    # The consumer it belongs to, or None: the tenant's own.
+    consumer_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("consumers.id", ondelete="CASCADE")
+    )
+    # Empty: every event. Otherwise only events that share one of these channels.
+    channels: Mapped[list[str]] = mapped_column(
+        ARRAY(String(128)), nullable=False, server_default=text("'{}'")
+    )
+    # The payload filter as given, and compiled to the jsonpath predicate ingest matches with.
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    filter_path: Mapped[str | None] = mapped_column(JsonPath)
     event_types: Mapped[list[str]] = mapped_column(ARRAY(String(200)), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
     # Custom headers: their names here, each with a redacted value (what the API shows); the
@@ -87,3 +120,8 @@ class Subscription(Timestamped, Base):
     max_in_flight: Mapped[int] = mapped_column(
         Integer, nullable=False, default=DEFAULT_MAX_IN_FLIGHT, server_default=text("10")
     )
+    consumer: Mapped[Consumer | None] = relationship(lazy="joined")
+
+    @property
+    def consumer_uid(self) -> str | None:
+        return self.consumer.uid if self.consumer is not None else None

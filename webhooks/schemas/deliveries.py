@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from webhooks.models import DeliveryStatus
-from webhooks.schemas.common import PageQuery
+from webhooks.schemas.consumers import ConsumerFilterQuery
 
 STATUSES = [s.value for s in DeliveryStatus]
 
@@ -48,7 +48,7 @@ class DeliveryDetailSchema(DeliverySchema):
     attempts_url = fields.String(metadata={"description": "the paginated list of all attempts"})
 
 
-class DeliveryListQuery(PageQuery):
+class DeliveryListQuery(ConsumerFilterQuery):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     subscription_id = fields.UUID(load_default=None)
     event_id = fields.UUID(load_default=None)

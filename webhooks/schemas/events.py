@@ -4,6 +4,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from webhooks.models.event import OPERATIONAL_PREFIX
+from webhooks.schemas.consumers import uid_validators
 from webhooks.schemas.deliveries import NESTED_LIMIT, DeliverySchema
 
 # \Z, not $: in Python $ also matches before a trailing newline.
@@ -26,6 +28,30 @@ def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return depth
 
 
+MAX_CHANNELS = 20
+# \Z, not $: in Python $ also matches before a trailing newline.
+CHANNEL_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}\Z"
+
+
+def channels_field(**kwargs: Any) -> fields.List:
+    """A list of channel names, as events and subscriptions carry them."""
+    return fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                CHANNEL_PATTERN,
+                error="must be 1 to 128 letters, digits and '_', '.', ':', '-'",
+            )
+        ),
+        validate=validate.Length(max=MAX_CHANNELS),
+        **kwargs,
+    )
+
+
+def _not_reserved(value: str) -> None:
+    if value.startswith(OPERATIONAL_PREFIX):
+        raise ValidationError(f"'{OPERATIONAL_PREFIX}' types are emitted by the service only")
+
+
 event_type_field = fields.String(
     required=True,
     validate=[
@@ -34,6 +60,7 @@ event_type_field = fields.String(
             EVENT_TYPE_PATTERN,
             error="must be dot-separated names of letters, digits, '_' and '-'",
         ),
+        _not_reserved,
     ],
 )
 
@@ -41,6 +68,13 @@ event_type_field = fields.String(
 class EventCreateSchema(Schema):
     event_type = event_type_field
     payload = fields.Raw(required=True, allow_none=False)
+    consumer = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=uid_validators,
+        metadata={"description": "uid of the consumer whose subscriptions get the event"},
+    )
+    channels = channels_field(load_default=list)
 
     @validates("payload")
     def _payload_depth(self, value: Any, **_: Any) -> None:
@@ -52,6 +86,8 @@ class EventSchema(Schema):
     id = fields.UUID()
     event_type = fields.String()
     payload = fields.Raw()
+    consumer = fields.String(attribute="consumer_uid", allow_none=True)
+    channels = fields.List(fields.String())
     idempotency_key = fields.String(allow_none=True)
     created_at = fields.DateTime()
     deliveries = fields.Integer()
@@ -95,6 +131,8 @@ class BatchAcceptedSchema(Schema):
     id = fields.UUID(required=True)
     event_type = fields.String(required=True)
     idempotency_key = fields.String(required=True, allow_none=True)
+    consumer = fields.String(required=True, allow_none=True)
+    channels = fields.List(fields.String(), required=True)
     created_at = fields.DateTime(required=True)
     deliveries = fields.Integer(required=True)
     replayed = fields.Boolean(

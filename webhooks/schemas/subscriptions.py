@@ -6,8 +6,11 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from webhooks.crypto import REDACTED
+from webhooks.models.event import OPERATIONAL_PREFIX, OPERATIONAL_TYPES
+from webhooks.schemas.consumers import ConsumerFilterQuery, uid_validators
 from webhooks.schemas.deliveries import STATUSES
-from webhooks.schemas.events import EVENT_TYPE_PATTERN
+from webhooks.schemas.events import EVENT_TYPE_PATTERN, channels_field
+from webhooks.services.filters import FilterError, compile_filter
 from webhooks.signing import SCHEMES
 
 MAX_URL_LENGTH = 2048
@@ -44,8 +47,10 @@ RESERVED_HEADERS = {
 
 
 def _check_event_type(value: str) -> None:
-    if value == "*":
+    if value == "*" or value in OPERATIONAL_TYPES:
         return
+    if value.startswith(OPERATIONAL_PREFIX):
+        raise ValidationError(f"the service emits only {', '.join(OPERATIONAL_TYPES)}")
     validate.Length(min=1, max=200)(value)
     validate.Regexp(EVENT_TYPE_PATTERN, error="must be an event type name or '*'")(value)
 
@@ -70,6 +75,13 @@ def _check_headers(value: dict[str, Any]) -> None:
         raise ValidationError(problems)
 
 
+def _check_filter(value: dict[str, Any]) -> None:
+    try:
+        compile_filter(value)
+    except FilterError as exc:
+        raise ValidationError(f"{exc.pointer}: {exc.message}") from None
+
+
 class SubscriptionCreateSchema(Schema):
     url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_LENGTH))
     event_types = fields.List(
@@ -86,6 +98,19 @@ class SubscriptionCreateSchema(Schema):
     signature_scheme = fields.String(
         validate=validate.OneOf(SCHEMES),
         metadata={"description": "hmac-sha256 (the default) or ed25519 (Standard Webhooks v1a)"},
+    )
+    consumer = fields.String(
+        allow_none=True,
+        validate=uid_validators,
+        metadata={"description": "uid of the consumer it belongs to; null: the tenant's own"},
+    )
+    channels = channels_field(
+        metadata={"description": "only events sharing one of these; empty: every event"}
+    )
+    filter = fields.Dict(
+        allow_none=True,
+        validate=_check_filter,
+        metadata={"description": "a payload filter document; null: every payload"},
     )
 
 
@@ -108,6 +133,9 @@ class SubscriptionSchema(Schema):
         allow_none=True,
         metadata={"description": "ed25519: the whpk_ key that verifies the signatures"},
     )
+    consumer = fields.String(attribute="consumer_uid", allow_none=True)
+    channels = fields.List(fields.String())
+    filter = fields.Dict(allow_none=True)
     status = fields.String()
     disabled_reason = fields.String(allow_none=True)
     rate_limit = fields.Integer(allow_none=True)
@@ -148,6 +176,10 @@ class SubscriptionHealthSchema(Schema):
     scheduling = fields.Nested(SchedulingSchema)
     deliveries = fields.Dict(keys=fields.String(), values=fields.Integer())
     parked = fields.Integer()
+
+
+class SubscriptionListQuery(ConsumerFilterQuery):
+    pass
 
 
 class ReplaySchema(Schema):

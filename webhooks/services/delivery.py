@@ -29,6 +29,7 @@ from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.runtime import get_breaker, get_client, get_scheduler
+from webhooks.services import operational
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
@@ -269,6 +270,7 @@ def _delivered(conn: Connection, row: Any, response: Response, breaker: CircuitB
         metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
     if breaker.record_success(str(row.subscription_id)) is not None:
         metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+        operational.circuit_closed(conn, row.tenant_id, row.subscription_id)
         # Slow start: its parked backlog goes out 1, 2, 4, ... at a time.
         return _step(row, scheduler.RESTART, circuit_closed=True)
     return _step(row, scheduler.OK)
@@ -295,6 +297,9 @@ def _failed(
         return _gone(row, attempt_row)
     if breaker.record_failure(str(row.subscription_id)):
         metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+        operational.circuit_opened(
+            conn, row.tenant_id, row.subscription_id, row.event_type, probe, response.error
+        )
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
         conn.execute(_parked(row, row.attempt_count, response.error).add_cte(with_attempt))
@@ -306,6 +311,7 @@ def _failed(
         failed = _final(row, S.FAILED, response.error).values(failures=failures)
         if affected(conn.execute(failed.add_cte(with_attempt))):
             metrics.DELIVERIES.labels(outcome="failed").inc()
+            operational.deliveries_failed(conn, [row.id])
         return _step(row, outcome)
     moved = _owned(row).values(
         status=S.RETRYING,

@@ -10,17 +10,18 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from webhooks import metrics
 from webhooks.db import uuid7
 from webhooks.scheduler import Item
-from webhooks.services import Conflict, Invalid, scheduling
+from webhooks.services import Conflict, Invalid, consumers, event_types, scheduling
 
 # The events, and one delivery per new event and matching active subscription, in one
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
@@ -28,19 +29,37 @@ from webhooks.services import Conflict, Invalid, scheduling
 # the insert). An event whose idempotency key is taken is skipped (ON CONFLICT) and gets no
 # deliveries. Delivery IDs are UUIDv7 made in SQL, like webhooks.db.uuid7: 48 bits of unix
 # milliseconds over a random UUID whose version bits are turned from 4 into 7.
+#
+# Routing: an event goes to the subscriptions of its consumer, or to the tenant's own (no
+# consumer) when it names none. `targets` reads only those, through ix_subscriptions_live
+# (tenant_id, consumer_id): a tenant's other consumers' subscriptions cost nothing. Of these,
+# a subscription gets the event when its type is listed (or `*`, which leaves out the
+# service's own `webhook.` types), it lists no channel or shares one, and its compiled
+# payload filter (services/filters.py) holds. The nil UUID stands for "no consumer" in the
+# join, so that it stays an equality the planner can hash.
 _INSERT = text(
     """
 WITH new_events AS (
-  INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, request_hash,
-                      created_at)
-  SELECT e.id, :tenant_id, e.event_type, e.payload, e.key, decode(e.hash, 'hex'), :now
+  INSERT INTO events (id, tenant_id, event_type, payload, consumer_id, channels,
+                      idempotency_key, request_hash, created_at)
+  SELECT e.id, :tenant_id, e.event_type, e.payload, e.consumer_id,
+         coalesce(e.channels, '{}'), e.key, decode(e.hash, 'hex'), :now
     FROM jsonb_to_recordset(CAST(:events AS jsonb))
-         AS e(id uuid, event_type varchar, payload jsonb, key varchar, hash text)
+         AS e(id uuid, event_type varchar, payload jsonb, consumer_id uuid, channels varchar[],
+              key varchar, hash text)
       ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
-  RETURNING id, event_type
+  RETURNING id, event_type, payload, consumer_id, channels
 ), targets AS (
-  SELECT id, event_types, max_in_flight, rate_limit FROM subscriptions
+  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit
+    FROM subscriptions
    WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
+     AND consumer_id = ANY(CAST(:consumers AS uuid[]))
+     AND event_types && CAST(:wanted AS varchar[])
+  UNION ALL
+  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit
+    FROM subscriptions
+   WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
+     AND consumer_id IS NULL AND CAST(:own AS boolean)
      AND event_types && CAST(:wanted AS varchar[])
 ), new_deliveries AS (
   INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status, attempt_count,
@@ -51,7 +70,13 @@ WITH new_events AS (
                           FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
          :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
     FROM new_events e
-    JOIN targets t ON e.event_type = ANY(t.event_types) OR '*' = ANY(t.event_types)
+    JOIN targets t
+      ON coalesce(t.consumer_id, '00000000-0000-0000-0000-000000000000')
+         = coalesce(e.consumer_id, '00000000-0000-0000-0000-000000000000')
+     AND (e.event_type = ANY(t.event_types)
+          OR ('*' = ANY(t.event_types) AND left(e.event_type, 8) <> 'webhook.'))
+     AND (cardinality(t.channels) = 0 OR t.channels && e.channels)
+     AND (t.filter_path IS NULL OR e.payload @@ t.filter_path)
   RETURNING id, event_id, subscription_id
 )
 SELECT e.id AS event_id, d.id AS delivery_id, d.subscription_id, t.max_in_flight, t.rate_limit
@@ -63,8 +88,10 @@ SELECT e.id AS event_id, d.id AS delivery_id, d.subscription_id, t.max_in_flight
 )
 
 _EXISTING = text(
-    "SELECT id, idempotency_key, event_type, payload, request_hash, created_at FROM events"
-    " WHERE tenant_id = :tenant_id AND idempotency_key = ANY(CAST(:keys AS varchar[]))"
+    "SELECT e.id, e.idempotency_key, e.event_type, e.payload, e.request_hash, e.created_at,"
+    " e.channels, c.uid AS consumer_uid"
+    " FROM events e LEFT JOIN consumers c ON c.id = e.consumer_id"
+    " WHERE e.tenant_id = :tenant_id AND e.idempotency_key = ANY(CAST(:keys AS varchar[]))"
 )
 
 _DELIVERY_COUNTS = text(
@@ -84,6 +111,8 @@ class EventRecord:
     payload: Any
     idempotency_key: str | None
     created_at: datetime
+    consumer_uid: str | None = None
+    channels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,13 +130,19 @@ class NewEvent:
     payload: Any
     idempotency_key: str | None = None
     request_hash: bytes | None = None
+    consumer: str | None = None
+    channels: Sequence[str] = ()
 
 
-def request_hash(event_type: str, payload: Any) -> bytes:
+def request_hash(
+    event_type: str, payload: Any, consumer: str | None = None, channels: Sequence[str] = ()
+) -> bytes:
     """Return the SHA-256 of an event's content, the same however its JSON was spelled."""
-    canonical = json.dumps(
-        [event_type, payload], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    content: list[Any] = [event_type, payload]
+    if consumer is not None or channels:
+        # Only then: events stored before consumers and channels existed keep their hash.
+        content += [consumer, sorted(set(channels))]
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).digest()
 
 
@@ -118,11 +153,13 @@ def publish_event(
     payload: Any,
     idempotency_key: str | None = None,
     body_hash: bytes | None = None,
+    consumer: str | None = None,
+    channels: Sequence[str] = (),
 ) -> Accepted:
     """Store an event and one delivery per matching subscription, commit, then enqueue them."""
     if idempotency_key is not None:
         assert body_hash is not None
-    item = NewEvent(event_type, payload, idempotency_key, body_hash)
+    item = NewEvent(event_type, payload, idempotency_key, body_hash, consumer, channels)
     return _publish(session, tenant_id, [item], batch=False)[0]
 
 
@@ -165,9 +202,16 @@ def _publish(
     if keyed:
         _replay(session, tenant_id, items, keyed, results, batch)
 
-    now = datetime.now(UTC)
     new = [i for i, result in enumerate(results) if result is None]
-    ready = _insert(session, tenant_id, items, new, now, results, batch) if new else []
+    # Before any write: an event its type's schema refuses leaves the whole batch unstored.
+    event_types.check_events(
+        session, tenant_id, [(i, items[i].event_type, items[i].payload) for i in new], batch
+    )
+    now = datetime.now(UTC)
+    consumer_ids = _consumers(session, tenant_id, items, new, batch)
+    ready = (
+        _insert(session, tenant_id, items, new, consumer_ids, now, results, batch) if new else []
+    )
     session.commit()
     created = sum(1 for result in results if result is not None and result.created)
     if created:
@@ -176,11 +220,74 @@ def _publish(
     return [result for result in results if result is not None]
 
 
+def _consumers(
+    session: Session, tenant_id: uuid.UUID, items: Sequence[NewEvent], new: list[int], batch: bool
+) -> dict[str, uuid.UUID]:
+    """Return the IDs of the consumers the new events name; 422 naming an unknown one."""
+    uids = {uid for i in new if (uid := items[i].consumer) is not None}
+    if not uids:
+        return {}
+    found = consumers.resolve(session, tenant_id, uids)
+    for i in new:
+        uid = items[i].consumer
+        if uid is not None and uid not in found:
+            session.rollback()
+            problem = {"consumer": ["no such consumer"]}
+            if batch:
+                raise Invalid(
+                    f"events[{i}]: no such consumer",
+                    {"fields": {"events": {str(i): problem}}, "index": i},
+                )
+            raise Invalid("no such consumer", {"fields": problem})
+    return found
+
+
+def store(
+    conn: Session | Connection,
+    tenant_id: uuid.UUID,
+    events: list[dict[str, Any]],
+    now: datetime,
+) -> list[Any]:
+    """Insert events and their deliveries in the caller's transaction (one statement); return
+    (event_id, delivery_id, subscription_id, max_in_flight, rate_limit) rows, delivery_id None
+    for an event without any.
+
+    Each event is a dict of `id`, `event_type`, `payload`, `consumer_id`, `channels`, `key`
+    and `hash` (hex), as _INSERT reads them.
+    """
+    consumer_ids = sorted({str(e["consumer_id"]) for e in events if e.get("consumer_id")})
+    wanted = sorted({e["event_type"] for e in events})
+    return list(
+        conn.execute(
+            _INSERT,
+            {
+                "tenant_id": tenant_id,
+                "now": now,
+                "events": json.dumps(events, separators=(",", ":"), ensure_ascii=False),
+                "wanted": [*wanted, "*"],
+                "consumers": consumer_ids,
+                "own": any(not e.get("consumer_id") for e in events),
+            },
+        ).all()
+    )
+
+
+def ready(tenant_id: uuid.UUID, rows: Sequence[Any]) -> list[Item]:
+    """The deliveries of `store`'s rows, for the scheduler."""
+    tenant = str(tenant_id)
+    return [
+        Item(str(delivery_id), str(subscription_id), tenant, max_in_flight, rate_limit)
+        for _, delivery_id, subscription_id, max_in_flight, rate_limit in rows
+        if delivery_id is not None
+    ]
+
+
 def _insert(
     session: Session,
     tenant_id: uuid.UUID,
     items: Sequence[NewEvent],
     new: list[int],
+    consumer_ids: dict[str, uuid.UUID],
     now: datetime,
     results: list[Accepted | None],
     batch: bool,
@@ -188,44 +295,42 @@ def _insert(
     """Insert the new events and their deliveries, fill in their results, and return the
     deliveries for the scheduler in the events' order."""
     event_ids = [uuid7() for _ in new]
-    wanted = sorted({items[i].event_type for i in new})
-    rows = session.execute(
-        _INSERT,
-        {
-            "tenant_id": tenant_id,
-            "now": now,
-            "events": _rows(items, new, event_ids),
-            "wanted": [*wanted, "*"],
-        },
-    ).all()
-    tenant = str(tenant_id)
+    rows = store(session, tenant_id, _rows(items, new, event_ids, consumer_ids), now)
     deliveries: dict[uuid.UUID, list[Item]] = {}
-    for event_id, delivery_id, subscription_id, max_in_flight, rate_limit in rows:
-        targets = deliveries.setdefault(event_id, [])
-        if delivery_id is not None:
-            targets.append(
-                Item(str(delivery_id), str(subscription_id), tenant, max_in_flight, rate_limit)
-            )
+    for row in rows:
+        deliveries.setdefault(row[0], []).extend(ready(tenant_id, [row]))
     lost: dict[str | None, int] = {}
-    ready: list[Item] = []
+    delivery_ids: list[Item] = []
     for i, event_id in zip(new, event_ids, strict=True):
         item = items[i]
         if event_id not in deliveries:
             # A concurrent request with the same key committed first: answer as it did.
             lost[item.idempotency_key] = i
             continue
-        ready.extend(deliveries[event_id])
+        delivery_ids.extend(deliveries[event_id])
         event = EventRecord(
-            event_id, tenant_id, item.event_type, item.payload, item.idempotency_key, now
+            event_id,
+            tenant_id,
+            item.event_type,
+            item.payload,
+            item.idempotency_key,
+            now,
+            item.consumer,
+            sorted(set(item.channels)),
         )
         results[i] = Accepted(event, len(deliveries[event_id]), created=True)
     if lost:
         _replay(session, tenant_id, items, lost, results, batch)
-    return ready
+    return delivery_ids
 
 
-def _rows(items: Sequence[NewEvent], new: list[int], event_ids: list[uuid.UUID]) -> str:
-    """Return the new events as the JSON document _INSERT_EVENTS reads."""
+def _rows(
+    items: Sequence[NewEvent],
+    new: list[int],
+    event_ids: list[uuid.UUID],
+    consumer_ids: dict[str, uuid.UUID],
+) -> list[dict[str, Any]]:
+    """Return the new events as `store` takes them."""
     rows = []
     for i, event_id in zip(new, event_ids, strict=True):
         item = items[i]
@@ -235,11 +340,13 @@ def _rows(items: Sequence[NewEvent], new: list[int], event_ids: list[uuid.UUID])
                 "id": str(event_id),
                 "event_type": item.event_type,
                 "payload": item.payload,
+                "consumer_id": str(consumer_ids[item.consumer]) if item.consumer else None,
+                "channels": sorted(set(item.channels)),
                 "key": item.idempotency_key,
                 "hash": digest.hex() if digest is not None else None,
             }
         )
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
+    return rows
 
 
 def _replay(
@@ -275,7 +382,14 @@ def _replay(
     }
     for row in rows:
         event = EventRecord(
-            row.id, tenant_id, row.event_type, row.payload, row.idempotency_key, row.created_at
+            row.id,
+            tenant_id,
+            row.event_type,
+            row.payload,
+            row.idempotency_key,
+            row.created_at,
+            row.consumer_uid,
+            list(row.channels),
         )
         results[keyed[row.idempotency_key]] = Accepted(
             event, int(counts.get(row.id, 0)), created=False

@@ -20,10 +20,18 @@ from webhooks.crypto import (
 )
 from webhooks.db import affected, uuid7
 from webhooks.http import AddressRefused, check_url
-from webhooks.models import Delivery, DeliveryStatus, Subscription
+from webhooks.models import Consumer, Delivery, DeliveryStatus, Subscription
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT, SubscriptionStatus
 from webhooks.runtime import get_breaker
-from webhooks.services import Invalid, NotFound, scheduling
+from webhooks.services import (
+    Invalid,
+    NotFound,
+    consumers,
+    event_types,
+    filters,
+    operational,
+    scheduling,
+)
 from webhooks.signing import HMAC_SHA256, new_key_material
 
 
@@ -33,6 +41,16 @@ def _check_target(url: str) -> None:
         check_url(url, settings.allow_private_targets, settings.dns_timeout)
     except AddressRefused as exc:
         raise Invalid(f"url is refused: {exc}", {"fields": {"url": [str(exc)]}}) from None
+
+
+def _consumer(session: Session, tenant_id: uuid.UUID, uid: str | None) -> Consumer | None:
+    """Return the live consumer a body names by uid (None for the tenant's own), or 422."""
+    if uid is None:
+        return None
+    try:
+        return consumers.get(session, tenant_id, uid)
+    except NotFound:
+        raise Invalid("no such consumer", {"fields": {"consumer": ["no such consumer"]}}) from None
 
 
 def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
@@ -66,6 +84,8 @@ def create(
     """Create a subscription; return it with its new signing secret (shown only now), or None
     for an ed25519 subscription, whose private key is never shown (its public key is)."""
     _check_target(data["url"])
+    event_types.check_subscribable(session, tenant_id, data["event_types"])
+    consumer = _consumer(session, tenant_id, data.get("consumer"))
     scheme = data.get("signature_scheme") or HMAC_SHA256
     secret, public_key = new_key_material(scheme)
     subscription = Subscription(
@@ -79,8 +99,11 @@ def create(
         max_in_flight=data.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT,
         signature_scheme=scheme,
         public_key=public_key,
+        consumer=consumer,
+        channels=sorted(set(data.get("channels") or [])),
     )
     _set_headers(subscription, data.get("headers") or {})
+    _set_filter(subscription, data.get("filter"))
     subscription.secret_ciphertext = encrypt_secret(secret, str(subscription.id).encode())
     session.add(subscription)
     session.commit()
@@ -96,11 +119,18 @@ def update_one(
         _check_target(data["url"])
         subscription.url = data["url"]
     if "event_types" in data:
+        event_types.check_subscribable(session, tenant_id, data["event_types"])
         subscription.event_types = sorted(set(data["event_types"]))
     if "description" in data:
         subscription.description = data["description"]
     if "headers" in data:
         _set_headers(subscription, data["headers"] or {})
+    if "consumer" in data:
+        subscription.consumer = _consumer(session, tenant_id, data["consumer"])
+    if "channels" in data:
+        subscription.channels = sorted(set(data["channels"] or []))
+    if "filter" in data:
+        _set_filter(subscription, data["filter"])
     limits_changed = False
     for name in ("rate_limit", "max_in_flight"):
         if name in data and (data[name] is not None or name == "rate_limit"):
@@ -124,10 +154,41 @@ def update_one(
 
 def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> None:
     """Delete a subscription; its unfinished deliveries end as failed, its history stays."""
-    subscription = get(session, tenant_id, subscription_id)
-    disable_subscription(session, subscription.id, "subscription deleted")
-    subscription.deleted_at = datetime.now(UTC)
+    remove(session, get(session, tenant_id, subscription_id))
     session.commit()
+
+
+def remove(session: Session, subscription: Subscription) -> None:
+    """Delete a subscription within the caller's transaction (see `delete`)."""
+    # Marked deleted first: a deleted subscription is not reported as disabled.
+    subscription.deleted_at = datetime.now(UTC)
+    session.flush()
+    disable_subscription(session, subscription.id, "subscription deleted")
+
+
+def list_(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    cursor: uuid.UUID | None = None,
+    consumer: str | None = None,
+) -> list[Subscription]:
+    """Return up to `limit` + 1 live subscriptions, newest first, after `cursor`; only those
+    of the consumer with this uid when one is given."""
+    query = select(Subscription).where(
+        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
+    )
+    if consumer is not None:
+        query = query.where(Subscription.consumer_id.in_(consumers.ids_of(tenant_id, consumer)))
+    if cursor is not None:
+        query = query.where(Subscription.id < cursor)
+    return list(session.scalars(query.order_by(Subscription.id.desc()).limit(limit + 1)))
+
+
+def _set_filter(subscription: Subscription, document: dict[str, Any] | None) -> None:
+    """Keep the filter as given and compiled to the jsonpath predicate that ingest matches."""
+    subscription.filter = document or None
+    subscription.filter_path = filters.compile_filter(document) if document else None
 
 
 def rotate_secret(
@@ -223,4 +284,5 @@ def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: s
         metrics.DELIVERIES.labels(outcome="failed").inc(failed)
     # Nothing more goes to it: its circuit must not count as open any longer.
     get_breaker().reset(str(subscription_id))
+    operational.subscription_disabled(session, subscription_id, reason)
     return failed

@@ -25,7 +25,7 @@ from webhooks import metrics, scheduler
 from webhooks.db import session_scope
 from webhooks.models import DeliveryStatus
 from webhooks.runtime import get_breaker, get_scheduler
-from webhooks.services import scheduling
+from webhooks.services import operational, scheduling
 
 log = logging.getLogger("webhooks.watchdog")
 
@@ -168,6 +168,7 @@ def _take_back_expired(report: Report) -> None:
                 _RECORD_LOST_ATTEMPTS,
                 {"ids": [r.id for r in rows], "numbers": [r.attempt_count for r in rows]},
             )
+            operational.deliveries_failed(session, [r.id for r in rows if r.status == S.FAILED])
     if not rows:
         return
     report.expired = len(rows)

@@ -1,0 +1,84 @@
+"""Settings of the operator console and the consumer portal, from the environment.
+
+Kept beside the service's settings (config/__init__.py), read when the app is built so that a
+bad value stops the web process at start, and read again on each use, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from limits import parse_many
+
+from config import ConfigError, _int, get_settings
+
+_COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}\Z")
+# A CSP source: a scheme and host (with an optional port and wildcard), or a keyword.
+_FRAME_SOURCE = re.compile(r"^('self'|'none'|https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?)\Z")
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    session_key: bytes = field(repr=False)
+    session_seconds: int = 8 * 3600
+    signin_limit: str = "10/minute"
+    portal_link_seconds: int = 3600
+    portal_frame_ancestors: str = "'self'"
+    portal_title: str = "Webhooks"
+    portal_logo_url: str = ""
+    portal_accent: str = "#2563eb"
+    public_url: str = ""
+
+
+def _derived_key() -> bytes:
+    raw = os.environ.get("WEBHOOKS_CONSOLE_SECRET_KEY")
+    if raw:
+        if len(raw) < 32:
+            raise ConfigError("WEBHOOKS_CONSOLE_SECRET_KEY must be at least 32 characters")
+        return raw.encode()
+    # A key of its own for cookies and links: one derived from the encryption key, never that
+    # key itself, so a leaked session key reveals nothing about the secrets at rest.
+    return hmac.new(get_settings().secret_key, b"webhooks pages v1", hashlib.sha256).digest()
+
+
+def get_page_settings() -> PageSettings:
+    """Read the console and portal settings; raise ConfigError on a bad value."""
+    limit = os.environ.get("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "10/minute")
+    try:
+        parse_many(limit)
+    except ValueError:
+        raise ConfigError(
+            f"WEBHOOKS_CONSOLE_SIGNIN_LIMIT must look like '10/minute', got {limit!r}"
+        ) from None
+    accent = os.environ.get("WEBHOOKS_PORTAL_ACCENT_COLOUR") or "#2563eb"
+    if not _COLOUR.match(accent):
+        raise ConfigError(f"WEBHOOKS_PORTAL_ACCENT_COLOUR must look like #1a2b3c, got {accent!r}")
+    ancestors = os.environ.get("WEBHOOKS_PORTAL_FRAME_ANCESTORS") or "'self'"
+    for source in ancestors.split():
+        if not _FRAME_SOURCE.match(source):
+            raise ConfigError(
+                "WEBHOOKS_PORTAL_FRAME_ANCESTORS must be space-separated origins "
+                f"(https://app.example.com) or 'self' or 'none', got {source!r}"
+            )
+    logo = os.environ.get("WEBHOOKS_PORTAL_LOGO_URL", "")
+    public_url = os.environ.get("WEBHOOKS_PUBLIC_URL", "").rstrip("/")
+    for name, url in (("WEBHOOKS_PORTAL_LOGO_URL", logo), ("WEBHOOKS_PUBLIC_URL", public_url)):
+        parts = urlsplit(url)
+        if url and (parts.scheme not in {"http", "https"} or not parts.netloc):
+            raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+    return PageSettings(
+        session_key=_derived_key(),
+        session_seconds=_int("WEBHOOKS_CONSOLE_SESSION_SECONDS", 8 * 3600, minimum=60),
+        signin_limit=limit,
+        portal_link_seconds=_int("WEBHOOKS_PORTAL_LINK_SECONDS", 3600, minimum=60),
+        portal_frame_ancestors=" ".join(ancestors.split()),
+        portal_title=os.environ.get("WEBHOOKS_PORTAL_TITLE") or "Webhooks",
+        portal_logo_url=logo,
+        portal_accent=accent,
+        public_url=public_url,
+    )

@@ -1,0 +1,658 @@
+"""The operator console through Flask's test client: sign-in, CSRF, every page and action, tenant
+scoping, escaping, and the stats API behind it (real PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.integration.conftest import publish, subscribe
+from webhooks.db import get_engine
+from webhooks.services.stats import _SUBSCRIPTION_STATS
+
+SCRIPT = "<script>document.title='pwned'</script>"
+TEMPLATES = Path(__file__).resolve().parents[2] / "webhooks" / "console" / "templates"
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "the page has no CSRF field"
+    return found.group(1)
+
+
+def sign_in(client: Any, key: str, **kwargs: Any) -> Any:
+    page = client.get("/console/sign-in", **kwargs)
+    token = csrf_of(page.get_data(as_text=True))
+    return client.post("/console/sign-in", data={"api_key": key, "csrf_token": token}, **kwargs)
+
+
+def signed_in(client: Any, tenant: dict[str, Any]) -> str:
+    """Sign the client in; return the session's CSRF token."""
+    assert sign_in(client, tenant["key"]).status_code == 302
+    return csrf_of(client.get("/console/subscriptions").get_data(as_text=True))
+
+
+def add_attempt(
+    delivery_id: str,
+    number: int = 1,
+    result: str = "success",
+    status_code: int | None = 200,
+    duration_ms: float = 10.0,
+    body: str | None = None,
+    seconds_ago: float = 0,
+) -> None:
+    """Record an attempt as the worker does (the trigger fills in its subscription)."""
+    with get_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms,"
+                " response_body, created_at) VALUES (:d, :n, :r, :s, :ms, :b,"
+                " now() - make_interval(secs => :ago))"
+            ),
+            {
+                "d": delivery_id,
+                "n": number,
+                "r": result,
+                "s": status_code,
+                "ms": duration_ms,
+                "b": body,
+                "ago": seconds_ago,
+            },
+        )
+
+
+def set_status(status: str, delivery_id: str | None = None) -> None:
+    with get_engine().begin() as conn:
+        if delivery_id:
+            conn.execute(
+                text("UPDATE deliveries SET status = :s WHERE id = :id"),
+                {"s": status, "id": delivery_id},
+            )
+        else:
+            conn.execute(text("UPDATE deliveries SET status = :s"), {"s": status})
+
+
+@pytest.fixture
+def world(client: Any, tenant: dict[str, Any], other_tenant: dict[str, Any]) -> dict[str, Any]:
+    """Each tenant with a subscription, an event (its payload holds a script tag) and a delivery
+    with a failed attempt whose response body holds one too."""
+    out: dict[str, Any] = {}
+    for name, who in (("mine", tenant), ("theirs", other_tenant)):
+        sub = subscribe(client, who, "http://127.0.0.1:9/hook", ["order.created"])
+        event = publish(client, who, "order.created", {"note": SCRIPT}).get_json()
+        detail = client.get(f"/v1/events/{event['id']}", headers=who["headers"]).get_json()
+        delivery_id = detail["deliveries"][0]["id"]
+        add_attempt(delivery_id, 1, "http_error", 500, 12.5, body=SCRIPT)
+        set_status("failed", delivery_id)
+        out[name] = {"sub": sub, "event": event, "delivery": delivery_id, "headers": who["headers"]}
+    return out
+
+
+def test_pages_send_a_visitor_without_a_session_to_sign_in(client: Any) -> None:
+    for path in ("/console/", "/console/subscriptions", "/console/dead-letters"):
+        answer = client.get(path)
+        assert answer.status_code == 302
+        assert answer.headers["Location"].startswith("/console/sign-in?next=")
+    assert client.get("/console").status_code in (301, 308)
+
+
+def test_sign_in_sets_an_http_only_lax_cookie_with_an_expiry(client: Any, tenant: Any) -> None:
+    answer = sign_in(client, tenant["key"])
+    assert answer.status_code == 302 and answer.headers["Location"] == "/console/"
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("webhooks_session=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Expires=" in cookie
+    assert "Secure" not in cookie  # plain HTTP here
+    assert tenant["key"] not in cookie
+    page = client.get("/console/").get_data(as_text=True)
+    assert "acme" in page and "Sign out" in page
+
+
+def test_the_cookie_is_secure_under_https(app: Any, tenant: Any) -> None:
+    client = app.test_client()
+    answer = sign_in(client, tenant["key"], base_url="https://localhost")
+    assert answer.status_code == 302
+    assert "Secure" in answer.headers["Set-Cookie"]
+
+
+def test_a_wrong_key_does_not_sign_in(client: Any, tenant: Any) -> None:
+    answer = sign_in(client, tenant["key"] + "x")
+    assert answer.status_code == 401
+    assert "not valid" in answer.get_data(as_text=True)
+    assert client.get("/console/").status_code == 302
+
+
+def test_a_form_without_its_csrf_token_is_refused(client: Any, tenant: Any, world: Any) -> None:
+    client.get("/console/sign-in")
+    refused = client.post("/console/sign-in", data={"api_key": tenant["key"]})
+    assert refused.status_code == 400 and "CSRF" in refused.get_data(as_text=True)
+    signed_in(client, tenant)
+    sub = world["mine"]["sub"]["id"]
+    for path in (
+        f"/console/subscriptions/{sub}/rotate-secret",
+        f"/console/subscriptions/{sub}/status",
+        f"/console/deliveries/{world['mine']['delivery']}/retry",
+        "/console/sign-out",
+    ):
+        answer = client.post(path, data={"status": "disabled", "csrf_token": "forged"})
+        assert answer.status_code == 400, path
+    state = client.get(f"/v1/subscriptions/{sub}", headers=tenant["headers"]).get_json()
+    assert state["status"] == "active"
+    assert client.get("/console/").status_code == 200  # still signed in
+
+
+def test_sign_in_attempts_are_limited_per_client_address(
+    app: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "3/minute")
+    client = app.test_client()
+    here = {"environ_base": {"REMOTE_ADDR": "192.0.2.7"}}
+    for _ in range(3):
+        assert sign_in(client, "whk_wrong", **here).status_code == 401
+    assert sign_in(client, tenant["key"], **here).status_code == 429
+    elsewhere = {"environ_base": {"REMOTE_ADDR": "192.0.2.8"}}
+    assert sign_in(app.test_client(), tenant["key"], **elsewhere).status_code == 302
+
+
+def test_sign_out_ends_the_session(client: Any, tenant: Any) -> None:
+    token = signed_in(client, tenant)
+    assert client.post("/console/sign-out", data={"csrf_token": token}).status_code == 302
+    assert client.get("/console/").status_code == 302
+
+
+def test_revoking_the_key_ends_its_sessions(client: Any, tenant: Any) -> None:
+    signed_in(client, tenant)
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE api_keys SET revoked_at = now()"))
+    assert client.get("/console/").status_code == 302
+
+
+def test_a_session_older_than_its_lifetime_is_over(
+    client: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in(client, tenant)
+    with client.session_transaction() as session:
+        session["signed_in_at"] -= 3600
+    monkeypatch.setenv("WEBHOOKS_CONSOLE_SESSION_SECONDS", "600")
+    assert client.get("/console/").status_code == 302
+
+
+def test_sign_in_returns_only_to_a_console_path(client: Any, tenant: Any) -> None:
+    for target, expected in (
+        ("/console/dead-letters", "/console/dead-letters"),
+        ("https://evil.example/", "/console/"),
+        ("//evil.example/console", "/console/"),
+    ):
+        token = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+        answer = client.post(
+            "/console/sign-in",
+            data={"api_key": tenant["key"], "csrf_token": token, "next": target},
+        )
+        assert answer.headers["Location"] == expected
+
+
+def test_signing_in_gives_a_new_csrf_token(client: Any, tenant: Any) -> None:
+    before = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+    client.post("/console/sign-in", data={"api_key": tenant["key"], "csrf_token": before})
+    after = csrf_of(client.get("/console/").get_data(as_text=True))
+    assert after != before
+
+
+def test_every_page_renders_the_tenants_data(client: Any, tenant: Any, world: Any) -> None:
+    signed_in(client, tenant)
+    mine, theirs = world["mine"], world["theirs"]
+    pages = {
+        "/console/": ["Events/s", "<svg"],
+        "/console/subscriptions": ["http://127.0.0.1:9/hook", "Success 24 h"],
+        f"/console/subscriptions/{mine['sub']['id']}": ["Rotate secret", "http_error"],
+        "/console/deliveries": [mine["delivery"][:8]],
+        "/console/deliveries?status=failed&event_type=order.created": [mine["delivery"][:8]],
+        f"/console/deliveries/{mine['delivery']}": ["HTTP 500", "Retry"],
+        "/console/dead-letters": [mine["delivery"][:8], "Retry selected"],
+        f"/console/events/{mine['event']['id']}": ["order.created", "&#34;note&#34;"],
+    }
+    for path, expected in pages.items():
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        html = answer.get_data(as_text=True)
+        for piece in expected:
+            assert piece in html, (path, piece)
+        assert theirs["delivery"][:13] not in html, path
+        assert theirs["sub"]["id"] not in html, path
+
+
+def test_filters_narrow_the_deliveries(client: Any, tenant: Any, world: Any) -> None:
+    signed_in(client, tenant)
+    mine = world["mine"]["delivery"][:13]
+    for query, shown in (
+        ("status=delivered", False),
+        ("status=failed", True),
+        ("event_type=order.paid", False),
+        (f"subscription={world['mine']['sub']['id']}", True),
+        (f"subscription={uuid.uuid4()}", False),
+        ("since=2999-01-01T00:00", False),
+        ("until=2000-01-01T00:00", False),
+        ("since=2000-01-01T00:00&until=2999-01-01T00:00", True),
+    ):
+        html = client.get(f"/console/deliveries?{query}").get_data(as_text=True)
+        assert (mine in html) is shown, query
+
+
+def test_another_tenants_resources_answer_404(client: Any, tenant: Any, world: Any) -> None:
+    token = signed_in(client, tenant)
+    theirs = world["theirs"]
+    sub, delivery, event = theirs["sub"]["id"], theirs["delivery"], theirs["event"]["id"]
+    for path in (
+        f"/console/subscriptions/{sub}",
+        f"/console/deliveries/{delivery}",
+        f"/console/events/{event}",
+    ):
+        assert client.get(path).status_code == 404, path
+    for path, data in (
+        (f"/console/subscriptions/{sub}/rotate-secret", {}),
+        (f"/console/subscriptions/{sub}/status", {"status": "disabled"}),
+        (f"/console/subscriptions/{sub}/replay", {"since": "2000-01-01T00:00"}),
+        (f"/console/subscriptions/{sub}/test", {}),
+        (f"/console/subscriptions/{sub}/edit", {"url": "http://127.0.0.1:9/x", "event_types": "*"}),
+        (f"/console/deliveries/{delivery}/retry", {}),
+    ):
+        answer = client.post(path, data={"csrf_token": token, **data})
+        assert answer.status_code == 404, path
+    # Retrying another tenant's dead letter by ID does nothing.
+    client.post("/console/dead-letters/retry", data={"csrf_token": token, "id": delivery})
+    detail = client.get(f"/v1/deliveries/{delivery}", headers=theirs["headers"])
+    assert detail.get_json()["status"] == "failed"
+
+
+def test_script_tags_from_payloads_and_responses_render_as_text(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    signed_in(client, tenant)
+    for path in (
+        f"/console/deliveries/{world['mine']['delivery']}",
+        f"/console/events/{world['mine']['event']['id']}",
+    ):
+        answer = client.get(path)
+        html = answer.get_data(as_text=True)
+        assert "<script" not in html, path
+        assert "&lt;script&gt;" in html, path
+        csp = answer.headers["Content-Security-Policy"]
+        assert "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_no_template_turns_escaping_off() -> None:
+    for path in TEMPLATES.rglob("*.html"):
+        source = path.read_text()
+        for unsafe in ("|safe", "| safe", "autoescape false", "Markup("):
+            assert unsafe not in source, (path.name, unsafe)
+
+
+def test_a_subscription_is_created_with_its_secret_shown_once(client: Any, tenant: Any) -> None:
+    token = signed_in(client, tenant)
+    refused = client.post(
+        "/console/subscriptions",
+        data={"csrf_token": token, "url": "ftp://x", "event_types": "bad type!"},
+    )
+    assert refused.status_code == 422
+    assert "field-error" in refused.get_data(as_text=True)
+    created = client.post(
+        "/console/subscriptions",
+        data={"csrf_token": token, "url": "http://127.0.0.1:9/new", "event_types": "a.b, c.d"},
+    )
+    assert created.status_code == 200
+    secret = re.search(r'id="new-secret">(whsec_[^<]+)<', created.get_data(as_text=True))
+    assert secret
+    listed = client.get("/v1/subscriptions", headers=tenant["headers"]).get_json()["data"]
+    assert [(s["url"], s["event_types"]) for s in listed] == [
+        ("http://127.0.0.1:9/new", ["a.b", "c.d"])
+    ]
+    again = client.get(f"/console/subscriptions/{listed[0]['id']}").get_data(as_text=True)
+    assert secret.group(1) not in again
+
+
+def test_rotating_shows_the_new_secret_once(client: Any, tenant: Any, world: Any) -> None:
+    token = signed_in(client, tenant)
+    sub = world["mine"]["sub"]
+    answer = client.post(
+        f"/console/subscriptions/{sub['id']}/rotate-secret", data={"csrf_token": token}
+    )
+    html = answer.get_data(as_text=True)
+    secret = re.search(r'id="new-secret">(whsec_[^<]+)<', html)
+    assert answer.status_code == 200 and secret and secret.group(1) != sub["secret"]
+    assert secret.group(1) not in client.get(f"/console/subscriptions/{sub['id']}").get_data(
+        as_text=True
+    )
+    with client.session_transaction() as session:
+        assert secret.group(1) not in str(dict(session))
+
+
+def test_disable_enable_edit_and_replay(client: Any, tenant: Any, world: Any) -> None:
+    token = signed_in(client, tenant)
+    sub = world["mine"]["sub"]["id"]
+    api = f"/v1/subscriptions/{sub}"
+    client.post(
+        f"/console/subscriptions/{sub}/status", data={"csrf_token": token, "status": "disabled"}
+    )
+    assert client.get(api, headers=tenant["headers"]).get_json()["status"] == "disabled"
+    refused = client.post(f"/console/subscriptions/{sub}/test", data={"csrf_token": token})
+    assert refused.status_code == 409
+    client.post(
+        f"/console/subscriptions/{sub}/status", data={"csrf_token": token, "status": "active"}
+    )
+    assert client.get(api, headers=tenant["headers"]).get_json()["status"] == "active"
+
+    bad = client.post(
+        f"/console/subscriptions/{sub}/edit",
+        data={"csrf_token": token, "url": "http://127.0.0.1:9/hook", "event_types": "no spaces!"},
+    )
+    assert bad.status_code == 422
+    client.post(
+        f"/console/subscriptions/{sub}/edit",
+        data={"csrf_token": token, "url": "http://127.0.0.1:9/v2", "event_types": "x.y *"},
+    )
+    changed = client.get(api, headers=tenant["headers"]).get_json()
+    assert changed["url"] == "http://127.0.0.1:9/v2" and changed["event_types"] == ["*", "x.y"]
+
+    answer = client.post(
+        f"/console/subscriptions/{sub}/replay",
+        data={"csrf_token": token, "since": "2000-01-01T00:00"},
+        follow_redirects=True,
+    )
+    assert "Requeued 1 deliveries." in answer.get_data(as_text=True)
+    delivery = client.get(f"/v1/deliveries/{world['mine']['delivery']}", headers=tenant["headers"])
+    assert delivery.get_json()["status"] == "pending"
+
+
+def test_a_test_event_goes_to_that_subscription_only(client: Any, tenant: Any, world: Any) -> None:
+    token = signed_in(client, tenant)
+    other = subscribe(client, tenant, "http://127.0.0.1:9/other", ["*"])
+    sub = world["mine"]["sub"]["id"]
+    answer = client.post(f"/console/subscriptions/{sub}/test", data={"csrf_token": token})
+    assert answer.status_code == 302
+    delivery_id = answer.headers["Location"].rsplit("/", 1)[-1]
+    detail = client.get(f"/v1/deliveries/{delivery_id}", headers=tenant["headers"]).get_json()
+    assert detail["subscription_id"] == sub and detail["status"] == "pending"
+    page = client.get(f"/console/deliveries/{delivery_id}").get_data(as_text=True)
+    assert "webhook.test" in page
+    others = client.get(
+        f"/v1/deliveries?subscription_id={other['id']}", headers=tenant["headers"]
+    ).get_json()
+    assert others["data"] == []
+
+
+def test_retry_one_and_retry_selected_dead_letters(client: Any, tenant: Any, world: Any) -> None:
+    token = signed_in(client, tenant)
+    first = world["mine"]["delivery"]
+    second = publish(client, tenant, "order.created", {"n": 2}).get_json()
+    second_id = client.get(f"/v1/events/{second['id']}", headers=tenant["headers"]).get_json()[
+        "deliveries"
+    ][0]["id"]
+    set_status("failed", second_id)
+
+    def status(delivery_id: str) -> str:
+        answer = client.get(f"/v1/deliveries/{delivery_id}", headers=tenant["headers"])
+        return str(answer.get_json()["status"])
+
+    client.post(f"/console/deliveries/{first}/retry", data={"csrf_token": token})
+    assert status(first) == "pending" and status(second_id) == "failed"
+    again = client.post(f"/console/deliveries/{first}/retry", data={"csrf_token": token})
+    assert again.status_code == 409  # still in progress
+
+    set_status("failed", first)
+    answer = client.post(
+        "/console/dead-letters/retry",
+        data={
+            "csrf_token": token,
+            "scope": "selected",
+            "id": [second_id],
+            "all": [first, second_id],
+        },
+        follow_redirects=True,
+    )
+    assert "Sent again: 1." in answer.get_data(as_text=True)
+    assert status(second_id) == "pending" and status(first) == "failed"
+    set_status("failed", second_id)
+    client.post(
+        "/console/dead-letters/retry",
+        data={"csrf_token": token, "scope": "all", "all": [first, second_id]},
+    )
+    assert status(first) == "pending" and status(second_id) == "pending"
+
+
+def test_overview_counts_the_last_hour(client: Any, tenant: Any, world: Any) -> None:
+    from webhooks.services.delivery import get_breaker
+
+    signed_in(client, tenant)
+    delivery = world["mine"]["delivery"]
+    add_attempt(delivery, 2, "success", 200, 30.0)
+    add_attempt(delivery, 3, "success", 200, 50.0, seconds_ago=7200)  # outside the hour
+    breaker = get_breaker()
+    for _ in range(breaker.threshold):
+        breaker.record_failure(world["mine"]["sub"]["id"])
+    breaker.record_failure(world["theirs"]["sub"]["id"])  # another tenant's: not counted
+    html = client.get("/console/").get_data(as_text=True)
+    assert re.search(r'id="success-rate">\s*50\.0 %', html), html
+    assert 'id="backlog">0<' in html
+    assert 'id="open-circuits">1<' in html
+    assert 'id="events-per-second">0.00<' in html  # 1 event in an hour
+
+
+# The stats API
+
+
+def test_stats_count_attempts_by_result_over_the_window(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    delivery = world["mine"]["delivery"]  # holds one http_error of 12.5 ms
+    for n, ms in enumerate((10.0, 20.0, 30.0, 40.0), start=2):
+        add_attempt(delivery, n, "success", 200, ms)
+    add_attempt(delivery, 6, "timeout", None, 3000.0, seconds_ago=2 * 3600)
+    add_attempt(delivery, 7, "success", 200, 5.0, seconds_ago=3 * 86400)
+    sub = world["mine"]["sub"]["id"]
+
+    hour = client.get(f"/v1/subscriptions/{sub}/stats?window=1h", headers=tenant["headers"])
+    assert hour.status_code == 200
+    body = hour.get_json()
+    assert body["window"] == "1h" and body["total"] == 5
+    assert body["attempts"]["success"] == 4 and body["attempts"]["http_error"] == 1
+    assert body["attempts"]["timeout"] == 0
+    assert body["success_rate"] == pytest.approx(0.8)
+    assert body["p50_ms"] == pytest.approx(20.0)
+    assert body["p95_ms"] == pytest.approx(38.0)
+
+    day = client.get(f"/v1/subscriptions/{sub}/stats?window=24h", headers=tenant["headers"])
+    assert day.get_json()["total"] == 6 and day.get_json()["attempts"]["timeout"] == 1
+    week = client.get(f"/v1/subscriptions/{sub}/stats?window=7d", headers=tenant["headers"])
+    assert week.get_json()["total"] == 7
+
+
+def test_stats_refuse_another_tenant_and_an_unknown_window(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    theirs = world["theirs"]["sub"]["id"]
+    assert (
+        client.get(f"/v1/subscriptions/{theirs}/stats", headers=tenant["headers"]).status_code
+        == 404
+    )
+    mine = world["mine"]["sub"]["id"]
+    answer = client.get(f"/v1/subscriptions/{mine}/stats?window=2h", headers=tenant["headers"])
+    assert answer.status_code == 422
+    empty = subscribe(client, tenant, "http://127.0.0.1:9/empty")
+    none = client.get(
+        f"/v1/subscriptions/{empty['id']}/stats", headers=tenant["headers"]
+    ).get_json()
+    assert none["total"] == 0 and none["success_rate"] is None and none["p50_ms"] is None
+
+
+def test_stats_read_one_range_of_the_attempts_index(world: Any) -> None:
+    sub = world["mine"]["sub"]["id"]
+    with get_engine().begin() as conn:
+        filled = conn.execute(text("SELECT count(*) FROM attempts WHERE subscription_id IS NULL"))
+        assert filled.scalar_one() == 0  # the trigger filled every row
+        # Tiny tables make any plan cheap; forbid the sequential scan to see the index applies.
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                text("EXPLAIN " + str(_SUBSCRIPTION_STATS)),
+                {"subscription_id": sub, "since": "2000-01-01T00:00:00Z"},
+            )
+        )
+    assert "ix_attempts_subscription_id_created_at" in plan, plan
+
+
+def test_the_catalogue_shows_each_type_with_its_schema_and_an_example(
+    client: Any, tenant: Any, other_tenant: Any
+) -> None:
+    signed_in(client, tenant)
+    with get_engine().begin() as conn:
+        for who, name, schema in (
+            (
+                tenant,
+                "invoice.paid",
+                '{"type": "object", "properties": {"total": {"type": "integer"}}}',
+            ),
+            (tenant, "user.<script>", None),
+            (other_tenant, "secret.type", None),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO event_types (id, tenant_id, name, schema)"
+                    " VALUES (gen_random_uuid(), :t, :n, CAST(:s AS jsonb))"
+                ),
+                {"t": who["id"], "n": name, "s": schema},
+            )
+    html = client.get("/console/event-types").get_data(as_text=True)
+    assert "invoice.paid" in html and "&#34;total&#34;: 0" in html
+    assert "user.&lt;script&gt;" in html and "No schema" in html
+    assert "secret.type" not in html
+
+
+def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> None:
+    """A database at the routing revision with an attempt upgrades: the attempt gets its
+    subscription; downgrading removes the column and its trigger, and upgrading works again."""
+    if servers.pg is None:
+        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
+    import psycopg
+    from alembic import command
+    from sqlalchemy import create_engine, pool
+
+    from config import normalize_database_url
+    from tests.integration.test_migrations import alembic_config
+
+    name = "webhooks_console_upgrade"
+    url = servers.pg.create_database(name)
+    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
+    ids = {k: uuid.uuid4() for k in ("tenant", "sub", "event", "delivery")}
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            command.upgrade(alembic_config(conn), "20261130_0004")
+            conn.execute(text("INSERT INTO tenants (id, name) VALUES (:tenant, 'old')"), ids)
+            conn.execute(
+                text(
+                    "INSERT INTO subscriptions (id, tenant_id, url, event_types, status,"
+                    " secret_ciphertext) VALUES (:sub, :tenant, 'http://x', '{*}', 'active', '')"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, tenant_id, event_type, payload)"
+                    " VALUES (:event, :tenant, 'a', '{}')"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status,"
+                    " attempt_count, failures) VALUES (:delivery, :tenant, :event, :sub,"
+                    " 'delivered', 1, 0)"
+                ),
+                ids,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 1,"
+                    " 'success')"
+                ),
+                ids,
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+            filled = conn.execute(text("SELECT subscription_id FROM attempts")).scalar_one()
+            assert filled == ids["sub"]
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "20261130_0004")
+            columns = conn.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'attempts'"
+                )
+            ).scalars()
+            assert "subscription_id" not in set(columns)
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 2,"
+                    " 'success')"
+                ),
+                ids,
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+            rows = conn.execute(
+                text("SELECT count(*) FROM attempts WHERE subscription_id = :sub"), ids
+            )
+            assert rows.scalar_one() == 2
+    finally:
+        engine.dispose()
+        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_the_filter_channels_and_consumer_are_edited_and_checked(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    token = signed_in(client, tenant)
+    sub = world["mine"]["sub"]["id"]
+    path = f"/console/subscriptions/{sub}/edit"
+    form = {"csrf_token": token, "url": "http://127.0.0.1:9/hook", "event_types": "*"}
+    for bad, message in (
+        ({"filter": "{not json"}, "not valid JSON"),
+        ({"filter": '{"amount": {"$between": 1}}'}, "$between"),
+        ({"consumer": "nobody"}, "no such consumer"),
+    ):
+        answer = client.post(path, data={**form, **bad})
+        assert answer.status_code == 422, bad
+        assert message in answer.get_data(as_text=True), bad
+    client.post("/v1/consumers", json={"uid": "c-1", "name": "C"}, headers=tenant["headers"])
+    saved = client.post(
+        path,
+        data={**form, "filter": '{"amount": {"$gt": 100}}', "channels": "eu us", "consumer": "c-1"},
+    )
+    assert saved.status_code == 302
+    state = client.get(f"/v1/subscriptions/{sub}", headers=tenant["headers"]).get_json()
+    assert state["filter"] == {"amount": {"$gt": 100}}
+    assert state["channels"] == ["eu", "us"] and state["consumer"] == "c-1"
+    page = client.get(f"/console/subscriptions/{sub}").get_data(as_text=True)
+    assert "$gt" in page and "c-1" in page
+
+
+def test_an_event_page_names_its_consumer_and_channels(client: Any, tenant: Any) -> None:
+    signed_in(client, tenant)
+    client.post("/v1/consumers", json={"uid": "c-9", "name": "C"}, headers=tenant["headers"])
+    event = client.post(
+        "/v1/events",
+        json={"event_type": "a.b", "payload": {}, "consumer": "c-9", "channels": ["eu"]},
+        headers=tenant["headers"],
+    ).get_json()
+    html = client.get(f"/console/events/{event['id']}").get_data(as_text=True)
+    assert "<dd>c-9</dd>" in html and "<dd>eu</dd>" in html

@@ -1,0 +1,132 @@
+"""What the console and the portal share: the session cookie, CSRF tokens, the sign-in limit
+and the security headers of every page."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from flask import Flask, Response, abort, g, has_request_context, request, session
+from flask.sessions import SecureCookieSessionInterface
+from limits import parse, storage, strategies
+
+from config import get_settings
+from config.pages import get_page_settings
+
+CSRF_FIELD = "csrf_token"
+
+
+class PageSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = bool(app.config["SESSION_COOKIE_SECURE"])
+        return configured or (has_request_context() and request.is_secure)
+
+
+def init_pages(app: Flask) -> None:
+    """Give the app its session cookie settings (read now, so bad values stop the start)."""
+    settings = get_page_settings()
+    app.secret_key = settings.session_key
+    app.session_interface = PageSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="webhooks_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_seconds),
+    )
+    # Globals, not context: macros imported without context use them too.
+    app.jinja_env.globals.update(csrf_token=csrf_token, CSRF_FIELD=CSRF_FIELD)
+
+
+def csrf_token() -> str:
+    """Return this page's CSRF token: the portal link's, or the session's (made on first use)."""
+    portal_token = g.get("portal_csrf")
+    if portal_token:
+        return str(portal_token)
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def check_csrf(expected: str | None = None) -> None:
+    """Refuse (400) a POST whose form does not carry the expected token."""
+    if request.method != "POST":
+        return
+    expected = expected if expected is not None else session.get("csrf")
+    sent = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not sent or not hmac.compare_digest(sent, expected):
+        abort(400, "the form's CSRF token is missing or wrong; reload the page and try again")
+
+
+class SigninLimiter:
+    """Count sign-in attempts per client address in Redis, in memory while Redis is away."""
+
+    def __init__(self, redis_url: str, limit: str):
+        self.item = parse(limit)
+        self.shared = strategies.FixedWindowRateLimiter(
+            storage.storage_from_string(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        )
+        self.local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+
+    def hit(self, address: str) -> bool:
+        """Count one attempt; return False when the address is over its limit."""
+        try:
+            return self.shared.hit(self.item, "webhooks-signin", address)
+        except Exception:  # soft state, as for the API's limits: never fail a sign-in on it
+            return self.local.hit(self.item, "webhooks-signin", address)
+
+
+@lru_cache(maxsize=4)
+def _limiter(redis_url: str, limit: str) -> SigninLimiter:
+    return SigninLimiter(redis_url, limit)
+
+
+def signin_allowed() -> bool:
+    """Count this sign-in attempt against the client's address; False once over the limit."""
+    limiter = _limiter(get_settings().redis_url, get_page_settings().signin_limit)
+    return limiter.hit(request.remote_addr or "unknown")
+
+
+def secure_headers(response: Response, frame_ancestors: str = "'none'", img: str = "") -> Response:
+    """Set the headers every page carries: no script at all, nothing from elsewhere."""
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'none'; style-src 'self'; "
+        f"img-src 'self' data:{' ' + img if img else ''}; form-action 'self'; base-uri 'none'; "
+        f"frame-ancestors {frame_ancestors}"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if frame_ancestors == "'none'":
+        response.headers["X-Frame-Options"] = "DENY"
+    # Pages show secrets and delivery data: keep them out of shared and browser caches.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def form_list(value: str) -> list[str]:
+    """Split a text field of names separated by commas, spaces or lines."""
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+def flat_errors(messages: Any, name: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow's nested messages into a list of texts per top-level field."""
+    out: dict[str, list[str]] = {}
+
+    def walk(value: Any, field: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, field or str(key))
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, field)
+        else:
+            out.setdefault(field, []).append(str(value))
+
+    walk(messages, name)
+    return out

@@ -1,0 +1,118 @@
+"""Create, list, change and delete consumers: a tenant's own customers.
+
+A consumer is addressed by its `uid`, the tenant's own identifier. Another tenant's uid is
+never found: every lookup is scoped by tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webhooks.db import uuid7
+from webhooks.models import Consumer, Subscription
+from webhooks.services import Conflict, NotFound
+
+
+def _live(tenant_id: uuid.UUID) -> Select[Consumer]:
+    return select(Consumer).where(Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None))
+
+
+def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Consumer:
+    """Create a consumer; 409 if the tenant already has one with this uid."""
+    consumer = Consumer(
+        id=uuid7(),
+        tenant_id=tenant_id,
+        uid=data["uid"],
+        name=data["name"],
+        metadata_=data.get("metadata") or {},
+    )
+    session.add(consumer)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("a consumer with this uid exists", {"uid": data["uid"]}) from None
+    return consumer
+
+
+def get(session: Session, tenant_id: uuid.UUID, uid: str) -> Consumer:
+    """Return the tenant's live consumer with this uid, or raise NotFound."""
+    found = session.scalar(_live(tenant_id).where(Consumer.uid == uid))
+    if found is None:
+        raise NotFound("no such consumer", {"uid": uid})
+    return found
+
+
+def list_(
+    session: Session, tenant_id: uuid.UUID, limit: int, cursor: uuid.UUID | None = None
+) -> list[Consumer]:
+    """Return up to `limit` + 1 consumers, newest first, after `cursor` (one more says that
+    another page follows)."""
+    query = _live(tenant_id)
+    if cursor is not None:
+        query = query.where(Consumer.id < cursor)
+    return list(session.scalars(query.order_by(Consumer.id.desc()).limit(limit + 1)))
+
+
+def update(session: Session, tenant_id: uuid.UUID, uid: str, data: dict[str, Any]) -> Consumer:
+    """Change the given fields (`name`, `metadata`)."""
+    consumer = get(session, tenant_id, uid)
+    if "name" in data:
+        consumer.name = data["name"]
+    if "metadata" in data:
+        consumer.metadata_ = data["metadata"] or {}
+    session.commit()
+    return consumer
+
+
+def delete(session: Session, tenant_id: uuid.UUID, uid: str) -> None:
+    """Delete a consumer and its subscriptions, as deleting each subscription would."""
+    from webhooks.services import subscriptions
+
+    consumer = get(session, tenant_id, uid)
+    for subscription in session.scalars(
+        select(Subscription).where(
+            Subscription.consumer_id == consumer.id, Subscription.deleted_at.is_(None)
+        )
+    ).all():
+        subscriptions.remove(session, subscription)
+    consumer.deleted_at = datetime.now(UTC)
+    session.commit()
+
+
+def resolve(session: Session, tenant_id: uuid.UUID, uids: Iterable[str]) -> dict[str, uuid.UUID]:
+    """Map each of these uids that names a live consumer of the tenant to its ID."""
+    wanted = set(uids)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(Consumer.uid, Consumer.id).where(
+            Consumer.tenant_id == tenant_id,
+            Consumer.deleted_at.is_(None),
+            Consumer.uid.in_(wanted),
+        )
+    )
+    return {uid: consumer_id for uid, consumer_id in rows}
+
+
+def ids_of(tenant_id: uuid.UUID, uid: str) -> Select[uuid.UUID]:
+    """A subquery of the ID of the tenant's live consumer with this uid (none if unknown)."""
+    return select(Consumer.id).where(
+        Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None), Consumer.uid == uid
+    )
+
+
+def subscription_ids(tenant_id: uuid.UUID, uid: str) -> Select[uuid.UUID]:
+    """A subquery of the IDs of every subscription, deleted ones too, of the tenant's live
+    consumer with this uid."""
+    return select(Subscription.id).where(
+        Subscription.tenant_id == tenant_id,
+        Subscription.consumer_id.in_(ids_of(tenant_id, uid)),
+    )

@@ -1,0 +1,46 @@
+"""Console sign-in: an API key opens a session; the session holds the key's ID, never the key.
+
+Each request checks that the key is still live, so revoking a key also ends its sessions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webhooks.models import ApiKey, Tenant
+from webhooks.services.tenants import authenticate, hash_key
+
+
+@dataclass(frozen=True)
+class Operator:
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_id: uuid.UUID
+    key_prefix: str
+
+
+def _operator(session: Session, *where: object) -> Operator | None:
+    row = session.execute(
+        select(ApiKey.id, ApiKey.prefix, Tenant.id.label("tenant_id"), Tenant.name)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.revoked_at.is_(None), *where)  # type: ignore[arg-type]
+    ).first()
+    if row is None:
+        return None
+    return Operator(row.tenant_id, row.name, row.id, row.prefix)
+
+
+def sign_in(session: Session, key: str) -> Operator | None:
+    """Return who a valid, unrevoked API key signs in, or None."""
+    if authenticate(session, key) is None:
+        return None
+    return _operator(session, ApiKey.key_hash == hash_key(key))
+
+
+def operator(session: Session, key_id: uuid.UUID) -> Operator | None:
+    """Return who a session's key signs in, or None once the key is revoked or gone."""
+    return _operator(session, ApiKey.id == key_id)
