@@ -541,7 +541,8 @@ def test_two_watchdogs_at_once_requeue_each_stale_row_exactly_once(client, tenan
         assert len(reports) == 2
         assert Counter(sent).most_common(1)[0][1] == 1, "a row was requeued twice"
         assert set(sent) == stale
-        assert broker.llen(QUEUE) == len(stale)
+        # Each handed to the scheduler once: as a task, or ready for the next free slot.
+        assert broker.llen(QUEUE) + int(broker.get("wh:q:ready") or 0) == len(stale)
         with session_scope() as session:
             lease_attempts = session.execute(
                 text("SELECT delivery_id, count(*) FROM attempts GROUP BY delivery_id")

@@ -36,7 +36,12 @@ def reencrypt_all(batch: int = 200) -> Rotation:
     last = None
     while True:
         with session_scope() as session:
-            query = select(Subscription).order_by(Subscription.id).limit(batch).with_for_update()
+            query = (
+                select(Subscription)
+                .order_by(Subscription.id)
+                .limit(batch)
+                .with_for_update(of=Subscription)
+            )
             if last is not None:
                 query = query.where(Subscription.id > last)
             rows = list(session.scalars(query))
