@@ -656,3 +656,23 @@ def test_an_event_page_names_its_consumer_and_channels(client: Any, tenant: Any)
     ).get_json()
     html = client.get(f"/console/events/{event['id']}").get_data(as_text=True)
     assert "<dd>c-9</dd>" in html and "<dd>eu</dd>" in html
+
+
+def test_subscription_limits_are_edited_in_the_console_and_shown_with_their_effective_value(
+    client: Any, tenant: Any
+) -> None:
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/limits", ["*"], max_in_flight=4)
+    token = signed_in(client, tenant)
+    assert "4 at once" in client.get(f"/console/subscriptions/{sub['id']}").get_data(as_text=True)
+    assert "4 of 4" in client.get("/console/subscriptions").get_data(as_text=True)
+    edit = f"/console/subscriptions/{sub['id']}/edit"
+    form = {"csrf_token": token, "url": "http://127.0.0.1:9/limits", "event_types": "*"}
+    bad = client.post(edit, data=form | {"max_in_flight": "many"})
+    assert bad.status_code == 422
+    assert (
+        client.post(edit, data=form | {"max_in_flight": "2", "rate_limit": "7"}).status_code < 400
+    )
+    api = client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()
+    assert (api["max_in_flight"], api["rate_limit"]) == (2, 7)
+    page = client.get(f"/console/subscriptions/{sub['id']}").get_data(as_text=True)
+    assert "2 at once, 7/s" in page

@@ -175,12 +175,13 @@ def subscriptions() -> Any:
         page=page,
         rates=stats.success_rates(db(), ids),
         circuits=stats.circuits(ids),
+        scheduling=stats.scheduling(ids),
     )
 
 
 def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Read the subscription form; return the fields and the errors of fields not parsed."""
-    form = {
+    form: dict[str, Any] = {
         "url": request.form.get("url", "").strip(),
         "event_types": form_list(request.form.get("event_types", "")),
         "description": request.form.get("description", "").strip() or None,
@@ -189,6 +190,17 @@ def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
         "filter": None,
     }
     errors: dict[str, list[str]] = {}
+    for name in ("rate_limit", "max_in_flight"):
+        raw = request.form.get(name, "").strip()
+        if raw == "":
+            if name == "rate_limit":
+                form[name] = None  # no rate limit
+            continue
+        try:
+            form[name] = int(raw)
+        except ValueError:
+            errors[name] = ["a whole number"]
+            form[name + "_text"] = raw
     raw_filter = request.form.get("filter", "").strip()
     if raw_filter:
         try:
@@ -201,7 +213,7 @@ def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
 
 def _load(schema: Any, form: dict[str, Any], errors: dict[str, list[str]], **kw: Any) -> Any:
     """Validate the form's fields with the API's schema; raise ValidationError naming all."""
-    fields = {k: v for k, v in form.items() if k != "filter_text"}
+    fields = {k: v for k, v in form.items() if not k.endswith("_text")}
     try:
         data = schema.load(fields, **kw)
     except ValidationError as exc:
@@ -244,6 +256,7 @@ def _subscription_page(subscription_id: uuid.UUID, status: int = 200, **extra: A
         "subscription": subscription,
         "attempts": page,
         "circuit": stats.circuits([subscription.id])[subscription.id],
+        "scheduling": stats.scheduling([subscription.id])[subscription.id],
         "day": stats.subscription_stats(session_, _tenant(), subscription.id, "24h"),
         "form": {},
         "errors": {},
