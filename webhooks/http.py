@@ -353,12 +353,13 @@ def _watch(connection: Any) -> _Watch | None:
     return watch
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    """Puts each connection an attempt uses, new or kept alive, under the attempt's deadline."""
+class _Watched:
+    """Puts each connection an attempt uses, new or kept alive, under the attempt's deadline
+    (mixed into urllib3's connection classes; for TLS, the handshake is under it too)."""
 
     def _new_conn(self) -> socket.socket:
         watch = _watch(self)
-        sock = super()._new_conn()
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         if watch is not None and watch.fired:
             sock.close()
             raise ConnectTimeoutError(self, "the attempt's deadline passed while connecting")
@@ -366,23 +367,15 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self)
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    """The TLS twin of _WatchedHTTPConnection (the TLS handshake is under the deadline too)."""
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
 
-    def _new_conn(self) -> socket.socket:
-        watch = _watch(self)
-        sock = super()._new_conn()
-        if watch is not None and watch.fired:
-            sock.close()
-            raise ConnectTimeoutError(self, "the attempt's deadline passed while connecting")
-        return sock
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
