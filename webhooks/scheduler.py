@@ -545,16 +545,19 @@ class Scheduler:
     def withdraw(self, worker: str) -> None:
         self.client.hdel(self.prefix + "workers", worker)
 
-    def subscription_state(self, subscription_id: str) -> dict[str, Any]:
-        """The limits in force for one subscription, and what waits for them."""
+    def subscription_state(
+        self, subscription_id: str, max_in_flight: int, rate_limit: int | None
+    ) -> dict[str, Any]:
+        """The limits in force for one subscription (given its configured ones, which the
+        scheduler learns with its first delivery), and what waits for them."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.prefix + "s:" + subscription_id)
         pipe.llen(self.prefix + "r:" + subscription_id)
         raw, ready = pipe.execute()
         h = {_text(k): _text(v) for k, v in raw.items()}
-        limit = int(float(h.get("limit", DEFAULT_MAX_IN_FLIGHT)))
+        limit = int(float(h.get("limit", max_in_flight)))
         cwnd = float(h.get("cwnd", limit))
-        rate = float(h.get("rate", 0) or 0)
+        rate = float(h.get("rate", rate_limit or 0) or 0)
         arate = float(h.get("arate", 0) or 0)
         effective_rate = arate if arate > 0 and (rate == 0 or arate < rate) else rate
         return {

@@ -98,18 +98,18 @@ def test_rate_limit_spaces_picks_and_a_timer_brings_the_subscription_back(client
 def test_throttling_halves_the_window_and_the_rate_and_successes_restore_them(client):
     s = make(client, default_slots=100)
     s.enqueue(items("A", "a", 200, max_in_flight=8), now=NOW)
-    assert s.subscription_state("a")["effective_max_in_flight"] == 8
+    assert s.subscription_state("a", 10, None)["effective_max_in_flight"] == 8
     s.finish("a-0", "a", "A", "throttled", now=NOW + 0.5)
-    state = s.subscription_state("a")
+    state = s.subscription_state("a", 10, None)
     assert state["effective_max_in_flight"] == 4
     assert state["effective_rate_limit"] is not None
     first_rate = state["effective_rate_limit"]
     s.finish("a-1", "a", "A", "throttled", now=NOW + 0.6)
-    assert s.subscription_state("a")["effective_max_in_flight"] == 2
-    assert s.subscription_state("a")["effective_rate_limit"] < first_rate
+    assert s.subscription_state("a", 10, None)["effective_max_in_flight"] == 2
+    assert s.subscription_state("a", 10, None)["effective_rate_limit"] < first_rate
     for i in range(2, 200):
         s.finish(f"a-{i}", "a", "A", "ok", now=NOW + 1 + i / 100)
-    state = s.subscription_state("a")
+    state = s.subscription_state("a", 10, None)
     assert state["effective_max_in_flight"] == 8
     assert state["effective_rate_limit"] is None
 
@@ -118,7 +118,7 @@ def test_a_closed_circuit_restarts_from_a_window_of_one_and_doubles(client):
     s = make(client, default_slots=100)
     s.enqueue(items("A", "a", 1, max_in_flight=50), now=NOW)
     s.finish("a-0", "a", "A", "restart", now=NOW)
-    assert s.subscription_state("a")["effective_max_in_flight"] == 1
+    assert s.subscription_state("a", 10, None)["effective_max_in_flight"] == 1
     s.enqueue(items("A", "a", 60, start=1, max_in_flight=50), now=NOW)
     widths = []
     in_flight = ["a-1"]

@@ -175,7 +175,7 @@ def subscriptions() -> Any:
         page=page,
         rates=stats.success_rates(db(), ids),
         circuits=stats.circuits(ids),
-        scheduling=stats.scheduling(ids),
+        scheduling=stats.scheduling(page.items),
     )
 
 
@@ -256,7 +256,7 @@ def _subscription_page(subscription_id: uuid.UUID, status: int = 200, **extra: A
         "subscription": subscription,
         "attempts": page,
         "circuit": stats.circuits([subscription.id])[subscription.id],
-        "scheduling": stats.scheduling([subscription.id])[subscription.id],
+        "scheduling": stats.scheduling([subscription])[subscription.id],
         "day": stats.subscription_stats(session_, _tenant(), subscription.id, "24h"),
         "form": {},
         "errors": {},

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
+from webhooks.models import Subscription
 from webhooks.runtime import get_scheduler
 from webhooks.scheduler import Item, Picked
 
@@ -108,10 +109,12 @@ def configure(
         log.warning("scheduler unavailable, limits apply from the next delivery: %s", exc)
 
 
-def state(subscription_id: uuid.UUID) -> dict[str, Any] | None:
+def state(subscription: Subscription) -> dict[str, Any] | None:
     """The subscription's limits in force and its waiting work, or None if Redis is down."""
     try:
-        return get_scheduler().subscription_state(str(subscription_id))
+        return get_scheduler().subscription_state(
+            str(subscription.id), subscription.max_in_flight, subscription.rate_limit
+        )
     except redis.RedisError as exc:
         log.warning("scheduler state unavailable: %s", exc)
         return None

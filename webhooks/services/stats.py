@@ -139,11 +139,11 @@ def circuits(subscription_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     return {sid: str(breaker.state(str(sid))["state"]) for sid in subscription_ids}
 
 
-def scheduling(subscription_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any] | None]:
+def scheduling(subscriptions: Iterable[Any]) -> dict[uuid.UUID, dict[str, Any] | None]:
     """Each subscription's limits in force now and its waiting work (None: Redis cannot say)."""
     from webhooks.services import scheduling as scheduler_service
 
-    return {sid: scheduler_service.state(sid) for sid in subscription_ids}
+    return {s.id: scheduler_service.state(s) for s in subscriptions}
 
 
 @dataclass

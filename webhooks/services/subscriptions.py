@@ -245,7 +245,7 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
             "rate_limit": subscription.rate_limit,
             "max_in_flight": subscription.max_in_flight,
             **(
-                scheduling.state(subscription.id)
+                scheduling.state(subscription)
                 or dict.fromkeys(
                     ("effective_rate_limit", "effective_max_in_flight", "in_flight", "ready")
                 )
