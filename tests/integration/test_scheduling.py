@@ -65,7 +65,9 @@ def test_burst_of_one_tenant_does_not_delay_another_tenants_deliveries(
     got = receiver.wait_for("/b", 12, timeout=30)
     latency = {r.json["data"]["n"]: r.at - sent[r.json["data"]["n"]] for r in got}
     assert max(latency.values()) < 2.0, latency
-    receiver.wait_for("/a", 5000, timeout=240)
+    # ... while the burst kept draining (its full drain is the benchmarks' business).
+    before = len(receiver.at("/a"))
+    wait_until(lambda: len(receiver.at("/a")) > before + 50, timeout=30, message="A draining")
 
 
 def test_rate_limit_holds_in_every_second_across_both_workers(
