@@ -36,9 +36,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def reset_settings() -> None:
     """Forget every per-process cache built from settings, after the environment changed."""
     from config import get_settings
-    from webhooks import dispatch
+    from webhooks import dispatch, ratelimit
     from webhooks.redis_client import get_redis
-    from webhooks.services import delivery
+    from webhooks.services import delivery, tenants
 
     get_settings.cache_clear()
     get_redis.cache_clear()
@@ -46,6 +46,8 @@ def reset_settings() -> None:
     delivery.get_client.cache_clear()
     dispatch._producer_app.cache_clear()
     dispatch._broker_down_until = 0.0
+    ratelimit._redis_down_until = 0.0
+    tenants.key_cache.clear()
 
 
 @dataclass

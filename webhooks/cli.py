@@ -71,6 +71,31 @@ def register_commands(app: Flask) -> None:
                 raise click.ClickException(f"no live key {key_id}")
         click.echo(f"revoked {key_id}")
 
+    @app.cli.command("set-tenant-rate-limit")
+    @click.argument("tenant_id", type=click.UUID)
+    @click.argument("per_minute")
+    def set_tenant_rate_limit(tenant_id: uuid.UUID, per_minute: str) -> None:
+        """Set a tenant's API requests (events, for ingest) a minute, or `default`."""
+        from webhooks.services.tenants import set_rate_limit
+
+        if per_minute.lower() == "default":
+            value = None
+        else:
+            try:
+                value = int(per_minute)
+            except ValueError:
+                value = 0
+            if value < 1:
+                raise click.BadParameter(
+                    f"a whole number of at least 1, or 'default'; got {per_minute!r}",
+                    param_hint="PER_MINUTE",
+                )
+        with session_scope() as session:
+            if not set_rate_limit(session, tenant_id, value):
+                raise click.ClickException(f"no tenant {tenant_id}")
+        shown = "the default (WEBHOOKS_RATE_LIMIT)" if value is None else f"{value} a minute"
+        click.echo(f"tenant {tenant_id}: rate limit {shown}")
+
     @app.cli.command("retry-delivery")
     @click.argument("delivery_id", type=click.UUID)
     def retry_delivery(delivery_id: uuid.UUID) -> None:
