@@ -27,7 +27,6 @@ import math
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -52,14 +51,15 @@ _LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?
 
 # KEYS[1]: the counter; KEYS[2]: the auth version. ARGV: cost, limit (0: count nothing),
 # window in ms, mode ("hit": add if it fits; "peek": only tell whether it would fit; "force":
-# add even past the limit), and a version to set if none is (after a flush, so caches filled
-# before it are not trusted). Returns {allowed, count, ms until the window resets, version}.
+# add even past the limit). A missing version (Redis new or flushed) is set to the time, so
+# caches filled before are not trusted. Returns {allowed, count, ms until reset, version}.
 # A refused request adds nothing: a flood of refused requests does not push the window on.
 _SCRIPT = """
 local version = redis.call('GET', KEYS[2])
 if not version then
-  redis.call('SET', KEYS[2], ARGV[5])
-  version = ARGV[5]
+  local now = redis.call('TIME')
+  version = 'since-' .. now[1] .. '.' .. now[2]
+  redis.call('SET', KEYS[2], version)
 end
 local cost, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if limit <= 0 then
@@ -174,7 +174,7 @@ def count(bucket: str, cost: int, limit: Limit | None, mode: str = "hit") -> Sta
         try:
             allowed, counted, ttl_ms, version = _script(get_settings().redis_url)(
                 keys=["webhooks:rl:" + bucket, tenants.AUTH_VERSION_KEY],
-                args=[cost, amount, seconds * 1000, mode, uuid.uuid4().hex],
+                args=[cost, amount, seconds * 1000, mode],
             )
         except redis.RedisError as exc:
             _redis_down_until = time.monotonic() + RETRY_REDIS_AFTER

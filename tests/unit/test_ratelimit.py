@@ -17,8 +17,8 @@ def script() -> Any:
     client = fakeredis.FakeRedis()
     run = client.register_script(ratelimit._SCRIPT)
 
-    def call(cost: int, limit: int, mode: str = "hit", version: str = "v0") -> list[Any]:
-        return list(run(keys=["c", AUTH_VERSION_KEY], args=[cost, limit, 60_000, mode, version]))
+    def call(cost: int, limit: int, mode: str = "hit") -> list[Any]:
+        return list(run(keys=["c", AUTH_VERSION_KEY], args=[cost, limit, 60_000, mode]))
 
     call.client = client  # type: ignore[attr-defined]
     return call
@@ -42,12 +42,15 @@ def test_peek_tells_without_counting_and_force_counts_past_the_limit(script: Any
 
 
 def test_the_auth_version_comes_back_and_is_set_once_when_missing(script: Any) -> None:
-    assert script(1, 10, version="first")[3] == b"first"
-    assert script(1, 10, version="second")[3] == b"first"
+    first = script(1, 10)[3]
+    assert first.startswith(b"since-")
+    assert script(1, 10)[3] == first
     script.client.set(AUTH_VERSION_KEY, "revoked")
     assert script(1, 10)[3] == b"revoked"
     assert script(0, 0)[3] == b"revoked"  # no limit: only the version is read
     assert script.client.get("c") == b"3"
+    script.client.flushall()  # versions announced before are lost: a new one, never "revoked"
+    assert script(1, 10)[3] not in (first, b"revoked")
 
 
 def test_the_window_expires(script: Any) -> None:
