@@ -123,30 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The steps of an ingest request: (label, file suffix, function name), timed inclusively.
+# The steps of an ingest request, timed inclusively: label | file suffix | function. A "+"
+# label adds that function to the step above; an indented label is a part of the step above.
+STEPS_TABLE = """
+authentication and rate limit (before the view) | webhooks/ratelimit.py | _gate
+  of which the Redis round trip | webhooks/ratelimit.py | count
+  of which the key lookup (cache misses) | webhooks/services/tenants.py | lookup
+reading and validating the body | webhooks/api/common.py | read_json
++ | webhooks/api/common.py | load
+the ingest statement (with the connection checkout) | webhooks/services/ingest.py | _insert
+its COMMIT | sqlalchemy/orm/session.py | commit
+sending the delivery task | webhooks/dispatch.py | enqueue_deliveries
+the answer (schema dump) | marshmallow/schema.py | dump
+access log line | webhooks/__init__.py | _finish
+request metrics (prometheus-flask-exporter) | prometheus_flask_exporter/__init__.py | after_request
++ | prometheus_flask_exporter/__init__.py | before_request
+rate-limit headers | webhooks/ratelimit.py | _headers
+closing the session | webhooks/api/common.py | close_db
+"""
 STEPS = [
-    ("authentication and rate limit (before the view)", "webhooks/ratelimit.py", "_gate"),
-    ("  of which the Redis round trip", "webhooks/ratelimit.py", "count"),
-    ("  of which the key lookup (cache misses)", "webhooks/services/tenants.py", "lookup"),
-    ("reading and validating the body", "webhooks/api/common.py", "read_json"),
-    ("", "webhooks/api/common.py", "load"),
-    (
-        "the ingest statement (with the connection checkout)",
-        "webhooks/services/ingest.py",
-        "_insert",
-    ),
-    ("its COMMIT", "sqlalchemy/orm/session.py", "commit"),
-    ("sending the delivery task", "webhooks/dispatch.py", "enqueue_deliveries"),
-    ("the answer (schema dump)", "marshmallow/schema.py", "dump"),
-    ("access log line", "webhooks/__init__.py", "_finish"),
-    (
-        "request metrics (prometheus-flask-exporter)",
-        "prometheus_flask_exporter/__init__.py",
-        "after_request",
-    ),
-    ("", "prometheus_flask_exporter/__init__.py", "before_request"),
-    ("rate-limit headers", "webhooks/ratelimit.py", "_headers"),
-    ("closing the session", "webhooks/api/common.py", "close_db"),
+    (label.rstrip(), path.strip(), name.strip())
+    for label, path, name in (line.split("|") for line in STEPS_TABLE.strip("\n").splitlines())
 ]
 
 
@@ -164,10 +161,10 @@ def _summary(stats: pstats.Stats, elapsed: float, count: int) -> str:
     shown = 0.0
     for i, (label, suffix, name) in enumerate(STEPS):
         cumulative = _cumulative(raw, suffix, name)
-        if not label:  # added to the step above
+        if label == "+":  # added to the step above
             continue
         for extra_label, extra_suffix, extra_name in STEPS[i + 1 :]:
-            if extra_label:
+            if extra_label != "+":
                 break
             cumulative += _cumulative(raw, extra_suffix, extra_name)
         ms = cumulative / count * 1000

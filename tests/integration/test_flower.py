@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from scripts.embedded import free_port
-from tests.support import VENV_BIN, Process, wait_until
+from tests.support import VENV_BIN, Process, answers, wait_until
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -33,18 +33,10 @@ def flower(process_env: Any, tmp_path: Any) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(url), 60, interval=0.2, message="flower listening")
+        wait_until(lambda: answers(url), 60, interval=0.2, message="flower listening")
         yield url
     finally:
         proc.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=2)
-    except requests.RequestException:
-        return False
-    return True
 
 
 def test_flower_shows_the_running_worker_through_its_api(flower, start_worker):

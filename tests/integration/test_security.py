@@ -363,7 +363,7 @@ def test_a_revoked_key_is_refused_by_every_api_process_within_a_second(
 
     from scripts.embedded import free_port
     from tests.conftest import BASE_ENV
-    from tests.support import VENV_BIN, Process, wait_until
+    from tests.support import answers, gunicorn, wait_until
     from webhooks.db import session_scope
     from webhooks.services.tenants import list_keys, revoke_key
 
@@ -379,15 +379,10 @@ def test_a_revoked_key_is_refused_by_every_api_process_within_a_second(
         WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED="off",
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    web = Process(
-        [str(VENV_BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"],
-        env,
-        tmp_path / "web.log",
-        ready="Booting worker",
-    )
+    web = gunicorn(env, tmp_path / "web.log")
     url = f"http://127.0.0.1:{port}/v1/subscriptions"
     try:
-        wait_until(lambda: _reachable(url), 60, message="gunicorn answering")
+        wait_until(lambda: answers(url), 60, message="gunicorn answering")
         # A new connection each time, so that both workers serve the key and cache it.
         for _ in range(10):
             resp = requests.get(url, headers=tenant["headers"], timeout=10)
@@ -405,16 +400,6 @@ def test_a_revoked_key_is_refused_by_every_api_process_within_a_second(
         assert [r.status_code for r in later] == [401] * 10
     finally:
         web.stop()
-
-
-def _reachable(url: str) -> bool:
-    import requests
-
-    try:
-        requests.get(url, timeout=2)
-    except requests.RequestException:
-        return False
-    return True
 
 
 def test_a_batch_costs_one_per_event(
