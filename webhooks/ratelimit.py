@@ -46,6 +46,9 @@ LIMITED_PREFIX = "/v1/"
 SOCKET_TIMEOUT = 0.5
 RETRY_REDIS_AFTER = 1.0
 TENANT_WINDOW = 60
+# Like the circuit's keys ("wh:circuit:"): nothing of ours may start with "webhooks", the name
+# of the Celery queue, whose keys tools list by that prefix.
+KEY_PREFIX = "wh:ratelimit:"
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
 
@@ -173,7 +176,7 @@ def count(bucket: str, cost: int, limit: Limit | None, mode: str = "hit") -> Sta
     if time.monotonic() >= _redis_down_until:
         try:
             allowed, counted, ttl_ms, version = _script(get_settings().redis_url)(
-                keys=["webhooks:rl:" + bucket, tenants.AUTH_VERSION_KEY],
+                keys=[KEY_PREFIX + bucket, tenants.AUTH_VERSION_KEY],
                 args=[cost, amount, seconds * 1000, mode],
             )
         except redis.RedisError as exc:

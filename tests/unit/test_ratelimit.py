@@ -108,3 +108,11 @@ def test_key_cache_expires_entries_and_stays_bounded(monkeypatch: pytest.MonkeyP
     assert cache.get(b"a") is None and cache.get(b"c") is not None
     cache.put(b"d", cred, "v1", ttl=0)  # a cache of 0 seconds keeps nothing
     assert cache.get(b"d") is None
+
+
+def test_limiter_keys_never_look_like_the_celery_queue() -> None:
+    """Tools (the bench, operators) find the queue's lists by its name as a key prefix."""
+    from config.celery import QUEUE
+
+    assert not ratelimit.KEY_PREFIX.startswith(QUEUE)
+    assert not AUTH_VERSION_KEY.startswith(QUEUE)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "whk_"
 MAX_KEY_LENGTH = 200
-AUTH_VERSION_KEY = "webhooks:auth:version"
+AUTH_VERSION_KEY = "wh:auth:version"
 CACHE_SIZE = 10_000
 
 
