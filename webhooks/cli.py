@@ -13,6 +13,8 @@ from flask import Flask
 from webhooks.db import session_scope
 from webhooks.services import ServiceError
 
+MAX_RATE_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
+
 
 @contextmanager
 def _refusals_as_errors() -> Iterator[None]:
@@ -85,9 +87,9 @@ def register_commands(app: Flask) -> None:
                 value = int(per_minute)
             except ValueError:
                 value = 0
-            if value < 1:
+            if not 1 <= value <= MAX_RATE_LIMIT:
                 raise click.BadParameter(
-                    f"a whole number of at least 1, or 'default'; got {per_minute!r}",
+                    f"a whole number from 1 to {MAX_RATE_LIMIT}, or 'default'; got {per_minute!r}",
                     param_hint="PER_MINUTE",
                 )
         with session_scope() as session:
