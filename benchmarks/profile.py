@@ -4,7 +4,10 @@
 
 Runs the Flask app with its test client (no gunicorn, no network for the request itself) on
 the bench's own embedded PostgreSQL and Redis, and prints the functions that take the most
-time. `delivery` profiles `services.delivery.attempt` against the bench receiver.
+time, then the time spent in each package and in the steps of a request (`STEPS`). The app
+is set up as gunicorn serves it: metrics written to multiprocess files, and the JSON access
+log at INFO (written to a file here). `delivery` profiles `services.delivery.attempt` against
+the bench receiver.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.stack import Stack
 
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(workdir, durable_pg=not args.fast_pg)
     try:
         stack.start()
+        _serve_like_gunicorn(workdir)
         from webhooks import create_app
         from webhooks.db import session_scope
         from webhooks.services.tenants import create_tenant
@@ -110,11 +115,84 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PROFILE_CALLERS"):
             stats.print_callers(os.environ["PROFILE_CALLERS"])
         print(out.getvalue())
+        print(_summary(stats, elapsed, count))
         print(f"{args.what}: {count} in {elapsed:.2f} s under the profiler")
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+# The steps of an ingest request, timed inclusively: label | file suffix | function. A "+"
+# label adds that function to the step above; an indented label is a part of the step above.
+STEPS_TABLE = """
+authentication and rate limit (before the view) | webhooks/ratelimit.py | _gate
+  of which the Redis round trip | webhooks/ratelimit.py | count
+  of which the key lookup (cache misses) | webhooks/services/tenants.py | lookup
+reading and validating the body | webhooks/api/common.py | read_json
++ | webhooks/api/common.py | load
+the ingest statement (with the connection checkout) | webhooks/services/ingest.py | _insert
+its COMMIT | sqlalchemy/orm/session.py | commit
+sending the delivery task | webhooks/dispatch.py | enqueue_deliveries
+the answer (schema dump) | marshmallow/schema.py | dump
+access log line | webhooks/__init__.py | _finish
+request metrics (prometheus-flask-exporter) | prometheus_flask_exporter/__init__.py | after_request
++ | prometheus_flask_exporter/__init__.py | before_request
+rate-limit headers | webhooks/ratelimit.py | _headers
+closing the session | webhooks/api/common.py | close_db
+"""
+STEPS = [
+    (label.rstrip(), path.strip(), name.strip())
+    for label, path, name in (line.split("|") for line in STEPS_TABLE.strip("\n").splitlines())
+]
+
+
+def _cumulative(raw: dict[Any, Any], suffix: str, name: str) -> float:
+    """Return the inclusive time of the outermost function of that name in that file."""
+    times = [v[3] for (path, _, func), v in raw.items() if func == name and path.endswith(suffix)]
+    return max(times, default=0.0)
+
+
+def _summary(stats: pstats.Stats, elapsed: float, count: int) -> str:
+    """Return the inclusive time of each step, per request and as a share of the request."""
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = elapsed / count
+    lines = [f"{'step':<58} {'ms/request':>10} {'share':>6}"]
+    shown = 0.0
+    for i, (label, suffix, name) in enumerate(STEPS):
+        cumulative = _cumulative(raw, suffix, name)
+        if label == "+":  # added to the step above
+            continue
+        for extra_label, extra_suffix, extra_name in STEPS[i + 1 :]:
+            if extra_label != "+":
+                break
+            cumulative += _cumulative(raw, extra_suffix, extra_name)
+        ms = cumulative / count * 1000
+        if not label.startswith("  "):
+            shown += ms
+        lines.append(f"{label:<58} {ms:>10.3f} {ms / (total * 1000):>6.0%}")
+    rest = total * 1000 - shown
+    label = "the rest (Flask, werkzeug, the test client)"
+    lines.append(f"{label:<58} {rest:>10.3f} {rest / (total * 1000):>6.0%}")
+    lines.append(f"{'whole request, under the profiler':<58} {total * 1000:>10.3f}")
+    return "\n".join(lines)
+
+
+def _serve_like_gunicorn(workdir: Path) -> None:
+    """Set up metrics and logs as config/gunicorn.py and the Procfile do."""
+    import logging
+
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ["WEBHOOKS_LOG_LEVEL"] = "INFO"
+    from webhooks.logs import JsonFormatter
+
+    handler = logging.FileHandler(workdir / "access.log")  # closed with the process
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

@@ -221,10 +221,14 @@ class Bench:
         secs_single, secs_batch = self.sizes.ingest_seconds, self.sizes.batch_seconds
 
         bare: dict[str, LoadResult] = {}
+        cpu: dict[str, dict[str, float]] = {}
         with self.stack.web("benchmarks.bare:app") as port:
             if do_single:
                 run_load(port, singles, 32, 1)  # warm-up
+                roots = {"web": self.stack.procs[-1].proc.pid}
+                before = _cpu_seconds(roots)
                 bare["single"] = run_load(port, singles, 32, secs_single)
+                cpu["bare"] = _cpu_per_request(roots, before, bare["single"])
             if do_batch:
                 bare["batch"] = run_load(port, [batch], 4, secs_batch)
         real: dict[str, LoadResult] = {}
@@ -232,7 +236,14 @@ class Bench:
             self.subscribe(port, "/ingest", ["order.created"])
             if do_single:
                 run_load(port, singles, 32, 1)
+                roots = {
+                    "web": self.stack.procs[-1].proc.pid,
+                    "postgres": self.stack.pg.proc.pid,
+                    "redis": self.stack.redis.proc.pid,
+                }
+                before = _cpu_seconds(roots)
                 real["single"] = run_load(port, singles, 32, secs_single)
+                cpu["real"] = _cpu_per_request(roots, before, real["single"])
             if do_batch:
                 real["batch"] = run_load(port, [batch], 4, secs_batch)
         self.stack.reset_data()
@@ -258,6 +269,11 @@ class Bench:
                         "errors": r.errors,
                         "bare_p50_ms": b.percentile(50),
                         "bare_p99_ms": b.percentile(99),
+                        "cpu_ms_per_request": cpu["real"],
+                        "bare_cpu_ms_per_request": cpu["bare"],
+                        # Less sensitive to other load on the machine than the rates: the bare
+                        # app's CPU per request over the service's (web, PostgreSQL, Redis).
+                        "cpu_ratio": cpu["bare"]["web"] / sum(cpu["real"].values()),
                     },
                 )
             )
@@ -730,6 +746,40 @@ def _routing_figures(report: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def _cpu_seconds(roots: dict[str, int]) -> dict[str, dict[int, float]]:
+    """Return the CPU seconds (user + system) used so far by each process tree, by PID."""
+    import psutil
+
+    out: dict[str, dict[int, float]] = {}
+    for name, pid in roots.items():
+        seen: dict[int, float] = {}
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    seen[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+        out[name] = seen
+    return out
+
+
+def _cpu_per_request(
+    roots: dict[str, int], before: dict[str, dict[int, float]], load: LoadResult
+) -> dict[str, float]:
+    """Return the CPU milliseconds each process tree spent per answered request since
+    `before` (processes that ended meanwhile are not counted)."""
+    after = _cpu_seconds(roots)
+    requests = max(1, sum(load.statuses.values()))
+    return {
+        name: 1000
+        * sum(now - before[name].get(pid, 0.0) for pid, now in after[name].items())
+        / requests
+        for name in after
+    }
+
+
 def _payload(i: int) -> dict[str, Any]:
     return {
         "order_id": f"ord_{i:08d}",
@@ -778,6 +828,13 @@ def _row(f: Figure) -> str:
     line = f"{f.name:<42} {_fmt(f.value, f.unit):>18} {ceiling:>34} {ratio:>6}  {f.target} {met}"
     if "p50_ms" in f.extra:
         line += f"\n{'':<42} p50 {f.extra['p50_ms']:.1f} ms, p99 {f.extra['p99_ms']:.1f} ms"
+    if "cpu_ratio" in f.extra:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in f.extra["cpu_ms_per_request"].items())
+        bare = f.extra["bare_cpu_ms_per_request"]["web"]
+        line += (
+            f"\n{'':<42} CPU ms/request: {parts}; bare {bare:.2f}; "
+            f"CPU ratio {f.extra['cpu_ratio']:.2f}"
+        )
     return line
 
 

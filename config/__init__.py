@@ -176,7 +176,11 @@ class Settings:
     metrics_cache_seconds: float = 5.0
     rotation_grace: float = 86_400.0
     retention_days: int = 30
-    rate_limit: str = "600/minute"
+    # Per tenant; a batch counts its events, a replay the deliveries it requeues (ratelimit.py).
+    rate_limit: str = "6000/minute"
+    # Per client address, for requests without a valid API key (each may cost a key lookup).
+    rate_limit_unauthenticated: str = "60/minute"
+    api_key_cache_seconds: float = 30.0
     max_response_body: int = 4096
     retry_after_max: float = 3600.0
     # Added to the HTTP timeout to make a claim's lease: time to record the outcome after it.
@@ -223,7 +227,11 @@ def get_settings() -> Settings:
         metrics_cache_seconds=_float("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
         rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
         retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
-        rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "600/minute"),
+        rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "6000/minute"),
+        rate_limit_unauthenticated=os.environ.get(
+            "WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", "60/minute"
+        ),
+        api_key_cache_seconds=_float("WEBHOOKS_API_KEY_CACHE_SECONDS", 30.0),
         retry_after_max=_float("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
         lease_margin=_float("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),
         tenant_max_in_flight=_tenant_cap("WEBHOOKS_TENANT_MAX_IN_FLIGHT", "75%"),

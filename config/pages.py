@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from limits import parse_many
-
 from config import ConfigError, _int, get_settings
 
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}\Z")
@@ -48,13 +46,10 @@ def _derived_key() -> bytes:
 
 def get_page_settings() -> PageSettings:
     """Read the console and portal settings; raise ConfigError on a bad value."""
+    from webhooks.ratelimit import parse_limit  # the API's own limits: one syntax
+
     limit = os.environ.get("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "10/minute")
-    try:
-        parse_many(limit)
-    except ValueError:
-        raise ConfigError(
-            f"WEBHOOKS_CONSOLE_SIGNIN_LIMIT must look like '10/minute', got {limit!r}"
-        ) from None
+    parse_limit("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", limit)  # raises ConfigError
     accent = os.environ.get("WEBHOOKS_PORTAL_ACCENT_COLOUR") or "#2563eb"
     if not _COLOUR.match(accent):
         raise ConfigError(f"WEBHOOKS_PORTAL_ACCENT_COLOUR must look like #1a2b3c, got {accent!r}")

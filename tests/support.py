@@ -213,6 +213,23 @@ def celery(kind: str, env: dict[str, str], log: Path, *extra: str) -> Process:
     return Process(args, env, log, ready)
 
 
+def gunicorn(env: dict[str, str], log: Path) -> Process:
+    """Start the API as the Procfile's `web` runs it; return once a worker has booted."""
+    args = [str(VENV_BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"]
+    return Process(args, env, log, ready="Booting worker")
+
+
+def answers(url: str) -> bool:
+    """Tell whether anything answers HTTP at this URL (whatever the status)."""
+    import requests
+
+    try:
+        requests.get(url, timeout=2)
+    except requests.RequestException:
+        return False
+    return True
+
+
 def wait_until(
     predicate: Callable[[], Any],
     timeout: float = 30,

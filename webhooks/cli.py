@@ -13,6 +13,8 @@ from flask import Flask
 from webhooks.db import session_scope
 from webhooks.services import ServiceError
 
+MAX_RATE_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
+
 
 @contextmanager
 def _refusals_as_errors() -> Iterator[None]:
@@ -70,6 +72,31 @@ def register_commands(app: Flask) -> None:
             if not revoke(session, key_id):
                 raise click.ClickException(f"no live key {key_id}")
         click.echo(f"revoked {key_id}")
+
+    @app.cli.command("set-tenant-rate-limit")
+    @click.argument("tenant_id", type=click.UUID)
+    @click.argument("per_minute")
+    def set_tenant_rate_limit(tenant_id: uuid.UUID, per_minute: str) -> None:
+        """Set a tenant's API requests (events, for ingest) a minute, or `default`."""
+        from webhooks.services.tenants import set_rate_limit
+
+        if per_minute.lower() == "default":
+            value = None
+        else:
+            try:
+                value = int(per_minute)
+            except ValueError:
+                value = 0
+            if not 1 <= value <= MAX_RATE_LIMIT:
+                raise click.BadParameter(
+                    f"a whole number from 1 to {MAX_RATE_LIMIT}, or 'default'; got {per_minute!r}",
+                    param_hint="PER_MINUTE",
+                )
+        with session_scope() as session:
+            if not set_rate_limit(session, tenant_id, value):
+                raise click.ClickException(f"no tenant {tenant_id}")
+        shown = "the default (WEBHOOKS_RATE_LIMIT)" if value is None else f"{value} a minute"
+        click.echo(f"tenant {tenant_id}: rate limit {shown}")
 
     @app.cli.command("retry-delivery")
     @click.argument("delivery_id", type=click.UUID)

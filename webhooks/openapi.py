@@ -177,7 +177,12 @@ ERRORS: dict[int, tuple[str, str]] = {
     413: ("PayloadTooLarge", "The body is larger than allowed."),
     415: ("UnsupportedMediaType", "The body is not application/json."),
     422: ("ValidationError", "Some fields are missing or invalid; `details.fields` names them."),
-    429: ("TooManyRequests", "Too many requests for this API key; wait `Retry-After` seconds."),
+    429: (
+        "TooManyRequests",
+        "Over the tenant's rate limit (a batch costs its events, a replay the deliveries it"
+        " requeues), or too many requests without a valid key from this address; wait"
+        " `Retry-After` seconds.",
+    ),
 }
 
 IDEMPOTENCY_KEY = {

@@ -46,7 +46,8 @@ def get_scheduler() -> Scheduler:
 
 def reset() -> None:
     """Forget every client built from the settings (after the environment changed)."""
-    from webhooks import dispatch
+    from webhooks import dispatch, ratelimit
+    from webhooks.services import tenants
 
     get_settings.cache_clear()
     get_redis.cache_clear()
@@ -54,3 +55,5 @@ def reset() -> None:
     get_client.cache_clear()
     get_scheduler.cache_clear()
     dispatch.reset()
+    ratelimit._redis_down_until = 0.0
+    tenants.key_cache.clear()

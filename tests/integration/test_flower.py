@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from scripts.embedded import free_port
-from tests.support import ROOT, VENV_BIN, Process, wait_until
+from tests.support import ROOT, VENV_BIN, Process, answers, wait_until
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -45,20 +45,12 @@ def flower(process_env: Any, tmp_path: Any) -> Iterator[str]:
         process_env, tmp_path, WEBHOOKS_ENV="production", FLOWER_BASIC_AUTH=f"{AUTH[0]}:{AUTH[1]}"
     )
     try:
-        wait_until(lambda: _answers(url), 60, interval=0.2, message="flower listening")
+        wait_until(lambda: answers(url), 60, interval=0.2, message="flower listening")
         # Never on the command line, where any local user could read them.
         assert AUTH[1] not in " ".join(psutil.Process(proc.pid).cmdline())
         yield url
     finally:
         proc.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=2)
-    except requests.RequestException:
-        return False
-    return True
 
 
 def test_flower_shows_the_running_worker_through_its_api(flower, start_worker):
@@ -105,7 +97,7 @@ def test_flower_without_credentials_in_development_listens_on_loopback_only(proc
         process_env, tmp_path, WEBHOOKS_ENV="development", FLOWER_BASIC_AUTH=""
     )
     try:
-        wait_until(lambda: _answers(url), 60, interval=0.2, message="flower listening")
+        wait_until(lambda: answers(url), 60, interval=0.2, message="flower listening")
         port = int(url.rsplit(":", 1)[1])
         addresses = {
             c.laddr.ip

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from scripts.embedded import free_port
 from tests.conftest import BASE_ENV, Servers
 from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
-from tests.support import VENV_BIN, Process, Receiver, Reply, celery, wait_until
+from tests.support import Process, Receiver, Reply, celery, gunicorn, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
@@ -159,12 +159,7 @@ def mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ite
         # (live and exited) must add up on /metrics.
         "GUNICORN_CMD_ARGS": "--max-requests 4",
     }
-    web = Process(
-        [str(VENV_BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"],
-        web_env,
-        tmp / "web.log",
-        ready="Booting worker",
-    )
+    web = gunicorn(web_env, tmp / "web.log")
     api = f"http://127.0.0.1:{web_port}"
     headers = {"Authorization": f"Bearer {tenant['key']}"}
     worker: Process | None = None

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -241,7 +242,7 @@ def test_missing_malformed_and_unknown_keys_answer_401(client: Any, tenant: dict
 # --- rate limits ---------------------------------------------------------------------------
 
 
-def test_rate_limit_answers_429_with_retry_after_per_api_key(
+def test_rate_limit_answers_429_with_retry_after_per_tenant(
     make_client: Callable[..., Any],
     tenant: dict[str, Any],
     other_tenant: dict[str, Any],
@@ -253,6 +254,7 @@ def test_rate_limit_answers_429_with_retry_after_per_api_key(
         assert resp.status_code == 200
         assert resp.headers["X-RateLimit-Limit"] == "3"
         assert resp.headers["X-RateLimit-Remaining"] == str(2 - n)
+        assert 0 < int(resp.headers["X-RateLimit-Reset"]) - time.time() <= 61
         assert "Retry-After" not in resp.headers
     resp = publish(client, tenant, "order.created", {})
     error = _error(resp, 429, "rate_limited")
@@ -260,15 +262,15 @@ def test_rate_limit_answers_429_with_retry_after_per_api_key(
     assert 1 <= wait <= 60
     assert error["details"]["retry_after"] == wait
     assert _sql("SELECT count(*) FROM events") == [(0,)]
-    # Another key has its own budget; health, metrics and the description are not limited.
+    # Another tenant has its own budget; health, metrics and the description are not limited.
     assert client.get("/v1/subscriptions", headers=other_tenant["headers"]).status_code == 200
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs") * 2:
         resp = client.get(path, headers=tenant["headers"])
         assert resp.status_code == 200, path
         assert "Retry-After" not in resp.headers
-    # The counters in Redis are keyed on the key's hash, never on the key.
+    # The counters in Redis are keyed on the tenant, never on the key.
     keys = b" ".join(redis.Redis.from_url(servers.redis_url).keys("*")).decode()
-    assert hashlib.sha256(tenant["key"].encode()).hexdigest() in keys
+    assert str(tenant["id"]) in keys
     assert tenant["key"] not in keys and tenant["key"][4:] not in keys
 
 
@@ -287,6 +289,214 @@ def test_rate_limit_falls_back_to_memory_and_ingest_keeps_working_when_redis_is_
     resp = publish(client, tenant, "order.created", {"n": 3})
     _error(resp, 429, "rate_limited")
     assert int(resp.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture
+def key_lookups(servers: Any) -> Iterator[list[str]]:
+    """Record every query of the api_keys table made by this process."""
+    from sqlalchemy import event
+
+    engine = get_engine()
+    seen: list[str] = []
+
+    def _record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM api_keys" in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", _record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", _record)
+
+
+def test_requests_without_a_valid_key_share_one_counter_per_address_and_stop_costing_lookups(
+    make_client: Callable[..., Any], tenant: dict[str, Any], key_lookups: list[str]
+) -> None:
+    client = make_client(WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED="4/minute")
+    assert client.get("/v1/subscriptions", headers=tenant["headers"]).status_code == 200
+    assert len(key_lookups) == 1
+    made_up = [{"Authorization": f"Bearer whk_{uuid.uuid4().hex}{n}"} for n in range(12)]
+    answers = [client.get("/v1/subscriptions", headers=h).status_code for h in made_up[:3]]
+    answers.append(client.get("/v1/subscriptions").status_code)  # no key at all: same counter
+    answers += [client.get("/v1/subscriptions", headers=h).status_code for h in made_up[3:]]
+    assert answers == [401] * 4 + [429] * 9
+    # Only the made-up keys that came before the limit were looked up in PostgreSQL.
+    assert len(key_lookups) == 1 + 3
+    resp = client.get("/v1/subscriptions", headers=made_up[0])
+    error = _error(resp, 429, "rate_limited")
+    assert "address" in error["message"] and int(resp.headers["Retry-After"]) >= 1
+    # Another address has its own counter; a key already known to this process still works.
+    other = {"REMOTE_ADDR": "10.9.8.7"}
+    assert (
+        client.get("/v1/subscriptions", headers=made_up[0], environ_base=other).status_code == 401
+    )
+    assert client.get("/v1/subscriptions", headers=tenant["headers"]).status_code == 200
+
+
+def test_valid_keys_are_cached_per_process(
+    make_client: Callable[..., Any], tenant: dict[str, Any], key_lookups: list[str]
+) -> None:
+    client = make_client()
+    for n in range(20):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    assert len(key_lookups) == 1
+
+
+def test_a_revoked_key_is_refused_at_once_while_redis_is_down(
+    make_client: Callable[..., Any], tenant: dict[str, Any], key_lookups: list[str]
+) -> None:
+    from scripts.embedded import free_port
+
+    client = make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert client.get("/v1/subscriptions", headers=tenant["headers"]).status_code == 200
+    assert client.get("/v1/subscriptions", headers=tenant["headers"]).status_code == 200
+    # Without Redis no process can hear of a revocation: the cache is not trusted, and every
+    # request looks its key up.
+    assert len(key_lookups) == 2
+    _sql("UPDATE api_keys SET revoked_at = now()")
+    _error(client.get("/v1/subscriptions", headers=tenant["headers"]), 401, "unauthorized")
+
+
+def test_a_revoked_key_is_refused_by_every_api_process_within_a_second(
+    servers: Any, tenant: dict[str, Any], tmp_path: Any
+) -> None:
+    import requests
+
+    from scripts.embedded import free_port
+    from tests.conftest import BASE_ENV
+    from tests.support import answers, gunicorn, wait_until
+    from webhooks.db import session_scope
+    from webhooks.services.tenants import list_keys, revoke_key
+
+    port = free_port()
+    env = dict(os.environ) | BASE_ENV
+    env.update(
+        DATABASE_URL=servers.database_url,
+        REDIS_URL=servers.redis_url,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        WEB_CONCURRENCY="2",
+        WEBHOOKS_API_KEY_CACHE_SECONDS="3600",
+        WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED="off",
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    web = gunicorn(env, tmp_path / "web.log")
+    url = f"http://127.0.0.1:{port}/v1/subscriptions"
+    try:
+        wait_until(lambda: answers(url), 60, message="gunicorn answering")
+        # A new connection each time, so that both workers serve the key and cache it.
+        for _ in range(10):
+            resp = requests.get(url, headers=tenant["headers"], timeout=10)
+            assert resp.status_code == 200, resp.text
+        with session_scope() as session:
+            (key,) = list_keys(session, tenant["id"])
+            assert revoke_key(session, key.id)
+        revoked_at = time.monotonic()
+        statuses = []
+        while time.monotonic() - revoked_at < 1.0:
+            statuses.append(requests.get(url, headers=tenant["headers"], timeout=10).status_code)
+        # The revocation is announced after its commit, before revoke_key's caller goes on.
+        assert set(statuses) == {401}, statuses
+        later = [requests.get(url, headers=tenant["headers"], timeout=10) for _ in range(10)]
+        assert [r.status_code for r in later] == [401] * 10
+    finally:
+        web.stop()
+
+
+def test_a_batch_costs_one_per_event(
+    make_client: Callable[..., Any], tenant: dict[str, Any]
+) -> None:
+    client = make_client(WEBHOOKS_RATE_LIMIT="10/minute")
+
+    def batch(n: int) -> Any:
+        events = [{"event_type": "order.created", "payload": {"n": i}} for i in range(n)]
+        return client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"])
+
+    resp = batch(4)
+    assert resp.status_code == 202
+    assert resp.headers["X-RateLimit-Remaining"] == "6"
+    error = _error(batch(7), 429, "rate_limited")  # 4 + 7 > 10: nothing of it is stored
+    assert error["details"]["cost"] == 7
+    assert _sql("SELECT count(*) FROM events") == [(4,)]
+    resp = batch(5)
+    assert resp.status_code == 202 and resp.headers["X-RateLimit-Remaining"] == "0"
+    _error(publish(client, tenant, "order.created", {}), 429, "rate_limited")
+    assert _sql("SELECT count(*) FROM events") == [(9,)]
+
+
+def test_a_batch_larger_than_the_whole_limit_says_so(
+    make_client: Callable[..., Any], tenant: dict[str, Any]
+) -> None:
+    client = make_client(WEBHOOKS_RATE_LIMIT="10/minute")
+    events = [{"event_type": "order.created", "payload": {}}] * 11
+    resp = client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"])
+    error = _error(resp, 429, "rate_limited")
+    assert "more than the whole limit" in error["message"]
+    assert error["details"]["cost"] == 11
+
+
+def test_replay_costs_the_deliveries_it_requeues_and_stops_at_the_budget(
+    make_client: Callable[..., Any], tenant: dict[str, Any]
+) -> None:
+    client = make_client(WEBHOOKS_RATE_LIMIT="12/minute")
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/r", ["*"])  # 1
+    events = [{"event_type": "order.created", "payload": {"n": i}} for i in range(6)]
+    resp = client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"])
+    assert resp.status_code == 202  # 1 + 6 = 7
+    _sql("UPDATE deliveries SET status = 'failed'")
+    since = {"since": "2000-01-01T00:00:00Z"}
+    path = f"/v1/subscriptions/{sub['id']}/replay"
+    resp = client.post(path, json=since, headers=tenant["headers"])
+    # 5 left: the replay requeues 5 of the 6 failed deliveries, and says more remain.
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json() == {"requeued": 5, "more": True}
+    assert resp.headers["X-RateLimit-Remaining"] == "0"
+    assert _sql("SELECT count(*) FROM deliveries WHERE status = 'pending'") == [(5,)]
+    _error(client.post(path, json=since, headers=tenant["headers"]), 429, "rate_limited")
+    # A retry costs one, the delivery it requeues.
+    (failed,) = _sql("SELECT id FROM deliveries WHERE status = 'failed'")
+    retry = f"/v1/deliveries/{failed[0]}/retry"
+    _error(client.post(retry, headers=tenant["headers"]), 429, "rate_limited")
+
+
+def test_tenant_rate_limit_is_set_from_the_cli_and_applies_at_once(
+    make_client: Callable[..., Any], tenant: dict[str, Any], other_tenant: dict[str, Any]
+) -> None:
+    client = make_client(WEBHOOKS_RATE_LIMIT="3/minute")
+    runner = client.application.test_cli_runner()
+    get = lambda t: client.get("/v1/subscriptions", headers=t["headers"])  # noqa: E731
+    assert get(tenant).headers["X-RateLimit-Limit"] == "3"  # the key is cached from here on
+
+    result = runner.invoke(args=["set-tenant-rate-limit", str(tenant["id"]), "5"])
+    assert result.exit_code == 0, result.output
+    assert "5 a minute" in result.output
+    assert _sql("SELECT rate_limit_per_minute FROM tenants WHERE id = :id", id=tenant["id"]) == [
+        (5,)
+    ]
+    answers = [get(tenant) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200] * 4 + [429]
+    assert answers[0].headers["X-RateLimit-Limit"] == "5"
+    assert get(other_tenant).headers["X-RateLimit-Limit"] == "3"
+
+    result = runner.invoke(args=["set-tenant-rate-limit", str(tenant["id"]), "default"])
+    assert result.exit_code == 0, result.output
+    assert get(tenant).headers["X-RateLimit-Limit"] == "3"
+
+    for bad in ("0", "1.5", "lots", str(2**31)):
+        result = runner.invoke(args=["set-tenant-rate-limit", str(tenant["id"]), bad])
+        assert result.exit_code == 2 and "a whole number from 1" in result.output, result.output
+    result = runner.invoke(args=["set-tenant-rate-limit", str(uuid.uuid4()), "5"])
+    assert result.exit_code == 1 and "no tenant" in result.output
+
+
+def test_default_rate_limit_is_6000_events_a_minute_per_tenant(
+    make_client: Callable[..., Any], tenant: dict[str, Any]
+) -> None:
+    """30 events/s from one application was refused at 600 a minute; 100/s now fits."""
+    client = make_client()
+    resp = publish(client, tenant, "order.created", {})
+    assert resp.status_code == 202
+    assert resp.headers["X-RateLimit-Limit"] == "6000"
+    assert 55 <= int(resp.headers["X-RateLimit-Reset"]) - time.time() <= 61  # a minute's window
 
 
 # --- outbound address guard ----------------------------------------------------------------

@@ -47,12 +47,19 @@ def close_db(_: BaseException | None = None) -> None:
 
 
 def require_tenant() -> uuid.UUID:
-    """Authenticate the bearer key; remember and return its tenant."""
+    """Return the tenant of the bearer key, and remember it; raise 401 without a valid key.
+
+    Under /v1 the rate limiter has authenticated the key already (with its per-process
+    cache, webhooks.ratelimit); elsewhere the key is looked up here.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
-    tenant_id = authenticate(db(), key.strip())
+    if "auth" in g:
+        tenant_id = g.auth.tenant_id if g.auth is not None else None
+    else:
+        tenant_id = authenticate(db(), key.strip())
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "the API key is invalid or revoked")
     g.tenant_id = tenant_id

@@ -5,6 +5,7 @@ from typing import Any
 
 from flask import Blueprint
 
+from webhooks import ratelimit
 from webhooks.api.common import db, load, load_query, page, read_json, require_tenant
 from webhooks.models import Subscription
 from webhooks.schemas import (
@@ -100,9 +101,19 @@ def health(subscription_id: uuid.UUID) -> Any:
 def replay(subscription_id: uuid.UUID) -> Any:
     tenant_id = require_tenant()
     data = load(replay_schema, read_json()[0])
+    # A replay costs one per delivery it requeues: it requeues no more than the tenant's budget
+    # left (the request itself paid for the first), and says `more` for the rest.
+    left = ratelimit.budget()
     count, more = recovery.replay(
-        db(), tenant_id, subscription_id, data["since"], data["until"], data["status"]
+        db(),
+        tenant_id,
+        subscription_id,
+        data["since"],
+        data["until"],
+        data["status"],
+        None if left is None else min(recovery.REPLAY_LIMIT, left + 1),
     )
+    ratelimit.charge(count - 1, force=True)
     return {"requeued": count, "more": more}, 202
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import hmac
 import secrets
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
 from flask import Flask, Response, abort, g, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
-from limits import parse, storage, strategies
 
-from config import get_settings
 from config.pages import get_page_settings
+from webhooks import ratelimit
+from webhooks.ratelimit import parse_limit
 
 CSRF_FIELD = "csrf_token"
 
@@ -64,33 +63,13 @@ def check_csrf(expected: str | None = None) -> None:
         abort(400, "the form's CSRF token is missing or wrong; reload the page and try again")
 
 
-class SigninLimiter:
-    """Count sign-in attempts per client address in Redis, in memory while Redis is away."""
-
-    def __init__(self, redis_url: str, limit: str):
-        self.item = parse(limit)
-        self.shared = strategies.FixedWindowRateLimiter(
-            storage.storage_from_string(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        )
-        self.local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
-
-    def hit(self, address: str) -> bool:
-        """Count one attempt; return False when the address is over its limit."""
-        try:
-            return self.shared.hit(self.item, "webhooks-signin", address)
-        except Exception:  # soft state, as for the API's limits: never fail a sign-in on it
-            return self.local.hit(self.item, "webhooks-signin", address)
-
-
-@lru_cache(maxsize=4)
-def _limiter(redis_url: str, limit: str) -> SigninLimiter:
-    return SigninLimiter(redis_url, limit)
-
-
 def signin_allowed() -> bool:
-    """Count this sign-in attempt against the client's address; False once over the limit."""
-    limiter = _limiter(get_settings().redis_url, get_page_settings().signin_limit)
-    return limiter.hit(request.remote_addr or "unknown")
+    """Count this sign-in attempt against the client's address; False once over the limit.
+
+    The API's own counter (webhooks.ratelimit): one Redis round trip, in process memory while
+    Redis is away, never a failed sign-in because of it."""
+    limit = parse_limit("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", get_page_settings().signin_limit)
+    return ratelimit.count(f"signin:{request.remote_addr or 'unknown'}", 1, limit).allowed
 
 
 def secure_headers(response: Response, frame_ancestors: str = "'none'", img: str = "") -> Response:

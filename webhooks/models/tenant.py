@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, Uuid
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webhooks.db import Base, Timestamped, uuid7
@@ -11,9 +11,14 @@ from webhooks.db import Base, Timestamped, uuid7
 
 class Tenant(Timestamped, Base):
     __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_per_minute_positive"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
+    # API requests (events, for ingest) a minute; null: the WEBHOOKS_RATE_LIMIT default.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Timestamped, Base):
