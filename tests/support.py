@@ -126,6 +126,11 @@ class Receiver:
             default = self._defaults.get(path, Reply())
         return default(item) if callable(default) else default
 
+    def active(self, *paths: str) -> int:
+        """Requests to these paths being answered right now."""
+        with self._lock:
+            return sum(self._active.get(p, 0) for p in paths)
+
     def at(self, path: str) -> list[Received]:
         with self._lock:
             return [r for r in self.received if r.path.split("?", 1)[0] == path]

@@ -32,10 +32,12 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     )
 
 from selenium import webdriver  # noqa: E402  (only with a browser to drive)
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
@@ -86,6 +88,16 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+def _replaced(element: Any) -> bool:
+    """True once `element` is no longer in the page. Chromium reports a node of a replaced
+    document as stale, or (while the new one loads) as not belonging to the document."""
+    try:
+        element.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException is one
+        return True
+    return False
+
+
 class Console:
     """A person at the console: pages by path, forms by label, checks after each page."""
 
@@ -109,7 +121,7 @@ class Console:
         """Click a link or button and wait until the next page has replaced this one."""
         page = self.driver.find_element(By.TAG_NAME, "html")
         element.click()
-        WebDriverWait(self.driver, 20).until(staleness_of(page))
+        WebDriverWait(self.driver, 20).until(lambda _: _replaced(page))
 
     def text(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
