@@ -38,6 +38,7 @@ from typing import Any
 import redis
 
 from config import parse_tenant_cap
+from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ RATE_SPACING = 1.04
 # The window over which a rate limit is counted at send time: a second, and a margin for the
 # time between the count and the subscriber's receipt.
 ADMIT_WINDOW_SECONDS = 1.05
-DEFAULT_MAX_IN_FLIGHT = 10  # the same as webhooks.models.subscription
 
 # Outcomes of an attempt, as the scheduler's adaptive limits see them.
 OK = "ok"  # a 2xx: grow the window and the rate
