@@ -252,7 +252,8 @@ _FINISH = (
     + """
 local now = tonumber(ARGV[2])
 local id, sub, tenant, outcome, retry_at = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-if release(id) == nil then runnable(sub, tenant) end
+-- (a stale message names no subscription: nothing to make runnable)
+if release(id) == nil and sub ~= '' then runnable(sub, tenant) end
 if retry_at ~= '' then
   redis.call('ZADD', P .. 'delayed', tonumber(retry_at), id .. ' ' .. sub .. ' ' .. tenant)
   redis.call('SADD', P .. 'known', id)

@@ -183,3 +183,10 @@ def test_the_metrics_start_every_throttle_reason_at_zero():
     from webhooks.scheduler import BLOCK_REASONS
 
     assert metrics.THROTTLE_REASONS == BLOCK_REASONS
+
+
+def test_a_stale_message_leaves_no_trace(client):
+    s = make(client)
+    s.finish("gone", "", "", "none", now=NOW)
+    assert client.zcard("wh:q:tenants") == 0
+    assert not client.exists("wh:q:ts:")
