@@ -60,49 +60,19 @@ OPENAPI_VERSION = "3.0.3"
 
 
 # Response bodies that have no schema of their own in webhooks.schemas.
-class SubscriptionPageSchema(Schema):
-    data = fields.List(fields.Nested(s.SubscriptionSchema), required=True)
-    next_cursor = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "pass as `cursor`; null at the end"},
-    )
-
-
-class DeliveryPageSchema(Schema):
-    data = fields.List(fields.Nested(s.DeliverySchema), required=True)
-    next_cursor = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "pass as `cursor`; null at the end"},
-    )
-
-
-class AttemptPageSchema(Schema):
-    data = fields.List(fields.Nested(s.AttemptSchema), required=True)
-    next_cursor = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "pass as `cursor`; null at the end"},
-    )
-
-
-class ConsumerPageSchema(Schema):
-    data = fields.List(fields.Nested(ConsumerSchema), required=True)
-    next_cursor = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "pass as `cursor`; null at the end"},
-    )
-
-
-class EventTypePageSchema(Schema):
-    data = fields.List(fields.Nested(EventTypeSchema), required=True)
-    next_cursor = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "pass as `cursor`; null at the end"},
-    )
+def _page(item: type[Schema]) -> Schema:
+    """The schema of one page of a list: its items and the cursor of the next page."""
+    return Schema.from_dict(
+        {
+            "data": fields.List(fields.Nested(item), required=True),
+            "next_cursor": fields.String(
+                required=True,
+                allow_none=True,
+                metadata={"description": "pass as `cursor`; null at the end"},
+            ),
+        },
+        name=f"{item.__name__.removesuffix('Schema')}Page",
+    )()
 
 
 class ReplayResultSchema(Schema):
@@ -142,18 +112,18 @@ SCHEMAS: dict[str, Schema] = {
 }
 OUTPUT_SCHEMAS: dict[str, Schema] = {
     "Consumer": ConsumerSchema(),
-    "ConsumerPage": ConsumerPageSchema(),
+    "ConsumerPage": _page(ConsumerSchema),
     "EventType": EventTypeSchema(),
-    "EventTypePage": EventTypePageSchema(),
+    "EventTypePage": _page(EventTypeSchema),
     # Nested schemas come before the ones that hold them (apispec names nested ones itself).
     "Attempt": s.AttemptSchema(),
     "Delivery": s.DeliverySchema(),
     "DeliveryDetail": s.DeliveryDetailSchema(),
-    "DeliveryPage": DeliveryPageSchema(),
-    "AttemptPage": AttemptPageSchema(),
+    "DeliveryPage": _page(s.DeliverySchema),
+    "AttemptPage": _page(s.AttemptSchema),
     "Subscription": s.SubscriptionSchema(),
     "SubscriptionWithSecret": s.SubscriptionWithSecretSchema(),
-    "SubscriptionPage": SubscriptionPageSchema(),
+    "SubscriptionPage": _page(s.SubscriptionSchema),
     "Circuit": s.SubscriptionHealthSchema().fields["circuit"].schema,  # type: ignore[attr-defined]
     "SubscriptionHealth": s.SubscriptionHealthSchema(),
     "ReplayResult": ReplayResultSchema(),
