@@ -61,13 +61,18 @@ def publish() -> Any:
         idempotency_key=key,
         body_hash=(
             ingest.request_hash(
-                data["event_type"], data["payload"], data["consumer"], data["channels"]
+                data["event_type"],
+                data["payload"],
+                data["consumer"],
+                data["channels"],
+                data["ordering_key"],
             )
             if key is not None
             else None
         ),
         consumer=data["consumer"],
         channels=data["channels"],
+        ordering_key=data["ordering_key"],
     )
     out = event_schema.dump(accepted.event)
     out["deliveries"] = accepted.deliveries
@@ -100,12 +105,17 @@ def publish_batch() -> Any:
                 event["payload"],
                 key,
                 ingest.request_hash(
-                    event["event_type"], event["payload"], event["consumer"], event["channels"]
+                    event["event_type"],
+                    event["payload"],
+                    event["consumer"],
+                    event["channels"],
+                    event["ordering_key"],
                 )
                 if key
                 else None,
                 event["consumer"],
                 event["channels"],
+                event["ordering_key"],
             )
         )
     ratelimit.charge(len(items) - 1)  # a batch costs one per event; the request paid one
@@ -119,6 +129,7 @@ def publish_batch() -> Any:
             "idempotency_key": result.event.idempotency_key,
             "consumer": result.event.consumer_uid,
             "channels": result.event.channels,
+            "ordering_key": result.event.ordering_key,
             "created_at": result.event.created_at.isoformat(),
             "deliveries": result.deliveries,
             "replayed": not result.created,

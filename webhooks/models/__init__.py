@@ -5,6 +5,7 @@ from webhooks.models.consumer import Consumer
 from webhooks.models.delivery import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.event import Event
 from webhooks.models.event_type import EventType
+from webhooks.models.lane import Lane
 from webhooks.models.subscription import Subscription, SubscriptionStatus
 from webhooks.models.tenant import ApiKey, Tenant
 
@@ -17,6 +18,7 @@ __all__ = [
     "DeliveryStatus",
     "Event",
     "EventType",
+    "Lane",
     "Subscription",
     "SubscriptionStatus",
     "Tenant",

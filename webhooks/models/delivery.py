@@ -17,11 +17,13 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    select,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from webhooks.db import Base, Timestamped, uuid7
+from webhooks.models.event import Event
 
 
 def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
@@ -76,6 +78,25 @@ class Delivery(Timestamped, Base):
             "id",
             postgresql_where=text("parked"),
         ),
+        # Ordered lanes (webhooks.services.lanes): the unfinished deliveries of a lane in order,
+        # and each lane's holder, the one unfinished delivery that has a due time.
+        Index(
+            "ix_deliveries_lane_open",
+            "lane_id",
+            "lane_seq",
+            postgresql_where=text(
+                "lane_id IS NOT NULL AND status IN ('pending', 'retrying', 'in_flight')"
+            ),
+        ),
+        Index(
+            "ix_deliveries_lane_holder",
+            "subscription_id",
+            "lane_id",
+            postgresql_where=text(
+                "lane_id IS NOT NULL AND next_attempt_at IS NOT NULL"
+                " AND status IN ('pending', 'retrying', 'in_flight')"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -110,6 +131,14 @@ class Delivery(Timestamped, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+    # A fifo subscription's delivery: its lane (webhooks.models.lane) and its place in it. While
+    # an earlier one of its lane is unfinished it waits with no due time (next_attempt_at NULL).
+    lane_id: Mapped[int | None] = mapped_column(BigInteger)
+    lane_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # The event's, for the API (one primary-key lookup per delivery shown).
+    ordering_key: Mapped[str | None] = column_property(
+        select(Event.ordering_key).where(Event.id == event_id).scalar_subquery()
     )
 
 

@@ -120,6 +120,10 @@ class Subscription(Timestamped, Base):
     max_in_flight: Mapped[int] = mapped_column(
         Integer, nullable=False, default=DEFAULT_MAX_IN_FLIGHT, server_default=text("10")
     )
+    # "none" or "fifo" (webhooks.models.lane).
+    ordering: Mapped[str] = mapped_column(
+        String(8), nullable=False, default="none", server_default="none"
+    )
     consumer: Mapped[Consumer | None] = relationship(lazy="joined")
 
     @property

@@ -29,6 +29,10 @@ class DeliverySchema(Schema):
     delivered_at = fields.DateTime(allow_none=True)
     last_error = fields.String(allow_none=True)
     parked = fields.Boolean()
+    ordering_key = fields.String(
+        allow_none=True,
+        metadata={"description": "its event's ordering key (fifo subscriptions keep its order)"},
+    )
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 

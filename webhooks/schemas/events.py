@@ -11,6 +11,7 @@ from webhooks.schemas.deliveries import NESTED_LIMIT, DeliverySchema
 # \Z, not $: in Python $ also matches before a trailing newline.
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\Z"
 MAX_DEPTH = 32
+MAX_ORDERING_KEY = 200
 
 
 def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
@@ -75,6 +76,15 @@ class EventCreateSchema(Schema):
         metadata={"description": "uid of the consumer whose subscriptions get the event"},
     )
     channels = channels_field(load_default=list)
+    ordering_key = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=MAX_ORDERING_KEY),
+        metadata={
+            "description": "a fifo subscription delivers events with the same key one at a"
+            " time, in ingest order; without one, its events share one lane"
+        },
+    )
 
     @validates("payload")
     def _payload_depth(self, value: Any, **_: Any) -> None:
@@ -89,6 +99,7 @@ class EventSchema(Schema):
     consumer = fields.String(attribute="consumer_uid", allow_none=True)
     channels = fields.List(fields.String())
     idempotency_key = fields.String(allow_none=True)
+    ordering_key = fields.String(allow_none=True)
     created_at = fields.DateTime()
     deliveries = fields.Integer()
 
@@ -133,6 +144,7 @@ class BatchAcceptedSchema(Schema):
     idempotency_key = fields.String(required=True, allow_none=True)
     consumer = fields.String(required=True, allow_none=True)
     channels = fields.List(fields.String(), required=True)
+    ordering_key = fields.String(required=True, allow_none=True)
     created_at = fields.DateTime(required=True)
     deliveries = fields.Integer(required=True)
     replayed = fields.Boolean(

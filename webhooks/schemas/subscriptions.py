@@ -7,6 +7,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from webhooks.crypto import REDACTED
 from webhooks.models.event import OPERATIONAL_PREFIX, OPERATIONAL_TYPES
+from webhooks.models.lane import ORDERINGS
 from webhooks.schemas.consumers import ConsumerFilterQuery, uid_validators
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EVENT_TYPE_PATTERN, channels_field
@@ -95,6 +96,13 @@ class SubscriptionCreateSchema(Schema):
         allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_RATE_LIMIT)
     )
     max_in_flight = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_IN_FLIGHT))
+    ordering = fields.String(
+        validate=validate.OneOf(ORDERINGS),
+        metadata={
+            "description": "none (the default): any order; fifo: events with the same"
+            " ordering_key one at a time, in ingest order"
+        },
+    )
     signature_scheme = fields.String(
         validate=validate.OneOf(SCHEMES),
         metadata={"description": "hmac-sha256 (the default) or ed25519 (Standard Webhooks v1a)"},
@@ -140,6 +148,7 @@ class SubscriptionSchema(Schema):
     disabled_reason = fields.String(allow_none=True)
     rate_limit = fields.Integer(allow_none=True)
     max_in_flight = fields.Integer()
+    ordering = fields.String()
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
@@ -169,11 +178,25 @@ class SchedulingSchema(Schema):
     ready = fields.Integer(allow_none=True)
 
 
+class OrderingHealthSchema(Schema):
+    """A fifo subscription's lanes held up by a delivery that waits for a retry."""
+
+    ordering = fields.String()
+    blocked_lanes = fields.Integer(
+        metadata={"description": "lanes whose holder waits for a retry (always 0 for none)"}
+    )
+    oldest_blocked_since = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "the first failed attempt of the longest-blocked lane"},
+    )
+
+
 class SubscriptionHealthSchema(Schema):
     subscription_id = fields.UUID()
     status = fields.String()
     circuit = fields.Nested(CircuitSchema)
     scheduling = fields.Nested(SchedulingSchema)
+    ordering = fields.Nested(OrderingHealthSchema)
     deliveries = fields.Dict(keys=fields.String(), values=fields.Integer())
     parked = fields.Integer()
 

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.runtime import get_breaker, get_client, get_scheduler
-from webhooks.services import operational
+from webhooks.services import lanes, operational, scheduling
 from webhooks.signing import signature_headers
 
 log = logging.getLogger("webhooks.delivery")
@@ -61,9 +62,9 @@ WITH claimed AS (
    WHERE id = :id AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
      -- a message may arrive a little before its row's due time (clocks, rounding)
      AND next_attempt_at <= now() + interval '2 seconds'
-  RETURNING id, event_id, subscription_id, attempt_count, failures
+  RETURNING id, event_id, subscription_id, attempt_count, failures, lane_id
 )
-SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id,
+SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id, c.lane_id,
        e.id AS event_id, e.event_type, e.payload, e.created_at AS event_created_at,
        s.url, s.headers_ciphertext, s.status AS subscription_status, s.deleted_at,
        s.rate_limit,
@@ -146,7 +147,7 @@ def attempt(delivery_id: str) -> Step:
             # Delivered, claimed by another worker, parked, or not yet due: a stale message.
             return DONE
         if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
-            return _end_unsendable(conn, row)
+            return _in_lane(conn, row, _end_unsendable, conn, row)
         if row.rate_limit:
             not_before = get_scheduler().admit(
                 str(row.subscription_id), row.rate_limit, str(row.id)
@@ -161,8 +162,21 @@ def attempt(delivery_id: str) -> Step:
             return _park(conn, row)
         response = _send(row)
         if response.result is AttemptResult.SUCCESS:
-            return _delivered(conn, row, response, breaker)
-        return _failed(conn, row, response, decision.probe, breaker)
+            return _in_lane(conn, row, _delivered, conn, row, response, breaker)
+        return _in_lane(conn, row, _failed, conn, row, response, decision.probe, breaker)
+
+
+def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: Any) -> Step:
+    """Record an outcome; for a fifo delivery, in one transaction with giving its lane the
+    next holder if this one is done (services/lanes.py), which then starts."""
+    if row.lane_id is None:
+        return outcome(*args)
+    with lanes.transaction(conn):
+        step = outcome(*args)
+        # A retry keeps the lane; anything else (delivered, failed, parked) may free it.
+        ready = [] if step.retry_at is not None else lanes.advance(conn, [row.lane_id])
+    scheduling.submit(ready)
+    return step
 
 
 def _send(row: Any) -> Response:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from webhooks import metrics
 from webhooks.db import uuid7
 from webhooks.scheduler import Item
-from webhooks.services import Conflict, Invalid, consumers, event_types, scheduling
+from webhooks.services import Conflict, Invalid, consumers, event_types, lanes, scheduling
 
 # The events, and one delivery per new event and matching active subscription, in one
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
@@ -41,22 +41,24 @@ _INSERT = text(
     """
 WITH new_events AS (
   INSERT INTO events (id, tenant_id, event_type, payload, consumer_id, channels,
-                      idempotency_key, request_hash, created_at)
+                      idempotency_key, request_hash, ordering_key, created_at)
   SELECT e.id, :tenant_id, e.event_type, e.payload, e.consumer_id,
-         coalesce(e.channels, '{}'), e.key, decode(e.hash, 'hex'), :now
+         coalesce(e.channels, '{}'), e.key, decode(e.hash, 'hex'), e.ordering_key, :now
     FROM jsonb_to_recordset(CAST(:events AS jsonb))
          AS e(id uuid, event_type varchar, payload jsonb, consumer_id uuid, channels varchar[],
-              key varchar, hash text)
+              key varchar, hash text, ordering_key varchar)
       ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
   RETURNING id, event_type, payload, consumer_id, channels
 ), targets AS (
-  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit
+  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit,
+         ordering
     FROM subscriptions
    WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
      AND consumer_id = ANY(CAST(:consumers AS uuid[]))
      AND event_types && CAST(:wanted AS varchar[])
   UNION ALL
-  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit
+  SELECT id, consumer_id, event_types, channels, filter_path, max_in_flight, rate_limit,
+         ordering
     FROM subscriptions
    WHERE tenant_id = :tenant_id AND status = 'active' AND deleted_at IS NULL
      AND consumer_id IS NULL AND CAST(:own AS boolean)
@@ -68,7 +70,11 @@ WITH new_events AS (
   SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
                 substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
                           FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
-         :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
+         :tenant_id, e.id, t.id, 'pending', 0, 0,
+         -- a fifo delivery waits for its lane (services/lanes.py): no due time yet
+         CASE WHEN t.ordering = 'fifo' THEN NULL ELSE CAST(:now AS timestamptz) END,
+         CASE WHEN t.ordering = 'fifo' THEN NULL ELSE CAST(:now AS timestamptz) END,
+         false, :now, :now
     FROM new_events e
     JOIN targets t
       ON coalesce(t.consumer_id, '00000000-0000-0000-0000-000000000000')
@@ -79,17 +85,17 @@ WITH new_events AS (
      AND (t.filter_path IS NULL OR e.payload @@ t.filter_path)
   RETURNING id, event_id, subscription_id
 )
-SELECT e.id AS event_id, d.id AS delivery_id, d.subscription_id, t.max_in_flight, t.rate_limit
+SELECT e.id AS event_id, d.id AS delivery_id, d.subscription_id, t.max_in_flight, t.rate_limit,
+       t.ordering = 'fifo' AS ordered
   FROM new_events e
   LEFT JOIN new_deliveries d ON d.event_id = e.id
   LEFT JOIN targets t ON t.id = d.subscription_id
- ORDER BY e.id, d.id
 """
 )
 
 _EXISTING = text(
     "SELECT e.id, e.idempotency_key, e.event_type, e.payload, e.request_hash, e.created_at,"
-    " e.channels, c.uid AS consumer_uid"
+    " e.channels, e.ordering_key, c.uid AS consumer_uid"
     " FROM events e LEFT JOIN consumers c ON c.id = e.consumer_id"
     " WHERE e.tenant_id = :tenant_id AND e.idempotency_key = ANY(CAST(:keys AS varchar[]))"
 )
@@ -113,6 +119,7 @@ class EventRecord:
     created_at: datetime
     consumer_uid: str | None = None
     channels: list[str] = field(default_factory=list)
+    ordering_key: str | None = None
 
 
 @dataclass
@@ -132,16 +139,23 @@ class NewEvent:
     request_hash: bytes | None = None
     consumer: str | None = None
     channels: Sequence[str] = ()
+    ordering_key: str | None = None
 
 
 def request_hash(
-    event_type: str, payload: Any, consumer: str | None = None, channels: Sequence[str] = ()
+    event_type: str,
+    payload: Any,
+    consumer: str | None = None,
+    channels: Sequence[str] = (),
+    ordering_key: str | None = None,
 ) -> bytes:
     """Return the SHA-256 of an event's content, the same however its JSON was spelled."""
     content: list[Any] = [event_type, payload]
-    if consumer is not None or channels:
+    if consumer is not None or channels or ordering_key is not None:
         # Only then: events stored before consumers and channels existed keep their hash.
         content += [consumer, sorted(set(channels))]
+    if ordering_key is not None:
+        content.append(ordering_key)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).digest()
 
@@ -155,11 +169,14 @@ def publish_event(
     body_hash: bytes | None = None,
     consumer: str | None = None,
     channels: Sequence[str] = (),
+    ordering_key: str | None = None,
 ) -> Accepted:
     """Store an event and one delivery per matching subscription, commit, then enqueue them."""
     if idempotency_key is not None:
         assert body_hash is not None
-    item = NewEvent(event_type, payload, idempotency_key, body_hash, consumer, channels)
+    item = NewEvent(
+        event_type, payload, idempotency_key, body_hash, consumer, channels, ordering_key
+    )
     return _publish(session, tenant_id, [item], batch=False)[0]
 
 
@@ -242,44 +259,65 @@ def _consumers(
     return found
 
 
+@dataclass
+class Stored:
+    """What `store` wrote: (event_id, delivery_id, subscription_id, max_in_flight, rate_limit,
+    ordered) rows, delivery_id None for an event without any; and the deliveries to hand to the
+    scheduler once committed: every unordered one, and the new holder of each lane that had none.
+    """
+
+    rows: list[Any]
+    ready: list[Item]
+
+
 def store(
     conn: Session | Connection,
     tenant_id: uuid.UUID,
     events: list[dict[str, Any]],
     now: datetime,
-) -> list[Any]:
-    """Insert events and their deliveries in the caller's transaction (one statement); return
-    (event_id, delivery_id, subscription_id, max_in_flight, rate_limit) rows, delivery_id None
-    for an event without any.
+) -> Stored:
+    """Insert events and their deliveries in the caller's transaction (one statement, and two
+    more for fifo subscriptions' lanes). The caller commits, then submits `ready`.
 
-    Each event is a dict of `id`, `event_type`, `payload`, `consumer_id`, `channels`, `key`
-    and `hash` (hex), as _INSERT reads them.
+    Each event is a dict of `id`, `event_type`, `payload`, `consumer_id`, `channels`, `key`,
+    `hash` (hex) and `ordering_key`, as _INSERT reads them, in ingest order.
     """
     consumer_ids = sorted({str(e["consumer_id"]) for e in events if e.get("consumer_id")})
     wanted = sorted({e["event_type"] for e in events})
-    return list(
-        conn.execute(
-            _INSERT,
-            {
-                "tenant_id": tenant_id,
-                "now": now,
-                "events": json.dumps(events, separators=(",", ":"), ensure_ascii=False),
-                "wanted": [*wanted, "*"],
-                "consumers": consumer_ids,
-                "own": any(not e.get("consumer_id") for e in events),
-            },
-        ).all()
-    )
-
-
-def ready(tenant_id: uuid.UUID, rows: Sequence[Any]) -> list[Item]:
-    """The deliveries of `store`'s rows, for the scheduler."""
+    rows = conn.execute(
+        _INSERT,
+        {
+            "tenant_id": tenant_id,
+            "now": now,
+            "events": json.dumps(events, separators=(",", ":"), ensure_ascii=False),
+            "wanted": [*wanted, "*"],
+            "consumers": consumer_ids,
+            "own": any(not e.get("consumer_id") for e in events),
+        },
+    ).all()
+    # In ingest order (the rows come in event ID order, which is not quite that: UUIDv7s made
+    # in one millisecond differ in random bits).
+    place = {str(e["id"]): i for i, e in enumerate(events)}
+    rows.sort(key=lambda r: place[str(r.event_id)])
     tenant = str(tenant_id)
-    return [
-        Item(str(delivery_id), str(subscription_id), tenant, max_in_flight, rate_limit)
-        for _, delivery_id, subscription_id, max_in_flight, rate_limit in rows
-        if delivery_id is not None
+    ready = [
+        Item(str(r.delivery_id), str(r.subscription_id), tenant, r.max_in_flight, r.rate_limit)
+        for r in rows
+        if r.delivery_id is not None and not r.ordered
     ]
+    ordered = [
+        (
+            r.delivery_id,
+            r.subscription_id,
+            events[place[str(r.event_id)]].get("ordering_key"),
+            place[str(r.event_id)],
+        )
+        for r in rows
+        if r.ordered and r.delivery_id is not None
+    ]
+    if ordered:
+        ready += lanes.advance(conn, lanes.assign(conn, ordered))
+    return Stored(list(rows), ready)
 
 
 def _insert(
@@ -295,19 +333,17 @@ def _insert(
     """Insert the new events and their deliveries, fill in their results, and return the
     deliveries for the scheduler in the events' order."""
     event_ids = [uuid7() for _ in new]
-    rows = store(session, tenant_id, _rows(items, new, event_ids, consumer_ids), now)
-    deliveries: dict[uuid.UUID, list[Item]] = {}
-    for row in rows:
-        deliveries.setdefault(row[0], []).extend(ready(tenant_id, [row]))
+    stored = store(session, tenant_id, _rows(items, new, event_ids, consumer_ids), now)
+    deliveries: dict[uuid.UUID, int] = {}
+    for row in stored.rows:
+        deliveries[row.event_id] = deliveries.get(row.event_id, 0) + (row.delivery_id is not None)
     lost: dict[str | None, int] = {}
-    delivery_ids: list[Item] = []
     for i, event_id in zip(new, event_ids, strict=True):
         item = items[i]
         if event_id not in deliveries:
             # A concurrent request with the same key committed first: answer as it did.
             lost[item.idempotency_key] = i
             continue
-        delivery_ids.extend(deliveries[event_id])
         event = EventRecord(
             event_id,
             tenant_id,
@@ -317,11 +353,12 @@ def _insert(
             now,
             item.consumer,
             sorted(set(item.channels)),
+            item.ordering_key,
         )
-        results[i] = Accepted(event, len(deliveries[event_id]), created=True)
+        results[i] = Accepted(event, deliveries[event_id], created=True)
     if lost:
         _replay(session, tenant_id, items, lost, results, batch)
-    return delivery_ids
+    return stored.ready
 
 
 def _rows(
@@ -344,6 +381,7 @@ def _rows(
                 "channels": sorted(set(item.channels)),
                 "key": item.idempotency_key,
                 "hash": digest.hex() if digest is not None else None,
+                "ordering_key": item.ordering_key,
             }
         )
     return rows
@@ -390,6 +428,7 @@ def _replay(
             row.created_at,
             row.consumer_uid,
             list(row.channels),
+            row.ordering_key,
         )
         results[keyed[row.idempotency_key]] = Accepted(
             event, int(counts.get(row.id, 0)), created=False

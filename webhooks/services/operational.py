@@ -203,13 +203,16 @@ def _emit(
         )
     now = datetime.now(UTC)
     ready: list[Item] = []
+    created: list[uuid.UUID] = []
     for tenant_id, rows in by_tenant.items():
-        ready += ingest.ready(tenant_id, ingest.store(conn, tenant_id, rows, now))
+        stored = ingest.store(conn, tenant_id, rows, now)
+        ready += stored.ready
+        created += [r.delivery_id for r in stored.rows if r.delivery_id is not None]
     if by_tenant:
         metrics.EVENTS_INGESTED.inc(sum(len(rows) for rows in by_tenant.values()))
     if ready:
         _send_after_commit(conn, ready)
-    return [uuid.UUID(item.delivery_id) for item in ready]
+    return created
 
 
 def _send_after_commit(conn: Session | Connection, ids: list[Item]) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, null, select, update
 from sqlalchemy.orm import Session
 
-from webhooks.db import affected
 from webhooks.models import Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
-from webhooks.services import Conflict, NotFound, scheduling
+from webhooks.scheduler import Item
+from webhooks.services import Conflict, NotFound, lanes, scheduling
 from webhooks.services import subscriptions as subscription_service
 
 FINAL = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
@@ -38,20 +39,14 @@ def retry(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Del
     subscription = subscription_service.get(session, tenant_id, delivery.subscription_id)
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise Conflict("the subscription is disabled; enable it first", {"id": str(delivery_id)})
-    moved = affected(
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.status.in_(FINAL))
-            .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
-        )
-    )
-    if not moved:
+    moved = _restart(session, [delivery.id])
+    if not moved.ids:
         raise Conflict(
             "the delivery is still in progress", {"id": str(delivery_id), "status": delivery.status}
         )
     session.commit()
     session.refresh(delivery)
-    _send(session, [delivery.id])
+    _send(session, moved)
     return delivery
 
 
@@ -90,23 +85,43 @@ def replay(
     ).all()
     more = len(ids) > limit
     ids = ids[:limit]
-    if ids:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(ids))
-            .values(**_FRESH_START, next_attempt_at=_now(), dispatched_at=_now())
-        )
+    moved = _restart(session, ids)
     session.commit()
-    _send(session, ids)
+    _send(session, moved)
     return len(ids), more
 
 
-def _now() -> Any:
-    from sqlalchemy import func
+@dataclass
+class _Restarted:
+    ids: list[uuid.UUID]  # every delivery restarted
+    unordered: list[uuid.UUID]  # of those, the ones due now
+    lanes: list[Item]  # the fifo lanes' new holders
 
-    return func.now()
+
+def _restart(session: Session, ids: Sequence[uuid.UUID]) -> _Restarted:
+    """Give finished deliveries a fresh start. An unordered one is due now; a fifo one goes
+    back to its lane, which sends its deliveries lowest number first (services/lanes.py)."""
+    if not ids:
+        return _Restarted([], [], [])
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.status.in_(FINAL))
+        .values(
+            **_FRESH_START,
+            next_attempt_at=case((Delivery.lane_id.is_(None), func.now()), else_=null()),
+            dispatched_at=case((Delivery.lane_id.is_(None), func.now()), else_=null()),
+        )
+        .returning(Delivery.id, Delivery.lane_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return _Restarted(
+        [r.id for r in rows],
+        [r.id for r in rows if r.lane_id is None],
+        lanes.advance(session, [r.lane_id for r in rows if r.lane_id is not None]),
+    )
 
 
-def _send(session: Session, ids: Sequence[uuid.UUID]) -> None:
+def _send(session: Session, restarted: _Restarted) -> None:
     """Hand the deliveries to the scheduler, oldest first (the watchdog does if this fails)."""
-    scheduling.submit_ids(session, sorted(ids))
+    scheduling.submit_ids(session, sorted(restarted.unordered))
+    scheduling.submit(restarted.lanes)

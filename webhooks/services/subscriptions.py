@@ -21,6 +21,7 @@ from webhooks.crypto import (
 from webhooks.db import affected, uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Consumer, Delivery, DeliveryStatus, Subscription
+from webhooks.models.lane import ORDERING_FIFO, ORDERING_NONE
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT, SubscriptionStatus
 from webhooks.runtime import get_breaker
 from webhooks.services import (
@@ -29,6 +30,7 @@ from webhooks.services import (
     consumers,
     event_types,
     filters,
+    lanes,
     operational,
     scheduling,
 )
@@ -97,6 +99,7 @@ def create(
         status=SubscriptionStatus.ACTIVE,
         rate_limit=data.get("rate_limit"),
         max_in_flight=data.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT,
+        ordering=data.get("ordering") or ORDERING_NONE,
         signature_scheme=scheme,
         public_key=public_key,
         consumer=consumer,
@@ -136,6 +139,11 @@ def update_one(
         if name in data and (data[name] is not None or name == "rate_limit"):
             limits_changed |= getattr(subscription, name) != data[name]
             setattr(subscription, name, data[name])
+    if data.get("ordering", subscription.ordering) != subscription.ordering:
+        if subscription.ordering == ORDERING_FIFO:
+            # Its waiting deliveries become due, unordered; only new ones are ordered later.
+            lanes.release(session, subscription.id)
+        subscription.ordering = data["ordering"]
     status = data.get("status")
     if status == "active" and subscription.status != SubscriptionStatus.ACTIVE:
         subscription.status = SubscriptionStatus.ACTIVE
@@ -241,6 +249,7 @@ def health(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -
         },
         "deliveries": counts,
         "parked": int(parked or 0),
+        "ordering": {"ordering": subscription.ordering, **lanes.blocked(session, subscription.id)},
         "scheduling": {
             "rate_limit": subscription.rate_limit,
             "max_in_flight": subscription.max_in_flight,

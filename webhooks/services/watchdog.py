@@ -25,7 +25,7 @@ from webhooks import metrics, scheduler
 from webhooks.db import session_scope
 from webhooks.models import DeliveryStatus
 from webhooks.runtime import get_breaker, get_scheduler
-from webhooks.services import operational, scheduling
+from webhooks.services import lanes, operational, scheduling
 
 log = logging.getLogger("webhooks.watchdog")
 
@@ -51,7 +51,7 @@ UPDATE deliveries d
          WHERE status = '{S.IN_FLIGHT}' AND lease_expires_at < now()
          ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED) stale
  WHERE d.id = stale.id
-RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id
+RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id, d.lane_id
 """  # noqa: S608 (status names from the enums, no input)
 )
 
@@ -169,8 +169,12 @@ def _take_back_expired(report: Report) -> None:
                 {"ids": [r.id for r in rows], "numbers": [r.attempt_count for r in rows]},
             )
             operational.deliveries_failed(session, [r.id for r in rows if r.status == S.FAILED])
+            # A fifo delivery that failed for good hands its lane to the next (services/lanes).
+            ended = [r.lane_id for r in rows if r.status == S.FAILED and r.lane_id is not None]
+            next_in_lanes = lanes.advance(session, ended)
     if not rows:
         return
+    scheduling.submit(next_in_lanes)
     report.expired = len(rows)
     breaker = get_breaker()
     now = time.time()
