@@ -28,6 +28,8 @@ class Received:
     at: float
     # The status the receiver answered with (set once the reply is chosen).
     status: int = 0
+    # When its answer began to go out (0 until then): the sender cannot act on it earlier.
+    ended: float = 0.0
 
     @property
     def json(self) -> Any:
@@ -86,6 +88,7 @@ class Receiver:
                     time.sleep(reply.delay)
                 with receiver._lock:
                     receiver.received.append(item)
+                item.ended = time.time()
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
@@ -93,6 +96,7 @@ class Receiver:
                     self.send_header("content-length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
+                    self.wfile.flush()
                 except OSError:
                     pass
 

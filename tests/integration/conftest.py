@@ -192,3 +192,24 @@ def subscribe(
     )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()
+
+
+@pytest.fixture
+def restartable_redis(servers: Servers, tmp_path: Any) -> Iterator[Any]:
+    """The session's embedded Redis, or one of this test's own when TEST_REDIS_URL is in use."""
+    from scripts.embedded import EmbeddedRedis
+
+    if servers.redis is not None:
+        yield servers.redis
+        return
+    own = EmbeddedRedis(tmp_path / "redis")
+    url = own.start()
+    saved = os.environ["REDIS_URL"]
+    os.environ["REDIS_URL"] = url
+    reset_settings()
+    try:
+        yield own
+    finally:
+        own.stop()
+        os.environ["REDIS_URL"] = saved
+        reset_settings()

@@ -167,28 +167,6 @@ def test_whole_worker_killed_during_retry_countdowns_new_worker_delivers_all(
 # 3 ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restartable_redis(servers, tmp_path):
-    """The session's embedded Redis, or one of this test's own when TEST_REDIS_URL is in use."""
-    from scripts.embedded import EmbeddedRedis
-    from tests.conftest import reset_settings
-
-    if servers.redis is not None:
-        yield servers.redis
-        return
-    own = EmbeddedRedis(tmp_path / "redis")
-    url = own.start()
-    saved = os.environ["REDIS_URL"]
-    os.environ["REDIS_URL"] = url
-    reset_settings()
-    try:
-        yield own
-    finally:
-        own.stop()
-        os.environ["REDIS_URL"] = saved
-        reset_settings()
-
-
 def test_redis_crash_restarted_empty_loses_nothing_and_ingest_stays_accepted(
     client, tenant, receiver, start_worker, start_beat, restartable_redis
 ):
