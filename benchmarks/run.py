@@ -50,6 +50,7 @@ SCENARIOS = (
     "latency",
     "parked",
     "routing",
+    "ordering",
 )
 
 
@@ -66,6 +67,8 @@ class Sizes:
     parked: int = 20_000
     routing_seconds: float = 5
     routing_rounds: int = 2
+    ordered: int = 5_000
+    ordered_one_key: int = 1_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -81,6 +84,8 @@ class Sizes:
             parked=5_000,
             routing_seconds=2,
             routing_rounds=1,
+            ordered=1_500,
+            ordered_one_key=300,
         )
 
 
@@ -116,25 +121,30 @@ class Bench:
             _, self.key = create_tenant(session, "bench")
         self.auth = {"Authorization": f"Bearer {self.key}"}
 
-    def subscribe(self, port: int, path: str, event_types: list[str]) -> str:
+    def subscribe(self, port: int, path: str, event_types: list[str], **extra: Any) -> str:
         status, body = post_json(
             port,
             "/v1/subscriptions",
             {
                 "url": f"http://127.0.0.1:{self.stack.receiver_port}{path}",
                 "event_types": event_types,
+                **extra,
             },
             self.auth,
         )
         assert status == 201, (status, body)
         return str(body["id"])
 
-    def ingest_batches(self, port: int, event_type: str, count: int) -> None:
-        """Publish `count` events through the batch endpoint, 500 at a time."""
+    def ingest_batches(self, port: int, event_type: str, count: int, keys: int = 0) -> None:
+        """Publish `count` events through the batch endpoint, 500 at a time (with `keys`
+        ordering keys in turn, if any)."""
         sent = 0
         while sent < count:
             n = min(500, count - sent)
             events = [{"event_type": event_type, "payload": _payload(sent + i)} for i in range(n)]
+            if keys:
+                for i, event in enumerate(events):
+                    event["ordering_key"] = f"key-{(sent + i) % keys}"
             status, body = post_json(port, "/v1/events/batch", {"events": events}, self.auth)
             assert status == 202, (status, body)
             sent += n
@@ -345,6 +355,52 @@ class Bench:
                     "worker_rss_mb": rss_after / 2**20,
                     "worker_rss_start_mb": rss_before / 2**20,
                 },
+            )
+        )
+
+    # -- ordered delivery ----------------------------------------------------------------------
+    def ordering(self, web_port: int) -> None:
+        """The same receiver and subscription settings, unordered, then fifo with 50 keys and
+        with 1 key: deliveries per second from the first receipt to the last."""
+
+        def run(path: str, n: int, ordering: str, keys: int) -> float:
+            self.subscribe(web_port, path, [f"ordered.{path[1:]}"], ordering=ordering)
+            self.ingest_batches(web_port, f"ordered.{path[1:]}", n, keys)
+            worker = self.stack.worker(self.pool, self.concurrency)
+            self.wait_received([path], n)
+            stats = self.stack.receiver_stats()[path]
+            self.stack.kill(worker)
+            self.stack.reset_data()
+            return (n - 1) / (stats["last"] - stats["first"])
+
+        n = self.sizes.ordered
+        unordered = run("/unordered", n, "none", 50)
+        ordered = run("/fifo50", n, "fifo", 50)
+        ratio = ordered / unordered
+        self.add(
+            Figure(
+                f"ordered deliveries/s, 50 keys, {n} queued",
+                ordered,
+                "deliveries/s",
+                unordered,
+                "unordered, same subscription",
+                ratio,
+                ">= 0.5",
+                ratio >= 0.5,
+            )
+        )
+        one = self.sizes.ordered_one_key
+        single = run("/fifo1", one, "fifo", 1)
+        self.add(
+            Figure(
+                f"ordered deliveries/s, 1 key, {one} queued",
+                single,
+                "deliveries/s",
+                unordered,
+                "unordered, same subscription",
+                single / unordered,
+                "reported (one at a time: bound by each attempt's round trip)",
+                None,
             )
         )
 
@@ -935,6 +991,7 @@ def main(argv: list[str] | None = None) -> int:
             ("latency", bench.latency),
             ("parked", bench.parked),
             ("routing", bench.routing),
+            ("ordering", bench.ordering),
         ]
         if only & {name for name, _ in steps}:
             with stack.web() as port:

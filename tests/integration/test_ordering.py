@@ -347,3 +347,42 @@ def test_fifo_fields_in_the_api(client, tenant, receiver: Receiver):
         f"/v1/subscriptions/{sub['id']}", json={"ordering": "lifo"}, headers=tenant["headers"]
     )
     assert resp.status_code == 422
+    spec = client.get("/openapi.json").get_json()["components"]["schemas"]
+    for schema, field in [
+        ("EventCreate", "ordering_key"),
+        ("BatchEvent", "ordering_key"),
+        ("Event", "ordering_key"),
+        ("Delivery", "ordering_key"),
+        ("SubscriptionCreate", "ordering"),
+        ("SubscriptionUpdate", "ordering"),
+        ("Subscription", "ordering"),
+        ("SubscriptionHealth", "ordering"),
+    ]:
+        assert field in spec[schema]["properties"], (schema, field)
+    assert spec["SubscriptionCreate"]["properties"]["ordering"]["enum"] == ["none", "fifo"]
+
+
+def test_only_each_lanes_holder_is_due_and_switching_to_none_releases_the_rest(
+    client, tenant, receiver: Receiver
+):
+    sub = fifo(client, tenant, receiver.url("/o"))
+    for key in ("a", "a", "a", "b"):
+        event = {"event_type": "order.updated", "payload": {}, "ordering_key": key}
+        assert client.post("/v1/events", json=event, headers=tenant["headers"]).status_code == 202
+
+    def due() -> dict[str, int]:
+        resp = client.get(
+            f"/v1/deliveries?subscription_id={sub['id']}", headers=tenant["headers"]
+        ).get_json()
+        out: dict[str, int] = defaultdict(int)
+        for d in resp["data"]:
+            out[d["ordering_key"]] += d["next_attempt_at"] is not None
+        return dict(out)
+
+    # No worker: each lane's first delivery is due, the others wait for it.
+    assert due() == {"a": 1, "b": 1}
+    resp = client.patch(
+        f"/v1/subscriptions/{sub['id']}", json={"ordering": "none"}, headers=tenant["headers"]
+    )
+    assert resp.status_code == 200 and resp.get_json()["ordering"] == "none"
+    assert due() == {"a": 3, "b": 1}

@@ -284,19 +284,20 @@ def store(
     """
     consumer_ids = sorted({str(e["consumer_id"]) for e in events if e.get("consumer_id")})
     wanted = sorted({e["event_type"] for e in events})
-    rows = conn.execute(
-        _INSERT,
-        {
-            "tenant_id": tenant_id,
-            "now": now,
-            "events": json.dumps(events, separators=(",", ":"), ensure_ascii=False),
-            "wanted": [*wanted, "*"],
-            "consumers": consumer_ids,
-            "own": any(not e.get("consumer_id") for e in events),
-        },
-    ).all()
-    # In ingest order (the rows come in event ID order, which is not quite that: UUIDv7s made
-    # in one millisecond differ in random bits).
+    rows = list(
+        conn.execute(
+            _INSERT,
+            {
+                "tenant_id": tenant_id,
+                "now": now,
+                "events": json.dumps(events, separators=(",", ":"), ensure_ascii=False),
+                "wanted": [*wanted, "*"],
+                "consumers": consumer_ids,
+                "own": any(not e.get("consumer_id") for e in events),
+            },
+        ).all()
+    )
+    # In ingest order: the scheduler queues them so (the statement returns them in no order).
     place = {str(e["id"]): i for i, e in enumerate(events)}
     rows.sort(key=lambda r: place[str(r.event_id)])
     tenant = str(tenant_id)
