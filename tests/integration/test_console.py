@@ -209,7 +209,7 @@ def test_every_page_renders_the_tenants_data(client: Any, tenant: Any, world: An
     pages = {
         "/console/": ["Events/s", "<svg"],
         "/console/subscriptions": ["http://127.0.0.1:9/hook", "Success 24 h"],
-        f"/console/subscriptions/{mine['sub']['id']}": ["Rotate secret", "http_error"],
+        f"/console/subscriptions/{mine['sub']['id']}": ["Rotate secret", "http_error", "Ordering"],
         "/console/deliveries": [mine["delivery"][:8]],
         "/console/deliveries?status=failed&event_type=order.created": [mine["delivery"][:8]],
         f"/console/deliveries/{mine['delivery']}": ["HTTP 500", "Retry"],

@@ -36,7 +36,7 @@ from webhooks.console.web import (
 )
 from webhooks.models import DeliveryStatus
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
-from webhooks.services import ServiceError, queries, recovery, signin, stats
+from webhooks.services import ServiceError, lanes, queries, recovery, signin, stats
 from webhooks.services import subscriptions as subscription_service
 from webhooks.services.test_events import send_test_event
 
@@ -188,6 +188,7 @@ def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
         "consumer": request.form.get("consumer", "").strip() or None,
         "channels": form_list(request.form.get("channels", "")),
         "filter": None,
+        "ordering": request.form.get("ordering", "").strip() or "none",
     }
     errors: dict[str, list[str]] = {}
     for name in ("rate_limit", "max_in_flight"):
@@ -258,6 +259,7 @@ def _subscription_page(subscription_id: uuid.UUID, status: int = 200, **extra: A
         "circuit": stats.circuits([subscription.id])[subscription.id],
         "scheduling": stats.scheduling([subscription])[subscription.id],
         "day": stats.subscription_stats(session_, _tenant(), subscription.id, "24h"),
+        "lanes": lanes.blocked(session_, subscription.id),
         "form": {},
         "errors": {},
         "secret": None,

@@ -138,7 +138,10 @@ class Delivery(Timestamped, Base):
     lane_seq: Mapped[int | None] = mapped_column(BigInteger)
     # The event's, for the API (one primary-key lookup per delivery shown).
     ordering_key: Mapped[str | None] = column_property(
-        select(Event.ordering_key).where(Event.id == event_id).scalar_subquery()
+        select(Event.ordering_key)
+        .where(Event.id == event_id)
+        .correlate_except(Event)  # its own lookup, also where a query joins events
+        .scalar_subquery()
     )
 
 
