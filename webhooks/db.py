@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import DateTime, MetaData, create_engine, func
-from sqlalchemy.engine import CursorResult, Engine, Result
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from config import get_settings
@@ -131,3 +131,24 @@ def session_scope() -> Iterator[Session]:
 def affected(result: Result[Any]) -> int:
     """Return how many rows an UPDATE or DELETE changed."""
     return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+@contextmanager
+def atomic(db: Session | Connection) -> Iterator[None]:
+    """Make the statements inside one transaction on an autocommit connection (the delivery
+    state's, `state_engine`), a savepoint inside one already open. A Session, or a connection
+    that is not autocommit, is in its caller's transaction already: nothing to do."""
+    if isinstance(db, Connection) and getattr(db.connection.dbapi_connection, "autocommit", False):
+        with db.connection.driver_connection.transaction():  # type: ignore[union-attr]
+            yield
+    else:
+        yield
+
+
+def committed(db: Session | Connection) -> bool:
+    """Whether what `db` wrote is committed now: an autocommit connection outside a block."""
+    if isinstance(db, Session):
+        return False
+    raw = db.connection.dbapi_connection
+    in_block = raw.info.transaction_status  # type: ignore[union-attr]  # psycopg: 0 is idle
+    return bool(getattr(raw, "autocommit", False)) and not in_block

@@ -25,7 +25,7 @@ from config import get_settings
 from webhooks import metrics, scheduler
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_headers, decrypt_secret
-from webhooks.db import affected, session_scope, state_engine
+from webhooks.db import affected, atomic, session_scope, state_engine
 from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
@@ -171,7 +171,7 @@ def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: An
     next holder if this one is done (services/lanes.py), which then starts."""
     if row.lane_id is None:
         return outcome(*args)
-    with lanes.transaction(conn):
+    with atomic(conn):
         step = outcome(*args)
         # A retry keeps the lane; anything else (delivered, failed, parked) may free it.
         ready = [] if step.retry_at is not None else lanes.advance(conn, [row.lane_id])

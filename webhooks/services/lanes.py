@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -161,11 +160,3 @@ def blocked(db: Session | Connection, subscription_id: uuid.UUID) -> dict[str, A
     """How many of a subscription's lanes wait for a retrying delivery, and since when."""
     row = db.execute(_BLOCKED, {"subscription_id": subscription_id}).one()
     return {"blocked_lanes": int(row.lanes), "oldest_blocked_since": row.since}
-
-
-@contextmanager
-def transaction(conn: Connection) -> Iterator[None]:
-    """One transaction on an autocommit connection (the delivery state's, webhooks.db): what
-    ends a lane's holder and what gives the lane its next holder commit together."""
-    with conn.connection.driver_connection.transaction():  # type: ignore[union-attr]
-        yield

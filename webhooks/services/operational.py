@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webhooks import metrics
-from webhooks.db import uuid7
+from webhooks.db import atomic, committed, uuid7
 from webhooks.models.event import (
     CIRCUIT_CLOSED,
     CIRCUIT_OPENED,
@@ -204,10 +204,13 @@ def _emit(
     now = datetime.now(UTC)
     ready: list[Item] = []
     created: list[uuid.UUID] = []
-    for tenant_id, rows in by_tenant.items():
-        stored = ingest.store(conn, tenant_id, rows, now)
-        ready += stored.ready
-        created += [r.delivery_id for r in stored.rows if r.delivery_id is not None]
+    # One transaction even on an autocommit connection: a fifo subscription's deliveries and
+    # their lanes (services/lanes.py) are written together.
+    with atomic(conn):
+        for tenant_id, rows in by_tenant.items():
+            stored = ingest.store(conn, tenant_id, rows, now)
+            ready += stored.ready
+            created += [r.delivery_id for r in stored.rows if r.delivery_id is not None]
     if by_tenant:
         metrics.EVENTS_INGESTED.inc(sum(len(rows) for rows in by_tenant.values()))
     if ready:
@@ -223,7 +226,7 @@ def _send_after_commit(conn: Session | Connection, ids: list[Item]) -> None:
             event.listen(conn, "after_commit", _flush)
             event.listen(conn, "after_rollback", _forget)
         pending.extend(ids)
-    elif getattr(conn.connection.dbapi_connection, "autocommit", False):
+    elif committed(conn):
         _send(ids)
     else:
         # Committed later by the caller, when this module cannot see it: the watchdog sends
