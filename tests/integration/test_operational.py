@@ -218,3 +218,29 @@ def test_subscriptions_name_only_the_types_the_service_emits(client, tenant):
     assert resp.status_code == 422
     (message,) = resp.get_json()["error"]["details"]["fields"]["event_types"]["0"]
     assert message.startswith("the service emits only webhook.subscription.disabled")
+
+
+def test_a_circuit_opened_by_lost_attempts_is_told_too(client, tenant, receiver, monkeypatch):
+    """The watchdog's lease expiries count for the breaker; the circuit they open is told."""
+    from webhooks.services import watchdog
+
+    monkeypatch.setenv("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", "1")
+    reset_settings()
+    subscribe(client, tenant, receiver.url("/ops"), ["webhook.circuit.opened"])
+    hung = subscribe(client, tenant, receiver.url("/hung"), ["order.paid"])
+    publish(client, tenant, "order.paid", {})
+    with get_engine().begin() as conn:  # as a worker that died mid-attempt leaves it
+        conn.execute(
+            text(
+                "UPDATE deliveries SET status = 'in_flight', attempt_count = 1,"
+                " lease_expires_at = now() - interval '1 second' WHERE subscription_id = :s"
+            ),
+            {"s": hung["id"]},
+        )
+    assert watchdog.run().expired == 1
+    events = _operational_events()
+    assert [t for t, _ in events] == ["webhook.circuit.opened"]
+    assert events[0][1]["subscription_id"] == hung["id"]
+    assert "lost" in events[0][1]["reason"]
+    monkeypatch.undo()
+    reset_settings()

@@ -35,6 +35,7 @@ BATCH = 1000
 # interval (at least a few seconds), so recovery after Redis lost everything is fast.
 PASS_SHARE = 0.8
 LOST_BATCH = 5000
+LOST = "the worker was lost or hung past its lease"
 
 _EXPIRED_LEASES = text(
     f"""
@@ -45,13 +46,14 @@ UPDATE deliveries d
        next_attempt_at = now(),
        dispatched_at = now(),
        lease_expires_at = NULL,
-       last_error = 'the worker was lost or hung past its lease',
+       last_error = :lost,
        updated_at = now()
   FROM (SELECT id FROM deliveries
          WHERE status = '{S.IN_FLIGHT}' AND lease_expires_at < now()
          ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED) stale
  WHERE d.id = stale.id
-RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id, d.lane_id
+RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id, d.lane_id,
+          (SELECT e.event_type FROM events e WHERE e.id = d.event_id) AS event_type
 """  # noqa: S608 (status names from the enums, no input)
 )
 
@@ -161,7 +163,7 @@ def _take_back_expired(report: Report) -> None:
     with session_scope() as session:
         rows = session.execute(
             _EXPIRED_LEASES,
-            {"max_failures": len(settings.retry_delays), "batch": BATCH},
+            {"max_failures": len(settings.retry_delays), "batch": BATCH, "lost": LOST},
         ).all()
         if rows:
             session.execute(
@@ -179,11 +181,13 @@ def _take_back_expired(report: Report) -> None:
     breaker = get_breaker()
     now = time.time()
     retried = 0
+    opened = []
     for row in rows:
         subscription_id = str(row.subscription_id)
         # An attempt that never came back counts against its subscriber, as a timeout would.
         if breaker.record_failure(subscription_id):
             metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+            opened.append(row)
         retry = row.status == S.RETRYING
         retried += retry
         scheduling.finish(
@@ -196,6 +200,12 @@ def _take_back_expired(report: Report) -> None:
         if retry:
             report.sent.append(str(row.id))
     report.failed_after_expiry = report.expired - retried
+    if opened:
+        with session_scope() as session:
+            for row in opened:
+                operational.circuit_opened(
+                    session, row.tenant_id, row.subscription_id, row.event_type, False, LOST
+                )
     if report.failed_after_expiry:
         metrics.DELIVERIES.labels(outcome="failed").inc(report.failed_after_expiry)
     if retried:
