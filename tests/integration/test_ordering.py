@@ -386,3 +386,52 @@ def test_only_each_lanes_holder_is_due_and_switching_to_none_releases_the_rest(
     )
     assert resp.status_code == 200 and resp.get_json()["ordering"] == "none"
     assert due() == {"a": 3, "b": 1}
+
+
+def test_a_keys_numbers_follow_the_order_of_commits(client, tenant, receiver: Receiver):
+    """Two ingests of one key at once: the second waits for the first's commit to number its
+    delivery, so the lane's order is the commits' order."""
+    from sqlalchemy import text
+
+    from webhooks.db import new_session, uuid7
+    from webhooks.services import ingest
+
+    sub = fifo(client, tenant, receiver.url("/o"))
+
+    def event(n: int) -> dict[str, Any]:
+        return {
+            "id": str(uuid7()),
+            "event_type": "order.updated",
+            "payload": {"n": n},
+            "channels": [],
+            "ordering_key": "k",
+        }
+
+    first, second = new_session(), new_session()
+    tid = first.execute(
+        text("SELECT tenant_id FROM subscriptions WHERE id = :id"), {"id": sub["id"]}
+    ).scalar_one()
+    ingest.store(first, tid, [event(1)], datetime.now(UTC))  # numbered, not committed
+    done = threading.Event()
+
+    def later() -> None:
+        ingest.store(second, tid, [event(2)], datetime.now(UTC))
+        second.commit()
+        done.set()
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    assert not done.wait(0.5), "the second ingest numbered its delivery before the first commit"
+    first.commit()
+    assert done.wait(10)
+    thread.join()
+    first.close()
+    second.close()
+    with new_session() as session:
+        seqs = session.execute(
+            text(
+                "SELECT e.payload->>'n' AS n, d.lane_seq, d.next_attempt_at IS NOT NULL AS due"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id ORDER BY d.lane_seq"
+            )
+        ).all()
+    assert [(r.n, r.lane_seq, r.due) for r in seqs] == [("1", 1, True), ("2", 2, False)]
