@@ -97,9 +97,10 @@ def _create(isolation_level: str | None = None, synchronous_commit: bool = True)
         options["isolation_level"] = isolation_level
     if not synchronous_commit:
         options["connect_args"] = {"options": "-c synchronous_commit=off"}
+    settings = get_settings()
     return create_engine(
-        get_settings().database_url,
-        pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
+        settings.database_url,
+        pool_size=settings.db_pool_size,
         max_overflow=10,
         pool_pre_ping=True,
         pool_recycle=1800,
