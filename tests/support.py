@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -212,10 +213,22 @@ class Process:
 
 
 def celery(kind: str, env: dict[str, str], log: Path, *extra: str) -> Process:
-    """Start `celery -A tasks worker|beat` and wait until it is ready."""
+    """Start `celery -A tasks worker|beat` as the Procfile does, and wait until it is ready."""
+    if kind == "worker":
+        # A folder of its own for its pool processes' metric samples, set before celery starts.
+        metrics = tempfile.mkdtemp(prefix="celery-", dir=log.parent)
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics}
     args = [str(VENV_BIN / "celery"), "-A", "tasks", kind, "--loglevel=INFO", *extra]
     ready = "ready." if kind == "worker" else "beat: Starting..."
     return Process(args, env, log, ready)
+
+
+def procfile_command(name: str) -> str:
+    """Return a process's command line as the Procfile has it (for `sh -c`, as honcho runs it)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in the Procfile")
 
 
 def gunicorn(env: dict[str, str], log: Path) -> Process:
