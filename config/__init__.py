@@ -246,7 +246,7 @@ class Settings:
     metrics_cache_seconds: float
     rotation_grace: float
     retention_days: int
-    # Per tenant; a batch counts its events, a resend the deliveries it requeues (ratelimit.py).
+    # Per tenant; a batch counts its events, a replay the deliveries it requeues (ratelimit.py).
     rate_limit: str
     # Per client address, for requests without a valid API key (each may cost a key lookup).
     rate_limit_unauthenticated: str

@@ -124,7 +124,7 @@ class Accepted:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """One event to publish; `request_hash` tells a replay from a reused idempotency key."""
+    """One event to publish; `request_hash` tells a repeat from a reused idempotency key."""
 
     event_type: str
     payload: Any
@@ -200,7 +200,7 @@ def _publish(
             )
         keyed[item.idempotency_key] = i
     if keyed:
-        _replay(session, tenant_id, items, keyed, results, batch)
+        _answer_taken_keys(session, tenant_id, items, keyed, results, batch)
 
     new = [i for i, result in enumerate(results) if result is None]
     # Before any write: an event its type's schema refuses leaves the whole batch unstored.
@@ -320,7 +320,7 @@ def _insert(
         )
         results[i] = Accepted(event, len(deliveries[event_id]), created=True)
     if lost:
-        _replay(session, tenant_id, items, lost, results, batch)
+        _answer_taken_keys(session, tenant_id, items, lost, results, batch)
     return delivery_ids
 
 
@@ -349,7 +349,7 @@ def _rows(
     return rows
 
 
-def _replay(
+def _answer_taken_keys(
     session: Session,
     tenant_id: uuid.UUID,
     items: Sequence[NewEvent],
