@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -262,3 +263,11 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(interval)
+
+
+def assert_uuid7(value: uuid.UUID, not_before_ms: int, not_after_ms: int) -> None:
+    """Check an id's RFC 9562 version 7 layout: version, variant, and a 48-bit prefix of unix
+    milliseconds within the given window."""
+    assert value.version == 7, value
+    assert value.variant == uuid.RFC_4122, value
+    assert not_before_ms <= value.int >> 80 <= not_after_ms, (value, not_before_ms, not_after_ms)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
+import uuid_utils.compat
 from sqlalchemy import DateTime, MetaData, create_engine, func
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -36,15 +36,11 @@ class Timestamped:
 
 
 def uuid7() -> uuid.UUID:
-    """Return a time-ordered UUID (RFC 9562 version 7), so IDs sort by creation."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    """Return a time-ordered UUID (RFC 9562 version 7), so IDs sort by creation.
+
+    Made by uuid-utils; ids made in SQL come from the database's uuidv7() (services/ingest.py).
+    """
+    return uuid_utils.compat.uuid7()
 
 
 _engine: Engine | None = None

@@ -27,8 +27,9 @@ from webhooks.services import Conflict, Invalid, consumers, event_types, schedul
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
 # call of the C JSON encoder; psycopg quoting each payload into a text array cost more than
 # the insert). An event whose idempotency key is taken is skipped (ON CONFLICT) and gets no
-# deliveries. Delivery IDs are UUIDv7 made in SQL, like webhooks.db.uuid7: 48 bits of unix
-# milliseconds over a random UUID whose version bits are turned from 4 into 7.
+# deliveries. Delivery IDs are made in SQL by uuidv7(), PostgreSQL 18's or, before 18, the
+# function of the same name and layout that migration 20261130_0007 creates (their number is
+# known only once the statement has matched the subscriptions).
 #
 # Routing: an event goes to the subscriptions of its consumer, or to the tenant's own (no
 # consumer) when it names none. `targets` reads only those, through ix_subscriptions_live
@@ -65,10 +66,7 @@ WITH new_events AS (
   INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status, attempt_count,
                           failures, next_attempt_at, dispatched_at, parked, created_at,
                           updated_at)
-  SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
-                substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-                          FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
-         :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
+  SELECT uuidv7(), :tenant_id, e.id, t.id, 'pending', 0, 0, :now, :now, false, :now, :now
     FROM new_events e
     JOIN targets t
       ON coalesce(t.consumer_id, '00000000-0000-0000-0000-000000000000')
