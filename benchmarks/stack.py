@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -195,7 +196,12 @@ class Stack:
         for line in (ROOT / "Procfile").read_text().splitlines():
             key, _, command = line.partition(":")
             if key.strip() == name:
-                return shlex.split(os.path.expandvars(command.strip()))
+                words = shlex.split(os.path.expandvars(command.strip()))
+                # Leading NAME=value words set the environment (the worker's metrics folder):
+                # the callers set their own.
+                while words and "=" in words[0] and not words[0].startswith("-"):
+                    words.pop(0)
+                return words
         raise KeyError(name)
 
     @contextmanager
@@ -223,7 +229,9 @@ class Stack:
         args += shlex.split(os.environ.get("BENCH_WORKER_ARGS", ""))
         if include:
             args += ["-I", include]
-        proc = self.spawn(f"worker{len(self.procs)}", args, **env)
+        # As the Procfile's line: a metrics folder of its own, set before celery starts.
+        metrics = tempfile.mkdtemp(prefix="celery-", dir=self.logs)
+        proc = self.spawn(f"worker{len(self.procs)}", args, PROMETHEUS_MULTIPROC_DIR=metrics, **env)
         _wait_ping(name, proc)
         return proc
 

@@ -1,70 +1,144 @@
-"""Settings from the environment, read in one place; a bad value stops the process at start."""
+"""Settings from the environment, read in one place (environs); a bad value stops the process
+at start with a message that names the variable."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
+
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError, fields, validate
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("WEBHOOKS_VAR_DIR", ROOT / "var"))
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed."""
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+class _Env(Env):
+    """environs' reader, with a blank variable read as unset (`FOO=` in a compose file or a
+    Procfile's environment means "the default" there, as it always has here)."""
+
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        value = super()._get_value(env_key, default)
+        return default if value == "" else value
 
 
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+# Our own words for the parse errors (marshmallow's "Not a valid integer." names neither the
+# variable nor the value); `Reader.check` adds both.
+class _Number(fields.Float):
+    default_error_messages = {"invalid": "must be a number", "special": "must be a finite number"}
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+class _Integer(fields.Integer):
+    default_error_messages = {"invalid": "must be an integer"}
 
 
-def _delays(name: str, default: str) -> tuple[float, ...]:
-    raw = os.environ.get(name) or default
+class _Flag(fields.Boolean):
+    default_error_messages = {"invalid": "must be true or false"}
+
+
+def _at_least(minimum: float) -> validate.Range:
+    return validate.Range(min=minimum, error="must be at least {min}")
+
+
+class Reader:
+    """Read settings with environs, collecting every bad value; `check` reports them all in one
+    ConfigError that names each variable and its value."""
+
+    def __init__(self) -> None:
+        self.env = _Env(eager=False)
+        self.env.add_parser_from_field("number", _Number)
+        self.env.add_parser_from_field("integer", _Integer)
+        self.env.add_parser_from_field("flag", _Flag)
+        self.env.add_parser("delays", _delays)
+        self.env.add_parser("tenant_cap", _tenant_cap)
+        self.env.add_parser("level", _log_level)
+
+    def seconds(self, name: str, default: float, minimum: float = 0.0) -> float:
+        return cast(float, self.env.number(name, default, validate=_at_least(minimum)))
+
+    def whole(self, name: str, default: int, minimum: int = 0) -> int:
+        return cast(int, self.env.integer(name, default, validate=_at_least(minimum)))
+
+    def flag(self, name: str, default: bool) -> bool:
+        return cast(bool, self.env.flag(name, default))
+
+    def text(self, name: str, default: str | None, **options: Any) -> Any:
+        return self.env.str(name, default, **options)
+
+    def check(self) -> None:
+        try:
+            self.env.seal()
+        except EnvValidationError as exc:
+            problems = [
+                f"{name} {'; '.join(_flat(messages))}, got {os.environ.get(name)!r}"
+                for name, messages in cast(dict[str, Any], exc.error_messages).items()
+            ]
+            raise ConfigError("; ".join(problems)) from None
+
+
+def _flat(messages: Any) -> list[str]:
+    if isinstance(messages, dict):
+        return [m for value in messages.values() for m in _flat(value)]
+    if isinstance(messages, list):
+        return [m for value in messages for m in _flat(value)]
+    return [str(messages)]
+
+
+def _delays(raw: str | tuple[float, ...]) -> tuple[float, ...]:
+    if isinstance(raw, tuple):
+        return raw
     try:
         values = tuple(float(part) for part in raw.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"{name} must be comma-separated seconds, got {raw!r}") from None
+        raise ValidationError("must be comma-separated seconds") from None
     if any(v < 0 for v in values):
-        raise ConfigError(f"{name} may not hold negative delays, got {raw!r}")
+        raise ValidationError("may not hold negative delays")
     return values
+
+
+def _log_level(raw: str | int) -> int:
+    level = raw if isinstance(raw, int) else logging.getLevelNamesMapping().get(raw.upper())
+    if level is None:
+        raise ValidationError("must be a level name: DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def parse_tenant_cap(raw: str) -> tuple[int, float]:
+    """Read a tenant cap: `N` attempts, or `P%` of the live pool slots; (N, 0) or (0, share)."""
+    raw = raw.strip()
+    if raw.endswith("%"):
+        share = float(raw[:-1]) / 100
+        if not 0 < share <= 1:
+            raise ValueError(raw)
+        return 0, share
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value, 0.0
+
+
+def _tenant_cap(raw: str) -> str:
+    try:
+        parse_tenant_cap(raw)
+    except ValueError:
+        raise ValidationError("must be a whole number of attempts or a share like 50%") from None
+    return raw
+
+
+# Read at import: processes (gunicorn's config, the Celery app) place files here before any
+# setting is read.
+VAR_DIR = _Env().path("WEBHOOKS_VAR_DIR", ROOT / "var")
 
 
 def normalize_database_url(url: str) -> str:
@@ -82,13 +156,6 @@ KEY_HELP = (
     'generate one with: python -c "import base64, os; '
     'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
 )
-
-
-def _environment() -> str:
-    raw = os.environ.get("WEBHOOKS_ENV") or "production"
-    if raw not in ENVIRONMENTS:
-        raise ConfigError(f"WEBHOOKS_ENV must be one of {', '.join(ENVIRONMENTS)}, got {raw!r}")
-    return raw
 
 
 def decode_key(name: str, raw: str) -> bytes:
@@ -124,8 +191,7 @@ def _dev_key_text() -> str:
     return path.read_text().strip()
 
 
-def _secret_key(environment: str) -> bytes:
-    raw = os.environ.get("WEBHOOKS_SECRET_KEY")
+def _secret_key(environment: str, raw: str | None) -> bytes:
     if not raw:
         if environment != "development":
             # Refusing beats a key made up per host: hosts could not read each other's
@@ -140,8 +206,7 @@ def _secret_key(environment: str) -> bytes:
     return decode_key("WEBHOOKS_SECRET_KEY", raw)
 
 
-def _previous_keys() -> tuple[bytes, ...]:
-    raw = os.environ.get("WEBHOOKS_PREVIOUS_SECRET_KEYS") or ""
+def _previous_keys(raw: str) -> tuple[bytes, ...]:
     return tuple(
         decode_key("WEBHOOKS_PREVIOUS_SECRET_KEYS", part) for part in raw.split(",") if part.strip()
     )
@@ -149,44 +214,50 @@ def _previous_keys() -> tuple[bytes, ...]:
 
 @dataclass(frozen=True)
 class Settings:
+    """The service's settings; each default is written once, in `get_settings`."""
+
     database_url: str
     redis_url: str
     secret_key: bytes = field(repr=False)
     # Keys that still decrypt, never encrypt: set them while rotate-secret-key re-encrypts.
-    previous_secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    previous_secret_keys: tuple[bytes, ...] = field(repr=False)
     # "development" allows a generated secret key and Flower without credentials.
-    environment: str = "production"
-    retry_delays: tuple[float, ...] = (2, 4, 8, 16, 32)
-    retry_jitter: float = 0.1
-    http_timeout: float = 10.0
+    environment: str
+    log_level: int
+    # Connections each process keeps open to PostgreSQL (plus up to 10 more under load).
+    db_pool_size: int
+    retry_delays: tuple[float, ...]
+    retry_jitter: float
+    http_timeout: float
     # Subscription create and update resolve the URL's host within this budget (422 past it).
-    dns_timeout: float = 2.0
-    circuit_failure_threshold: int = 5
-    circuit_cooldown: float = 60.0
-    watchdog_interval: float = 30.0
-    lost_after: float = 60.0
-    allow_private_targets: bool = False
+    dns_timeout: float
+    circuit_failure_threshold: int
+    circuit_cooldown: float
+    watchdog_interval: float
+    lost_after: float
+    allow_private_targets: bool
     # Events and subscriptions must name a known, unarchived type of the catalogue.
-    strict_event_types: bool = False
-    max_payload_bytes: int = 262_144
-    worker_metrics_port: int = 9808
+    strict_event_types: bool
+    max_payload_bytes: int
+    worker_metrics_port: int
     # Loopback unless set: the metrics have no authentication (a scraper elsewhere needs it set).
-    worker_metrics_address: str = "127.0.0.1"
+    worker_metrics_address: str
     # The backlog gauges are read from the database at most this often per process.
-    metrics_cache_seconds: float = 5.0
-    rotation_grace: float = 86_400.0
-    retention_days: int = 30
+    metrics_cache_seconds: float
+    rotation_grace: float
+    retention_days: int
     # Per tenant; a batch counts its events, a replay the deliveries it requeues (ratelimit.py).
-    rate_limit: str = "6000/minute"
+    rate_limit: str
     # Per client address, for requests without a valid API key (each may cost a key lookup).
-    rate_limit_unauthenticated: str = "60/minute"
-    api_key_cache_seconds: float = 30.0
-    max_response_body: int = 4096
-    retry_after_max: float = 3600.0
+    rate_limit_unauthenticated: str
+    api_key_cache_seconds: float
+    # The part of a subscriber's answer kept with an attempt.
+    max_response_body: int
+    retry_after_max: float
     # Added to the HTTP timeout to make a claim's lease: time to record the outcome after it.
-    lease_margin: float = 20.0
+    lease_margin: float
     # Concurrent attempts one tenant may hold: `N`, or `P%` of the live workers' pool slots.
-    tenant_max_in_flight: str = "75%"
+    tenant_max_in_flight: str
 
     @property
     def lease_seconds(self) -> float:
@@ -197,67 +268,55 @@ class Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Read the settings once per process."""
-    database_url = os.environ.get("DATABASE_URL")
-    redis_url = os.environ.get("REDIS_URL")
-    if not database_url:
-        raise ConfigError("DATABASE_URL is not set (make run starts an embedded PostgreSQL)")
-    if not redis_url:
-        raise ConfigError("REDIS_URL is not set (make run starts an embedded Redis)")
-    watchdog_interval = _float("WEBHOOKS_WATCHDOG_INTERVAL_SECONDS", 30.0, minimum=0.1)
-    environment = _environment()
-    return Settings(
-        database_url=normalize_database_url(database_url),
-        redis_url=redis_url,
-        secret_key=_secret_key(environment),
-        previous_secret_keys=_previous_keys(),
-        environment=environment,
-        retry_delays=_delays("WEBHOOKS_RETRY_DELAYS", "2,4,8,16,32"),
-        retry_jitter=_float("WEBHOOKS_RETRY_JITTER", 0.1),
-        http_timeout=_float("WEBHOOKS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-        dns_timeout=_float("WEBHOOKS_DNS_TIMEOUT_SECONDS", 2.0, minimum=0.1),
-        circuit_failure_threshold=_int("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1),
-        circuit_cooldown=_float("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", 60.0, minimum=0.1),
-        watchdog_interval=watchdog_interval,
-        lost_after=_float("WEBHOOKS_LOST_AFTER_SECONDS", max(60.0, 2 * watchdog_interval), 0.1),
-        allow_private_targets=_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
-        strict_event_types=_bool("WEBHOOKS_STRICT_EVENT_TYPES", False),
-        max_payload_bytes=_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
-        worker_metrics_port=_int("WEBHOOKS_WORKER_METRICS_PORT", 9808),
-        worker_metrics_address=os.environ.get("WEBHOOKS_WORKER_METRICS_ADDRESS") or "127.0.0.1",
-        metrics_cache_seconds=_float("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
-        rotation_grace=_float("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
-        retention_days=_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
-        rate_limit=os.environ.get("WEBHOOKS_RATE_LIMIT", "6000/minute"),
-        rate_limit_unauthenticated=os.environ.get(
-            "WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", "60/minute"
-        ),
-        api_key_cache_seconds=_float("WEBHOOKS_API_KEY_CACHE_SECONDS", 30.0),
-        retry_after_max=_float("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
-        lease_margin=_float("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),
-        tenant_max_in_flight=_tenant_cap("WEBHOOKS_TENANT_MAX_IN_FLIGHT", "75%"),
+    read = Reader()
+    environment = read.text(
+        "WEBHOOKS_ENV",
+        "production",
+        validate=validate.OneOf(ENVIRONMENTS, error="must be one of {choices}"),
     )
-
-
-def parse_tenant_cap(raw: str) -> tuple[int, float]:
-    """Read a tenant cap: `N` attempts, or `P%` of the live pool slots; (N, 0) or (0, share)."""
-    raw = raw.strip()
-    if raw.endswith("%"):
-        share = float(raw[:-1]) / 100
-        if not 0 < share <= 1:
-            raise ValueError(raw)
-        return 0, share
-    value = int(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value, 0.0
-
-
-def _tenant_cap(name: str, default: str) -> str:
-    raw = os.environ.get(name) or default
-    try:
-        parse_tenant_cap(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{name} must be a whole number of attempts or a share like 50%, got {raw!r}"
-        ) from None
-    return raw
+    watchdog_interval = read.seconds("WEBHOOKS_WATCHDOG_INTERVAL_SECONDS", 30.0, minimum=0.1)
+    values: dict[str, Any] = {
+        "database_url": read.text("DATABASE_URL", None),
+        "redis_url": read.text("REDIS_URL", None),
+        "log_level": read.env.level("WEBHOOKS_LOG_LEVEL", "INFO"),
+        "db_pool_size": read.whole("WEBHOOKS_DB_POOL_SIZE", 5, minimum=1),
+        "retry_delays": read.env.delays("WEBHOOKS_RETRY_DELAYS", "2,4,8,16,32"),
+        "retry_jitter": read.seconds("WEBHOOKS_RETRY_JITTER", 0.1),
+        "http_timeout": read.seconds("WEBHOOKS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        "dns_timeout": read.seconds("WEBHOOKS_DNS_TIMEOUT_SECONDS", 2.0, minimum=0.1),
+        "circuit_failure_threshold": read.whole("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", 5, 1),
+        "circuit_cooldown": read.seconds("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", 60.0, minimum=0.1),
+        "watchdog_interval": watchdog_interval,
+        "lost_after": read.seconds(
+            "WEBHOOKS_LOST_AFTER_SECONDS", max(60.0, 2 * (watchdog_interval or 0)), minimum=0.1
+        ),
+        "allow_private_targets": read.flag("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
+        "strict_event_types": read.flag("WEBHOOKS_STRICT_EVENT_TYPES", False),
+        "max_payload_bytes": read.whole("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
+        "worker_metrics_port": read.whole("WEBHOOKS_WORKER_METRICS_PORT", 9808),
+        "worker_metrics_address": read.text("WEBHOOKS_WORKER_METRICS_ADDRESS", "127.0.0.1"),
+        "metrics_cache_seconds": read.seconds("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
+        "rotation_grace": read.seconds("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
+        "retention_days": read.whole("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
+        "rate_limit": read.text("WEBHOOKS_RATE_LIMIT", "6000/minute"),
+        "rate_limit_unauthenticated": read.text("WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", "60/minute"),
+        "api_key_cache_seconds": read.seconds("WEBHOOKS_API_KEY_CACHE_SECONDS", 30.0),
+        "max_response_body": read.whole("WEBHOOKS_MAX_RESPONSE_BODY_BYTES", 4096),
+        "retry_after_max": read.seconds("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
+        "lease_margin": read.seconds("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),
+        "tenant_max_in_flight": read.env.tenant_cap("WEBHOOKS_TENANT_MAX_IN_FLIGHT", "75%"),
+    }
+    secret_key = read.text("WEBHOOKS_SECRET_KEY", None)
+    previous_keys = read.text("WEBHOOKS_PREVIOUS_SECRET_KEYS", "")
+    read.check()
+    if not values["database_url"]:
+        raise ConfigError("DATABASE_URL is not set (make run starts an embedded PostgreSQL)")
+    if not values["redis_url"]:
+        raise ConfigError("REDIS_URL is not set (make run starts an embedded Redis)")
+    values["database_url"] = normalize_database_url(values["database_url"])
+    return Settings(
+        secret_key=_secret_key(environment, secret_key),
+        previous_secret_keys=_previous_keys(previous_keys),
+        environment=environment,
+        **values,
+    )

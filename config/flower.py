@@ -6,11 +6,16 @@ they never show in the process list. Outside development Flower refuses to start
 its pages show task arguments and tracebacks.
 """
 
-import os
 import sys
 
-_development = os.environ.get("WEBHOOKS_ENV") == "development"
-if not os.environ.get("FLOWER_BASIC_AUTH") and not _development:
+from config import Reader
+
+_read = Reader()
+_development = _read.text("WEBHOOKS_ENV", "production") == "development"
+_credentials = _read.text("FLOWER_BASIC_AUTH", None)
+_address = _read.text("FLOWER_ADDRESS", None)
+_read.check()
+if not _credentials and not _development:
     sys.exit(
         "FLOWER_BASIC_AUTH is not set: Flower shows task arguments and tracebacks, so outside "
         "development (WEBHOOKS_ENV=development) it needs credentials, as user:password in the "
@@ -19,6 +24,4 @@ if not os.environ.get("FLOWER_BASIC_AUTH") and not _development:
 
 # Without credentials (development only), listen on loopback alone. FLOWER_ADDRESS decides
 # otherwise (Flower reads the environment before this file, which would override it).
-address = os.environ.get("FLOWER_ADDRESS") or (
-    "" if os.environ.get("FLOWER_BASIC_AUTH") else "127.0.0.1"
-)
+address = _address or ("" if _credentials else "127.0.0.1")

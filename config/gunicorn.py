@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+from config import VAR_DIR, Reader
+
+_read = Reader()
+_host = _read.text("HOST", "0.0.0.0")  # noqa: S104 - a container's port is published on purpose
+_port = _read.whole("PORT", 8000, minimum=1)
+workers = _read.whole("WEB_CONCURRENCY", 2, minimum=1)
+threads = _read.whole("WEB_THREADS", 4, minimum=1)
+_read.check()
+bind = f"{_host}:{_port}"
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "4"))
 keepalive = 5
 timeout = 30
 graceful_timeout = 10
@@ -18,8 +23,7 @@ accesslog = None  # the app logs one JSON line per request itself
 # Each gunicorn worker writes its metric samples to files here; /metrics sums them all.
 # Set before any worker imports prometheus_client, and emptied at every start.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _var = Path(os.environ.get("WEBHOOKS_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
-    _dir = _var / "metrics" / f"web-{os.getpid()}"
+    _dir = VAR_DIR / "metrics" / f"web-{os.getpid()}"
     shutil.rmtree(_dir, ignore_errors=True)
     _dir.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from config import ConfigError, _int, get_settings
+from marshmallow import validate
+
+from config import ConfigError, Reader, get_settings
 
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}\Z")
 # A CSP source: a scheme and host (with an optional port and wildcard), or a keyword.
@@ -22,19 +23,20 @@ _FRAME_SOURCE = re.compile(r"^('self'|'none'|https?://(\*\.)?[A-Za-z0-9.-]+(:\d{
 
 @dataclass(frozen=True)
 class PageSettings:
+    """The console's and portal's settings; each default is written once, below."""
+
     session_key: bytes = field(repr=False)
-    session_seconds: int = 8 * 3600
-    signin_limit: str = "10/minute"
-    portal_link_seconds: int = 3600
-    portal_frame_ancestors: str = "'self'"
-    portal_title: str = "Webhooks"
-    portal_logo_url: str = ""
-    portal_accent: str = "#2563eb"
-    public_url: str = ""
+    session_seconds: int
+    signin_limit: str
+    portal_link_seconds: int
+    portal_frame_ancestors: str
+    portal_title: str
+    portal_logo_url: str
+    portal_accent: str
+    public_url: str
 
 
-def _derived_key() -> bytes:
-    raw = os.environ.get("WEBHOOKS_CONSOLE_SECRET_KEY")
+def _derived_key(raw: str | None) -> bytes:
     if raw:
         if len(raw) < 32:
             raise ConfigError("WEBHOOKS_CONSOLE_SECRET_KEY must be at least 32 characters")
@@ -48,31 +50,39 @@ def get_page_settings() -> PageSettings:
     """Read the console and portal settings; raise ConfigError on a bad value."""
     from webhooks.ratelimit import parse_limit  # the API's own limits: one syntax
 
-    limit = os.environ.get("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "10/minute")
+    read = Reader()
+    key = read.text("WEBHOOKS_CONSOLE_SECRET_KEY", None)
+    session_seconds = read.whole("WEBHOOKS_CONSOLE_SESSION_SECONDS", 8 * 3600, minimum=60)
+    link_seconds = read.whole("WEBHOOKS_PORTAL_LINK_SECONDS", 3600, minimum=60)
+    limit = read.text("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "10/minute")
+    accent = read.text(
+        "WEBHOOKS_PORTAL_ACCENT_COLOUR",
+        "#2563eb",
+        validate=validate.Regexp(_COLOUR, error="must look like #1a2b3c"),
+    )
+    ancestors = read.text("WEBHOOKS_PORTAL_FRAME_ANCESTORS", "'self'")
+    title = read.text("WEBHOOKS_PORTAL_TITLE", "Webhooks")
+    logo = read.text("WEBHOOKS_PORTAL_LOGO_URL", "")
+    public_url = read.text("WEBHOOKS_PUBLIC_URL", "").rstrip("/")
+    read.check()
     parse_limit("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", limit)  # raises ConfigError
-    accent = os.environ.get("WEBHOOKS_PORTAL_ACCENT_COLOUR") or "#2563eb"
-    if not _COLOUR.match(accent):
-        raise ConfigError(f"WEBHOOKS_PORTAL_ACCENT_COLOUR must look like #1a2b3c, got {accent!r}")
-    ancestors = os.environ.get("WEBHOOKS_PORTAL_FRAME_ANCESTORS") or "'self'"
     for source in ancestors.split():
         if not _FRAME_SOURCE.match(source):
             raise ConfigError(
                 "WEBHOOKS_PORTAL_FRAME_ANCESTORS must be space-separated origins "
                 f"(https://app.example.com) or 'self' or 'none', got {source!r}"
             )
-    logo = os.environ.get("WEBHOOKS_PORTAL_LOGO_URL", "")
-    public_url = os.environ.get("WEBHOOKS_PUBLIC_URL", "").rstrip("/")
     for name, url in (("WEBHOOKS_PORTAL_LOGO_URL", logo), ("WEBHOOKS_PUBLIC_URL", public_url)):
         parts = urlsplit(url)
         if url and (parts.scheme not in {"http", "https"} or not parts.netloc):
             raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
     return PageSettings(
-        session_key=_derived_key(),
-        session_seconds=_int("WEBHOOKS_CONSOLE_SESSION_SECONDS", 8 * 3600, minimum=60),
+        session_key=_derived_key(key),
+        session_seconds=session_seconds,
         signin_limit=limit,
-        portal_link_seconds=_int("WEBHOOKS_PORTAL_LINK_SECONDS", 3600, minimum=60),
+        portal_link_seconds=link_seconds,
         portal_frame_ancestors=" ".join(ancestors.split()),
-        portal_title=os.environ.get("WEBHOOKS_PORTAL_TITLE") or "Webhooks",
+        portal_title=title,
         portal_logo_url=logo,
         portal_accent=accent,
         public_url=public_url,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from config import VAR_DIR
 from scripts.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    var = Path(os.environ.get("WEBHOOKS_VAR_DIR", ROOT / "var")).resolve()
+    var = VAR_DIR.resolve()
     var.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, WEBHOOKS_VAR_DIR=str(var))
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from config import VAR_DIR
+from celery import Celery
 
-# prometheus_client picks its storage when first imported: in a worker every pool process
-# writes its samples to files in this folder, which the main process serves together.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _dir = VAR_DIR / "metrics" / f"celery-{os.getpid()}"
-    _dir.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
+from config import get_settings
+from config.celery import celery_config
+from tasks.broker import survive_broker_crash
+from tasks.schedule import beat_schedule
+from webhooks.logs import configure_logging
 
-# The celery command loads Flower's plugin, which imports prometheus_client before this module
-# runs: switch its value storage to files now, before webhooks.metrics makes any metric.
-import prometheus_client.metrics
-import prometheus_client.values
-
-prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()
-prometheus_client.metrics.ValueClass = prometheus_client.values.ValueClass  # type: ignore[attr-defined]
-
-from celery import Celery  # noqa: E402
-
-from config import get_settings  # noqa: E402
-from config.celery import celery_config  # noqa: E402
-from tasks.broker import survive_broker_crash  # noqa: E402
-from tasks.schedule import beat_schedule  # noqa: E402
-from webhooks.logs import configure_logging  # noqa: E402
+# A worker's pool processes write their metric samples to files in PROMETHEUS_MULTIPROC_DIR,
+# which the main process serves together. prometheus_client picks its storage when it is first
+# imported, and the celery command imports it before this module (Flower's plugin does), so
+# the variable is set before celery starts: by the Procfile's worker line (and by whatever
+# starts a worker in tests). Its folder is made here, before webhooks.metrics makes a metric.
+if _metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(_metrics_dir).mkdir(parents=True, exist_ok=True)
 
 configure_logging()
 survive_broker_crash()

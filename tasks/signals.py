@@ -35,6 +35,13 @@ def _serve_metrics(**_: object) -> Any:
     port, address = settings.worker_metrics_port, settings.worker_metrics_address
     if not port:
         return None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Without it each pool process would count only in its own memory, out of reach.
+        log.warning(
+            "worker metrics not served: start the worker with PROMETHEUS_MULTIPROC_DIR set, as "
+            "the Procfile's worker line does (or set WEBHOOKS_WORKER_METRICS_PORT=0)"
+        )
+        return None
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(BacklogCollector())

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -216,10 +218,22 @@ class Process:
 
 
 def celery(kind: str, env: dict[str, str], log: Path, *extra: str) -> Process:
-    """Start `celery -A tasks worker|beat` and wait until it is ready."""
+    """Start `celery -A tasks worker|beat` as the Procfile does, and wait until it is ready."""
+    if kind == "worker":
+        # A folder of its own for its pool processes' metric samples, set before celery starts.
+        metrics = tempfile.mkdtemp(prefix="celery-", dir=log.parent)
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics}
     args = [str(VENV_BIN / "celery"), "-A", "tasks", kind, "--loglevel=INFO", *extra]
     ready = "ready." if kind == "worker" else "beat: Starting..."
     return Process(args, env, log, ready)
+
+
+def procfile_command(name: str) -> str:
+    """Return a process's command line as the Procfile has it (for `sh -c`, as honcho runs it)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in the Procfile")
 
 
 def gunicorn(env: dict[str, str], log: Path) -> Process:
@@ -253,3 +267,11 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(interval)
+
+
+def assert_uuid7(value: uuid.UUID, not_before_ms: int, not_after_ms: int) -> None:
+    """Check an id's RFC 9562 version 7 layout: version, variant, and a 48-bit prefix of unix
+    milliseconds within the given window."""
+    assert value.version == 7, value
+    assert value.variant == uuid.RFC_4122, value
+    assert not_before_ms <= value.int >> 80 <= not_after_ms, (value, not_before_ms, not_after_ms)

@@ -201,10 +201,6 @@ class CircuitBreaker:
             "probe_until": float(fields["probe_until"]) if "probe_until" in fields else None,
         }
 
-    def open_count(self) -> int:
-        """Count the circuits open or half-open now."""
-        return int(self.client.scard(OPEN_SET))
-
     def reset(self, subscription_id: str) -> None:
         """Forget a subscription's circuit (it closes); soft state, so never raise."""
         try:

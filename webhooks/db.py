@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
+import uuid_utils.compat
 from sqlalchemy import DateTime, MetaData, create_engine, func
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -36,15 +36,11 @@ class Timestamped:
 
 
 def uuid7() -> uuid.UUID:
-    """Return a time-ordered UUID (RFC 9562 version 7), so IDs sort by creation."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    """Return a time-ordered UUID (RFC 9562 version 7), so IDs sort by creation.
+
+    Made by uuid-utils; ids made in SQL come from the database's uuidv7() (services/ingest.py).
+    """
+    return uuid_utils.compat.uuid7()
 
 
 _engine: Engine | None = None
@@ -97,9 +93,10 @@ def _create(isolation_level: str | None = None, synchronous_commit: bool = True)
         options["isolation_level"] = isolation_level
     if not synchronous_commit:
         options["connect_args"] = {"options": "-c synchronous_commit=off"}
+    settings = get_settings()
     return create_engine(
-        get_settings().database_url,
-        pool_size=int(os.environ.get("WEBHOOKS_DB_POOL_SIZE", "5")),
+        settings.database_url,
+        pool_size=settings.db_pool_size,
         max_overflow=10,
         pool_pre_ping=True,
         pool_recycle=1800,

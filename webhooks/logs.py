@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
+
+from config import get_settings
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -35,7 +36,7 @@ def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
-    root.setLevel(os.environ.get("WEBHOOKS_LOG_LEVEL", "INFO").upper())
+    root.setLevel(get_settings().log_level)
     # The lines never hold the caller's file and line, nor thread or process IDs: skip
     # gathering them for every record (the logging HOWTO's "Optimization"), which took about
     # a third of the API's access-log call. processName stays: Celery's own format shows it.

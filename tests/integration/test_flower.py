@@ -12,17 +12,9 @@ import pytest
 import requests
 
 from scripts.embedded import free_port
-from tests.support import ROOT, VENV_BIN, Process, answers, wait_until
+from tests.support import VENV_BIN, Process, answers, procfile_command, wait_until
 
 AUTH = ("ops", "s3cret-pw")
-
-
-def procfile_command(name: str) -> str:
-    """Return a process's command line as the Procfile has it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"no {name} in the Procfile")
 
 
 def start_flower(process_env: Any, tmp_path: Any, **env: str) -> tuple[Process, str]:

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from scripts.embedded import free_port
 from tests.conftest import BASE_ENV, Servers
 from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
-from tests.support import Process, Receiver, Reply, celery, gunicorn, wait_until
+from tests.support import VENV_BIN, Process, Receiver, Reply, gunicorn, procfile_command, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
@@ -204,20 +204,19 @@ def mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ite
         with _engine().begin() as conn:
             lost = conn.execute(text("UPDATE deliveries SET dispatched_at = NULL")).rowcount
 
-        worker = celery(
-            "worker",
-            env | {"WEBHOOKS_WORKER_METRICS_PORT": str(worker_port)},
+        # The Procfile's own worker line, through sh as honcho runs it: it must give the
+        # worker its metrics folder before celery starts. Pool processes are replaced as they
+        # go (--max-tasks-per-child): their samples must still add up.
+        worker = Process(
+            ["sh", "-c", procfile_command("worker") + " --max-tasks-per-child=3 -n metrics@%h"],
+            env
+            | {
+                "WEBHOOKS_WORKER_METRICS_PORT": str(worker_port),
+                "WORKER_CONCURRENCY": "2",
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            },
             tmp / "worker.log",
-            "--pool=prefork",
-            "--concurrency=2",
-            # Pool processes are replaced as they go: their samples must still add up.
-            "--max-tasks-per-child=3",
-            "-Q",
-            "webhooks,control",
-            "-n",
-            "metrics@%h",
-            "--without-gossip",
-            "--without-mingle",
+            ready="ready.",
         )
         dispatch._producer_app().send_task("tasks.watchdog", queue="control")
         receiver.wait_for("/ok", lost, timeout=60)

@@ -304,6 +304,10 @@ def test_bad_portal_settings_stop_the_app(monkeypatch: pytest.MonkeyPatch, serve
         ("WEBHOOKS_PORTAL_FRAME_ANCESTORS", "https://ok.example.com javascript:x"),
         ("WEBHOOKS_PORTAL_LOGO_URL", "javascript:alert(1)"),
         ("WEBHOOKS_CONSOLE_SIGNIN_LIMIT", "lots"),
+        ("WEBHOOKS_PUBLIC_URL", "ftp://example.com"),
+        ("WEBHOOKS_CONSOLE_SECRET_KEY", "too short"),
+        ("WEBHOOKS_CONSOLE_SESSION_SECONDS", "30"),
+        ("WEBHOOKS_PORTAL_LINK_SECONDS", "an hour"),
     ):
         with monkeypatch.context() as patch:
             patch.setenv(name, value)

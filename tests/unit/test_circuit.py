@@ -46,7 +46,7 @@ def test_threshold_of_consecutive_failures_opens_the_circuit(breaker):
     decision = breaker.acquire(SUB)
     assert (decision.allowed, decision.state) == (False, "open")
     assert before + COOLDOWN - 0.05 <= decision.retry_at <= time.time() + COOLDOWN + 0.05
-    assert breaker.open_count() == 1
+    assert breaker.client.scard(OPEN_SET) == 1
     # Further failures while open do not count as opening it again.
     assert breaker.record_failure(SUB) is False
 
@@ -89,7 +89,7 @@ def test_successful_probe_closes_the_circuit(breaker):
     assert breaker.record_success(SUB) == "half_open"
     decision = breaker.acquire(SUB)
     assert (decision.allowed, decision.state, decision.probe) == (True, "closed", False)
-    assert breaker.open_count() == 0
+    assert breaker.client.scard(OPEN_SET) == 0
     assert breaker.state(SUB)["consecutive_failures"] == 0
 
 
@@ -102,7 +102,7 @@ def test_failed_probe_reopens_the_circuit_for_another_cooldown(breaker):
     decision = breaker.acquire(SUB)
     assert (decision.allowed, decision.state) == (False, "open")
     assert decision.retry_at >= reopened_at + COOLDOWN - 0.05
-    assert breaker.open_count() == 1
+    assert breaker.client.scard(OPEN_SET) == 1
 
 
 def test_probe_whose_outcome_never_arrives_is_replaced_after_its_ttl(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -86,6 +87,12 @@ def test_settings_are_read_once_per_process(setenv, monkeypatch):
         ("WEBHOOKS_ENV", "staging"),
         ("DATABASE_URL", ""),
         ("REDIS_URL", ""),
+        ("WEBHOOKS_DB_POOL_SIZE", "0"),
+        ("WEBHOOKS_DB_POOL_SIZE", "five"),
+        ("WEBHOOKS_LOG_LEVEL", "loud"),
+        ("WEBHOOKS_MAX_RESPONSE_BODY_BYTES", "-1"),
+        ("WEBHOOKS_TENANT_MAX_IN_FLIGHT", "150%"),
+        ("WEBHOOKS_LEASE_MARGIN_SECONDS", "nan"),
     ],
 )
 def test_malformed_setting_raises_config_error_naming_it(setenv, name, value):
@@ -93,6 +100,31 @@ def test_malformed_setting_raises_config_error_naming_it(setenv, name, value):
     with pytest.raises(ConfigError) as info:
         get_settings()
     assert name in str(info.value)
+
+
+def test_the_message_says_what_is_wrong_and_shows_the_value(setenv):
+    setenv(WEBHOOKS_HTTP_TIMEOUT_SECONDS="ten", WEBHOOKS_DB_POOL_SIZE="0")
+    with pytest.raises(ConfigError) as info:
+        get_settings()
+    # Every bad value at once, each with its variable, the rule and what was given.
+    assert "WEBHOOKS_HTTP_TIMEOUT_SECONDS must be a number, got 'ten'" in str(info.value)
+    assert "WEBHOOKS_DB_POOL_SIZE must be at least 1, got '0'" in str(info.value)
+
+
+def test_a_blank_variable_means_the_default(setenv):
+    setenv(WEBHOOKS_HTTP_TIMEOUT_SECONDS="", WEBHOOKS_RETRY_DELAYS="", WEBHOOKS_LOG_LEVEL="")
+    settings = get_settings()
+    assert settings.http_timeout == 10
+    assert settings.retry_delays == (2, 4, 8, 16, 32)
+    assert settings.log_level == logging.INFO
+
+
+def test_the_pool_size_and_log_level_are_settings(setenv):
+    setenv(WEBHOOKS_DB_POOL_SIZE="7", WEBHOOKS_LOG_LEVEL="warning")
+    from webhooks.db import _create
+
+    assert _create().pool.size() == 7  # type: ignore[attr-defined]
+    assert get_settings().log_level == logging.WARNING
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,6 @@ def test_standardwebhooks_accepts_our_signature():
         "type": "order.created",
         "data": {"order": 42},
     }
-    signing.verify(secret, BODY, headers)
 
 
 def test_tampered_body_is_refused():
@@ -47,8 +46,6 @@ def test_tampered_body_is_refused():
     tampered = BODY.replace(b"42", b"43")
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(tampered, headers)
-    with pytest.raises(signing.SignatureError):
-        signing.verify(secret, tampered, headers)
 
 
 def test_changed_webhook_id_is_refused():
@@ -63,8 +60,6 @@ def test_wrong_secret_is_refused():
     other = signing.generate_secret()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(BODY, headers)
-    with pytest.raises(signing.SignatureError):
-        signing.verify(other, BODY, headers)
 
 
 def test_stale_timestamp_is_refused():
@@ -73,10 +68,6 @@ def test_stale_timestamp_is_refused():
     headers = signing.signature_headers([secret], "msg_1", BODY, timestamp=stale)
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(BODY, headers)
-    with pytest.raises(signing.SignatureError):
-        signing.verify(secret, BODY, headers)
-    # The same signature was valid when it was made.
-    signing.verify(secret, BODY, headers, now=stale + 1)
 
 
 def test_rotation_sends_one_signature_per_secret_and_each_verifies():
@@ -88,11 +79,6 @@ def test_rotation_sends_one_signature_per_secret_and_each_verifies():
     Webhook(old).verify(BODY, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(signing.generate_secret()).verify(BODY, headers)
-
-
-def test_missing_headers_are_refused_by_our_verifier():
-    with pytest.raises(signing.SignatureError):
-        signing.verify(signing.generate_secret(), BODY, {"webhook-id": "msg_1"})
 
 
 # --- Ed25519 (Standard Webhooks v1a) ----------------------------------------------------------

@@ -42,7 +42,7 @@ class Event(Timestamped, Base):
         ARRAY(String(128)), nullable=False, server_default=text("'{}'")
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    # SHA-256 of the request body, to tell a replayed request from a reused key.
+    # SHA-256 of the request body, to tell a repeated request from a reused key.
     request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     # Deliveries to a fifo subscription with the same key go out one at a time, in order.
     ordering_key: Mapped[str | None] = mapped_column(String(200))

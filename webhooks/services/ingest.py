@@ -27,8 +27,9 @@ from webhooks.services import Conflict, Invalid, consumers, event_types, lanes, 
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
 # call of the C JSON encoder; psycopg quoting each payload into a text array cost more than
 # the insert). An event whose idempotency key is taken is skipped (ON CONFLICT) and gets no
-# deliveries. Delivery IDs are UUIDv7 made in SQL, like webhooks.db.uuid7: 48 bits of unix
-# milliseconds over a random UUID whose version bits are turned from 4 into 7.
+# deliveries. Delivery IDs are made in SQL by uuidv7(), PostgreSQL 18's or, before 18, the
+# function of the same name and layout that migration 20261130_0007 creates (their number is
+# known only once the statement has matched the subscriptions).
 #
 # Routing: an event goes to the subscriptions of its consumer, or to the tenant's own (no
 # consumer) when it names none. `targets` reads only those, through ix_subscriptions_live
@@ -67,10 +68,7 @@ WITH new_events AS (
   INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, status, attempt_count,
                           failures, next_attempt_at, dispatched_at, parked, created_at,
                           updated_at)
-  SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
-                substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-                          FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
-         :tenant_id, e.id, t.id, 'pending', 0, 0,
+  SELECT uuidv7(), :tenant_id, e.id, t.id, 'pending', 0, 0,
          -- a fifo delivery waits for its lane (services/lanes.py): no due time yet
          CASE WHEN t.ordering = 'fifo' THEN NULL ELSE CAST(:now AS timestamptz) END,
          CASE WHEN t.ordering = 'fifo' THEN NULL ELSE CAST(:now AS timestamptz) END,
@@ -131,7 +129,7 @@ class Accepted:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """One event to publish; `request_hash` tells a replay from a reused idempotency key."""
+    """One event to publish; `request_hash` tells a repeat from a reused idempotency key."""
 
     event_type: str
     payload: Any
@@ -217,7 +215,7 @@ def _publish(
             )
         keyed[item.idempotency_key] = i
     if keyed:
-        _replay(session, tenant_id, items, keyed, results, batch)
+        _answer_taken_keys(session, tenant_id, items, keyed, results, batch)
 
     new = [i for i, result in enumerate(results) if result is None]
     # Before any write: an event its type's schema refuses leaves the whole batch unstored.
@@ -358,7 +356,7 @@ def _insert(
         )
         results[i] = Accepted(event, deliveries[event_id], created=True)
     if lost:
-        _replay(session, tenant_id, items, lost, results, batch)
+        _answer_taken_keys(session, tenant_id, items, lost, results, batch)
     return stored.ready
 
 
@@ -388,7 +386,7 @@ def _rows(
     return rows
 
 
-def _replay(
+def _answer_taken_keys(
     session: Session,
     tenant_id: uuid.UUID,
     items: Sequence[NewEvent],

@@ -1,7 +1,7 @@
 """ordered delivery: fifo subscriptions, ordering keys, lanes
 
-Revision ID: 20261130_0007
-Revises: 20261130_0006
+Revision ID: 20261130_0008
+Revises: 20261130_0007
 Create Date: 2026-11-30 06:00:00
 
 """
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "20261130_0007"
-down_revision: str | Sequence[str] | None = "20261130_0006"
+revision: str = "20261130_0008"
+down_revision: str | Sequence[str] | None = "20261130_0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

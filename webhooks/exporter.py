@@ -1,4 +1,7 @@
-"""The API's /metrics: prometheus-flask-exporter, multiprocess-safe under gunicorn."""
+"""The API's /metrics endpoint: prometheus-flask-exporter, multiprocess-safe under gunicorn.
+
+The metrics themselves (shared by web and worker) are defined in webhooks/metrics.py.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class MultiprocessMetrics(GunicornInternalPrometheusMetrics):
         return generate_latest(target).decode("utf-8"), content_type
 
 
-def init_metrics(app: Flask) -> None:
+def expose_metrics(app: Flask) -> None:
     """Expose /metrics: per-request metrics plus the webhooks_* metrics of this process group."""
     global _backlog_registered
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
