@@ -22,13 +22,13 @@ from flask import (
     url_for,
 )
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks.api.common import db
 from webhooks.console import charts, examples
 from webhooks.console.web import (
     check_csrf,
+    error_pages,
     flat_errors,
     form_list,
     secure_headers,
@@ -89,15 +89,7 @@ def _headers(response: Response) -> Response:
     return secure_headers(response)
 
 
-@bp.errorhandler(ServiceError)
-def _service_error(exc: ServiceError) -> Any:
-    return render_template("console/error.html", status=exc.status, message=exc.message), exc.status
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    status = exc.code or 500
-    return render_template("console/error.html", status=status, message=exc.description), status
+error_pages(bp, "console/error.html")
 
 
 def _tenant() -> uuid.UUID:

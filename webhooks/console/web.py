@@ -8,12 +8,24 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, abort, g, has_request_context, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    g,
+    has_request_context,
+    render_template,
+    request,
+    session,
+)
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks import ratelimit
 from webhooks.ratelimit import parse_limit
+from webhooks.services import ServiceError
 
 CSRF_FIELD = "csrf_token"
 
@@ -24,6 +36,19 @@ class PageSessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         configured = bool(app.config["SESSION_COOKIE_SECURE"])
         return configured or (has_request_context() and request.is_secure)
+
+
+def error_pages(bp: Blueprint, template: str) -> None:
+    """Answer a service's refusal and any HTTP error of `bp`'s pages with `template`."""
+
+    @bp.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Any:
+        return render_template(template, status=exc.status, message=exc.message), exc.status
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        return render_template(template, status=status, message=exc.description), status
 
 
 def init_pages(app: Flask) -> None:

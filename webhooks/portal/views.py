@@ -20,11 +20,10 @@ from flask import (
     url_for,
 )
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks.api.common import db
-from webhooks.console.web import check_csrf, flat_errors, form_list, secure_headers
+from webhooks.console.web import check_csrf, error_pages, flat_errors, form_list, secure_headers
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
 from webhooks.services import ServiceError, portal, queries, recovery
 from webhooks.services import subscriptions as subscription_service
@@ -83,15 +82,7 @@ def _headers(response: Response) -> Response:
     return secure_headers(response, frame_ancestors=settings.portal_frame_ancestors, img=img)
 
 
-@bp.errorhandler(ServiceError)
-def _service_error(exc: ServiceError) -> Any:
-    return render_template("portal/error.html", status=exc.status, message=exc.message), exc.status
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    status = exc.code or 500
-    return render_template("portal/error.html", status=status, message=exc.description), status
+error_pages(bp, "portal/error.html")
 
 
 def _visitor() -> portal.Visitor:
