@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response
+
 from webhooks.api.common import Blueprint, db, page, tenant
 from webhooks.schemas import PageQuery
 from webhooks.schemas.common import page_schema
@@ -59,4 +61,4 @@ def delete(uid: str) -> Any:
     deliveries end as failed, history stays readable. Its uid may be used again.
     """
     service.delete(db(), tenant(), uid)
-    return "", 204
+    return Response(status=204)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flask import Response
+
 from webhooks import ratelimit
 from webhooks.api.common import Blueprint, Detail, db, page, tenant
 from webhooks.models import Subscription
@@ -86,7 +88,7 @@ def delete(subscription_id: uuid.UUID) -> Any:
     Its unfinished deliveries end as failed; its history stays readable.
     """
     service.delete(db(), tenant(), subscription_id)
-    return "", 204
+    return Response(status=204)
 
 
 @bp.post("/<uuid:subscription_id>/rotate-secret")
