@@ -110,13 +110,14 @@ def _referenced(node: Any, found: set[str]) -> None:
 def _refine(out: dict[str, Any]) -> None:
     components = out["components"]["schemas"]
     outputs: set[str] = set()
-    for item in out["paths"].values():
+    for path, item in out["paths"].items():
         for param in item.get("parameters", []):
             if param["in"] == "path" and param["name"] in PATH_PARAMETERS:
                 param["schema"] = dict(PATH_PARAMETERS[param["name"]])
         for method, operation in item.items():
             if method == "parameters":
                 continue
+            operation.setdefault("operationId", _operation_id(method, path))
             responses = operation["responses"]
             params = item.get("parameters", []) + operation.get("parameters", [])
             for status in _error_statuses(operation, params):
@@ -156,6 +157,17 @@ def _refine(out: dict[str, Any]) -> None:
         outputs |= nested
         component["required"] = sorted(component.get("properties", {}))
     _ecma_patterns(out)
+
+
+def _operation_id(method: str, path: str) -> str:
+    """`postEvents`, `getEventsByEventId`...: the method, then the path's words, and the
+    last path parameter when the path ends with one (unique: a list and an item differ)."""
+    words = re.sub(r"{\w+}", "", path).strip("/").replace(".", "_")
+    parts = [p for p in re.split(r"[/-]", words) if p and p != "v1"]
+    last = re.search(r"{(\w+)}$", path)
+    if last:
+        parts += ["by", *last.group(1).split("_")]
+    return method + "".join(p.capitalize() for p in parts)
 
 
 def _tags(operation: Any) -> list[str]:
