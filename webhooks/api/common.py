@@ -190,15 +190,13 @@ class Parser(FlaskParser):
     def handle_error(
         self, error: ValidationError, req: Any, schema: Schema, **_: Any
     ) -> typing.NoReturn:
-        messages = error.messages if isinstance(error.messages, dict) else {}
-        ((location, fields),) = messages.items() or [("json", {})]
-        what = "some query parameters are invalid" if location == "query" else None
-        raise ApiError(
-            422,
-            "validation_error",
-            what or "some fields are missing or invalid",
-            {"fields": fields},
-        ) from None
+        # webargs files the messages under their location: {"query": {"limit": [...]}}.
+        ((location, fields),) = typing.cast(dict[str, Any], error.messages).items()
+        if location == "query":
+            message = "some query parameters are invalid"
+        else:
+            message = "some fields are missing or invalid"
+        raise ApiError(422, "validation_error", message, {"fields": fields}) from None
 
 
 class Blueprint(SmorestBlueprint):
