@@ -129,8 +129,7 @@ STEPS_TABLE = """
 authentication and rate limit (before the view) | webhooks/ratelimit.py | _gate
   of which the Redis round trip | webhooks/ratelimit.py | count
   of which the key lookup (cache misses) | webhooks/services/tenants.py | lookup
-reading and validating the body | webhooks/api/common.py | read_json
-+ | webhooks/api/common.py | load
+reading and validating the body (webargs) | webargs/core.py | parse
 the ingest statement (with the connection checkout) | webhooks/services/ingest.py | _insert
 its COMMIT | sqlalchemy/orm/session.py | commit
 sending the delivery task | webhooks/dispatch.py | enqueue_deliveries

@@ -32,30 +32,38 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the schemas' order
 
-    from webhooks.api import consumers, deliveries, event_types, events, health, subscriptions
+    from webhooks import console, portal
+    from webhooks.api import (
+        consumers,
+        deliveries,
+        event_types,
+        events,
+        health,
+        portal_links,
+        subscriptions,
+    )
     from webhooks.api.common import close_db, register_error_handlers
     from webhooks.cli import register_commands
-    from webhooks.exporter import expose_metrics
-    from webhooks.openapi import register_openapi
-
-    for blueprint in (
-        consumers.bp,
-        event_types.bp,
-        subscriptions.bp,
-        events.bp,
-        deliveries.bp,
-        health.bp,
-    ):
-        app.register_blueprint(blueprint)
-    from webhooks import console, portal
-    from webhooks.api import portal_links
     from webhooks.console.web import init_pages
+    from webhooks.exporter import expose_metrics
+    from webhooks.openapi import init_api
 
+    init_api(
+        app,
+        [
+            consumers.bp,
+            portal_links.bp,
+            event_types.bp,
+            subscriptions.bp,
+            events.bp,
+            deliveries.bp,
+            health.bp,
+        ],
+    )
     init_pages(app)
-    for blueprint in (console.bp, portal.bp, portal_links.bp):
+    for blueprint in (console.bp, portal.bp):
         app.register_blueprint(blueprint)
-    register_error_handlers(app)
-    register_openapi(app)
+    register_error_handlers(app)  # after flask-smorest's: every error keeps the envelope
     register_commands(app)
     app.teardown_appcontext(close_db)
     expose_metrics(app)

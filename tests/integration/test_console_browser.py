@@ -329,3 +329,37 @@ def test_a_consumer_adds_an_endpoint_through_a_portal_link_in_a_browser(
     console.width(NARROW)
     console.click(browser.find_element(By.LINK_TEXT, "Endpoints"))
     assert receiver.url("/customer") in console.text()
+
+
+def test_the_api_docs_page_renders_every_operation_with_the_apps_own_files(
+    live: LiveServer, browser: Any
+) -> None:
+    """/docs is Swagger UI, its script and stylesheet served by the app (no CDN); under its
+    Content-Security-Policy it draws one entry per operation of /openapi.json."""
+    from webhooks.openapi import build_spec
+
+    described = {
+        (method.upper(), path)
+        for path, item in build_spec()["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    browser.get(live.url + "/docs")
+    WebDriverWait(browser, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) == len(described)
+    )
+    shown = {
+        (
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary-method").text,
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path"),
+        )
+        for block in browser.find_elements(By.CSS_SELECTOR, ".opblock")
+    }
+    assert shown == described
+    # Everything the page loaded came from the app itself.
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(url.startswith(live.url) for url in loaded), loaded
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "api-docs.png"))

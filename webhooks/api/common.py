@@ -1,21 +1,32 @@
-"""What every view shares: the error envelope, body and query parsing, auth, pagination."""
+"""What every view shares: the error envelope, body and query parsing, auth, pagination.
+
+Views are flask-smorest blueprints (`Blueprint` below): `@bp.arguments` parses a body or a
+query string with a marshmallow schema through `Parser`, which keeps the service's own checks
+of a JSON body (415, 413, 400, text PostgreSQL refuses) and its error envelope; `@bp.response`
+dumps the answer and, with them, documents the operation in /openapi.json.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import typing
 import uuid
 from typing import Any
 
 from flask import Response, g, jsonify, request
+from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema, ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from webhooks.db import new_session
 from webhooks.schemas import encode_cursor
 from webhooks.services import ServiceError
+from webhooks.services.paging import Page
 from webhooks.services.tenants import authenticate
 
 DEFAULT_BODY_LIMIT = 64 * 1024
@@ -49,8 +60,9 @@ def close_db(_: BaseException | None = None) -> None:
 def require_tenant() -> uuid.UUID:
     """Return the tenant of the bearer key, and remember it; raise 401 without a valid key.
 
-    Under /v1 the rate limiter has authenticated the key already (with its per-process
-    cache, webhooks.ratelimit); elsewhere the key is looked up here.
+    Every API blueprint runs it before its views (so a request without a valid key is a 401
+    before its body is read). Under /v1 the rate limiter has authenticated the key already
+    (with its per-process cache, webhooks.ratelimit); elsewhere the key is looked up here.
     """
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
@@ -64,6 +76,33 @@ def require_tenant() -> uuid.UUID:
         raise ApiError(401, "unauthorized", "the API key is invalid or revoked")
     g.tenant_id = tenant_id
     return tenant_id
+
+
+def _authenticate() -> None:
+    require_tenant()  # a before_request hook: anything it returned would be the answer
+
+
+def tenant() -> uuid.UUID:
+    """Return this request's tenant (set by require_tenant before the view)."""
+    tenant_id: uuid.UUID = g.tenant_id
+    return tenant_id
+
+
+def body_limit(limit: Any) -> Any:
+    """Decorate a view to accept a JSON body of at most `limit()` bytes (64 KiB otherwise).
+
+    Put it above `@bp.arguments`, which reads the body.
+    """
+
+    def decorator(view: Any) -> Any:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            g.body_limit = limit()
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def read_json(limit: int = DEFAULT_BODY_LIMIT) -> tuple[Any, bytes]:
@@ -134,34 +173,62 @@ def _check_storable(data: Any) -> None:
         )
 
 
-def load(schema: Schema, data: Any, **kwargs: Any) -> Any:
-    """Validate with a schema; raise a 422 naming each bad field."""
-    if not isinstance(data, dict):
-        raise ApiError(422, "validation_error", "the body must be a JSON object")
-    try:
-        return schema.load(data, **kwargs)
-    except ValidationError as exc:
-        raise ApiError(
-            422, "validation_error", "some fields are missing or invalid", {"fields": exc.messages}
-        ) from None
+class Parser(FlaskParser):
+    """webargs' Flask parser with the service's JSON body checks and error envelope."""
+
+    # Unknown fields are refused in every location, as the schemas say (webargs would drop
+    # unknown query parameters silently).
+    DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}
+
+    def load_json(self, req: Any, schema: Schema) -> Any:
+        data, raw = read_json(g.get("body_limit", DEFAULT_BODY_LIMIT))
+        if not isinstance(data, dict):
+            raise ApiError(422, "validation_error", "the body must be a JSON object")
+        g.raw_body = raw
+        return data
+
+    def handle_error(
+        self, error: ValidationError, req: Any, schema: Schema, **_: Any
+    ) -> typing.NoReturn:
+        # webargs files the messages under their location: {"query": {"limit": [...]}}.
+        ((location, fields),) = typing.cast(dict[str, Any], error.messages).items()
+        if location == "query":
+            message = "some query parameters are invalid"
+        else:
+            message = "some fields are missing or invalid"
+        raise ApiError(422, "validation_error", message, {"fields": fields}) from None
 
 
-def load_query(schema: Schema) -> Any:
-    try:
-        return schema.load(request.args.to_dict())
-    except ValidationError as exc:
-        raise ApiError(
-            422, "validation_error", "some query parameters are invalid", {"fields": exc.messages}
-        ) from None
+class Blueprint(SmorestBlueprint):
+    """An API blueprint: every view needs a valid API key, arguments parse through Parser."""
+
+    ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args: Any, auth: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if auth:
+            self.before_request(_authenticate)
 
 
-def page(items: list[Any], limit: int, dump: Schema) -> dict[str, Any]:
-    """Return one page: `limit` items and the cursor of the next page, or null."""
-    more = len(items) > limit
-    items = items[:limit]
+class Detail:
+    """A resource as its schema dumps it, with more attributes (the lists that hang off it)."""
+
+    def __init__(self, base: Any, **more: Any):
+        self.__dict__.update(more)
+        self._base = base
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
+def page(found: Page[Any], key: Any = None) -> dict[str, Any]:
+    """Return one page as the API answers it: the items and the cursor of the next page."""
+    next_key = found.next_key
+    if next_key is not None and key is not None:
+        next_key = key(next_key)
     return {
-        "data": dump.dump(items, many=True),
-        "next_cursor": encode_cursor(items[-1].id) if more and items else None,
+        "data": found.items,
+        "next_cursor": encode_cursor(next_key) if next_key is not None else None,
     }
 
 

@@ -2,51 +2,63 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Response
 
-from webhooks.api.common import db, load, load_query, page, read_json, require_tenant
+from webhooks.api.common import Blueprint, db, page, tenant
 from webhooks.schemas import PageQuery
+from webhooks.schemas.common import page_schema
 from webhooks.schemas.consumers import ConsumerCreateSchema, ConsumerSchema, ConsumerUpdateSchema
 from webhooks.services import consumers as service
 
-bp = Blueprint("consumers", __name__, url_prefix="/v1/consumers")
-
-create_schema = ConsumerCreateSchema()
-update_schema = ConsumerUpdateSchema()
-page_query = PageQuery()
-consumer_schema = ConsumerSchema()
+bp = Blueprint("consumers", __name__, url_prefix="/v1/consumers", description="Your own customers")
 
 
 @bp.post("")
-def create() -> Any:
-    tenant_id = require_tenant()
-    data = load(create_schema, read_json()[0])
-    return consumer_schema.dump(service.create(db(), tenant_id, data)), 201
+@bp.arguments(ConsumerCreateSchema())
+@bp.response(201, ConsumerSchema)
+@bp.alt_response(409, response="CONFLICT")
+def create(data: dict[str, Any]) -> Any:
+    """Create a consumer
+
+    A consumer is one of your own customers, named by your `uid` for it. Its subscriptions get
+    only the events that name it (`consumer`); 409 if the uid is taken.
+    """
+    return service.create(db(), tenant(), data)
 
 
 @bp.get("")
-def list_() -> Any:
-    tenant_id = require_tenant()
-    args = load_query(page_query)
-    items = service.list_(db(), tenant_id, args["limit"], args["cursor"])
-    return page(items, args["limit"], consumer_schema)
+@bp.arguments(PageQuery(), location="query")
+@bp.response(200, page_schema(ConsumerSchema))
+def list_(args: dict[str, Any]) -> Any:
+    """List consumers"""
+    return page(service.list_(db(), tenant(), args["limit"], args["cursor"]))
 
 
 @bp.get("/<uid>")
+@bp.response(200, ConsumerSchema)
 def get(uid: str) -> Any:
-    tenant_id = require_tenant()
-    return consumer_schema.dump(service.get(db(), tenant_id, uid))
+    """Get a consumer"""
+    return service.get(db(), tenant(), uid)
 
 
 @bp.patch("/<uid>")
-def patch(uid: str) -> Any:
-    tenant_id = require_tenant()
-    data = load(update_schema, read_json()[0], partial=True)
-    return consumer_schema.dump(service.update(db(), tenant_id, uid, data))
+@bp.arguments(ConsumerUpdateSchema(partial=True))
+@bp.response(200, ConsumerSchema)
+def patch(data: dict[str, Any], uid: str) -> Any:
+    """Change a consumer
+
+    Only the given fields change; the uid stays.
+    """
+    return service.update(db(), tenant(), uid, data)
 
 
 @bp.delete("/<uid>")
+@bp.response(204)
 def delete(uid: str) -> Any:
-    tenant_id = require_tenant()
-    service.delete(db(), tenant_id, uid)
-    return "", 204
+    """Delete a consumer and its subscriptions
+
+    Each of its subscriptions is deleted as DELETE /v1/subscriptions/{id} would: unfinished
+    deliveries end as failed, history stays readable. Its uid may be used again.
+    """
+    service.delete(db(), tenant(), uid)
+    return Response(status=204)

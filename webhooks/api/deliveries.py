@@ -3,87 +3,57 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Blueprint
-from sqlalchemy import select
+from webhooks.api.common import ApiError, Blueprint, Detail, db, page, tenant
+from webhooks.schemas import DeliveryDetailSchema, DeliveryListQuery, DeliverySchema, PageQuery
+from webhooks.schemas.common import page_schema
+from webhooks.schemas.deliveries import NESTED_LIMIT, AttemptSchema
+from webhooks.services import queries, recovery
 
-from webhooks.api.common import ApiError, db, load_query, page, require_tenant
-from webhooks.models import Attempt, Delivery
-from webhooks.schemas import (
-    AttemptSchema,
-    DeliveryDetailSchema,
-    DeliveryListQuery,
-    DeliverySchema,
-    PageQuery,
-    encode_cursor,
-)
-from webhooks.schemas.deliveries import NESTED_LIMIT
-from webhooks.services import NotFound, consumers, recovery
-
-bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
-
-list_query = DeliveryListQuery()
-delivery_schema = DeliverySchema()
-detail_schema = DeliveryDetailSchema()
-attempt_schema = AttemptSchema()
-page_query = PageQuery()
+bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries", description="Follow deliveries")
 
 
 @bp.get("")
-def list_() -> Any:
-    tenant_id = require_tenant()
-    args = load_query(list_query)
-    query = select(Delivery).where(Delivery.tenant_id == tenant_id)
-    if args["status"]:
-        query = query.where(Delivery.status == args["status"])
-    if args["subscription_id"]:
-        query = query.where(Delivery.subscription_id == args["subscription_id"])
-    if args["event_id"]:
-        query = query.where(Delivery.event_id == args["event_id"])
-    if args["consumer"]:
-        query = query.where(
-            Delivery.subscription_id.in_(consumers.subscription_ids(tenant_id, args["consumer"]))
-        )
-    if args["cursor"] is not None:
-        query = query.where(Delivery.id < args["cursor"])
-    items = list(db().scalars(query.order_by(Delivery.id.desc()).limit(args["limit"] + 1)))
-    return page(items, args["limit"], delivery_schema)
+@bp.arguments(DeliveryListQuery(), location="query")
+@bp.response(200, page_schema(DeliverySchema))
+def list_(args: dict[str, Any]) -> Any:
+    """List deliveries"""
+    where = queries.DeliveryFilter(
+        status=args["status"],
+        subscription_id=args["subscription_id"],
+        event_id=args["event_id"],
+        consumer_uid=args["consumer"],
+    )
+    found = queries.deliveries(db(), tenant(), where, args["cursor"], args["limit"])
+    found.items = [row.Delivery for row in found.items]
+    return page(found)
 
 
 @bp.get("/<uuid:delivery_id>")
+@bp.response(200, DeliveryDetailSchema)
 def get(delivery_id: uuid.UUID) -> Any:
-    tenant_id = require_tenant()
+    """Get a delivery and its attempts"""
     session = db()
-    delivery = session.scalar(
-        select(Delivery).where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
+    delivery = queries.find_delivery(session, tenant(), delivery_id)
+    attempts = queries.delivery_attempts(session, delivery, None, NESTED_LIMIT)
+    return Detail(
+        delivery,
+        attempts=attempts.items,
+        more_attempts=attempts.next_key is not None,
+        attempts_url=f"/v1/deliveries/{delivery.id}/attempts",
     )
-    if delivery is None:
-        raise NotFound("no such delivery", {"id": str(delivery_id)})
-    attempts = session.scalars(
-        select(Attempt)
-        .where(Attempt.delivery_id == delivery.id)
-        .order_by(Attempt.id)
-        .limit(NESTED_LIMIT + 1)
-    ).all()
-    out = detail_schema.dump(delivery)
-    shown = attempts[:NESTED_LIMIT]
-    out["attempts"] = detail_schema.fields["attempts"].serialize("a", {"a": shown})
-    out["more_attempts"] = len(attempts) > NESTED_LIMIT
-    out["attempts_url"] = f"/v1/deliveries/{delivery.id}/attempts"
-    return out
 
 
 @bp.get("/<uuid:delivery_id>/attempts")
-def attempts_(delivery_id: uuid.UUID) -> Any:
-    """All attempts of a delivery, oldest first, a page at a time."""
-    tenant_id = require_tenant()
-    args = load_query(page_query)
+@bp.arguments(PageQuery(), location="query")
+@bp.response(200, page_schema(AttemptSchema))
+def attempts_(args: dict[str, Any], delivery_id: uuid.UUID) -> Any:
+    """List a delivery's attempts, oldest first
+
+    Every attempt; the delivery's own answer holds the first 100 only.
+    """
     session = db()
-    found = session.scalar(
-        select(Delivery.id).where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
-    )
-    if found is None:
-        raise NotFound("no such delivery", {"id": str(delivery_id)})
-    query = select(Attempt).where(Attempt.delivery_id == found)
+    delivery = queries.find_delivery(session, tenant(), delivery_id)
+    after = None
     if args["cursor"] is not None:
         # The cursor holds the last attempt's ID (a bigint) in a UUID's 128 bits.
         after = args["cursor"].int
@@ -94,18 +64,17 @@ def attempts_(delivery_id: uuid.UUID) -> Any:
                 "some query parameters are invalid",
                 {"fields": {"cursor": ["not a cursor returned by this API"]}},
             )
-        query = query.where(Attempt.id > after)
-    items = list(session.scalars(query.order_by(Attempt.id).limit(args["limit"] + 1)))
-    more = len(items) > args["limit"]
-    items = items[: args["limit"]]
-    return {
-        "data": attempt_schema.dump(items, many=True),
-        "next_cursor": encode_cursor(uuid.UUID(int=items[-1].id)) if more and items else None,
-    }
+    found = queries.delivery_attempts(session, delivery, after, args["limit"])
+    return page(found, key=lambda last: uuid.UUID(int=last))
 
 
 @bp.post("/<uuid:delivery_id>/retry")
+@bp.response(202, DeliverySchema)
+@bp.alt_response(409, response="CONFLICT")
 def retry(delivery_id: uuid.UUID) -> Any:
-    tenant_id = require_tenant()
-    delivery = recovery.retry(db(), tenant_id, delivery_id)
-    return delivery_schema.dump(delivery), 202
+    """Retry a finished delivery
+
+    Gives a delivered or failed delivery a fresh set of attempts, same webhook-id. 409 while
+    it is still in progress or its subscription is disabled.
+    """
+    return recovery.retry(db(), tenant(), delivery_id)

@@ -2,22 +2,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from marshmallow import Schema, fields
 from sqlalchemy import text
 
+from webhooks.api.common import Blueprint
 from webhooks.db import get_engine
 from webhooks.redis_client import get_redis
 
-bp = Blueprint("health", __name__)
+bp = Blueprint("health", __name__, auth=False, description="Liveness and readiness")
 
 
-@bp.get("/healthz")
+class LivenessSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessChecksSchema(Schema):
+    database = fields.String(required=True)
+    redis = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ready", "unavailable"]})
+    checks = fields.Nested(ReadinessChecksSchema, required=True)
+
+
+@bp.get("/healthz", tags=["operations"])
+@bp.doc(security=[])
+@bp.response(200, LivenessSchema)
 def healthz() -> Any:
+    """Liveness"""
     return {"status": "ok"}
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", tags=["operations"])
+@bp.doc(security=[])
+@bp.response(200, ReadinessSchema)
+@bp.alt_response(503, schema=ReadinessSchema, description="Not ready")
 def readyz() -> Any:
+    """Readiness: database and Redis reachable"""
     checks: dict[str, str] = {}
     try:
         with get_engine().connect() as conn:

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request, url_for
+from flask import request, url_for
 
 from config.pages import get_page_settings
-from webhooks.api.common import db, require_tenant
+from webhooks.api.common import Blueprint, db, tenant
 from webhooks.schemas.portal import PortalLinkSchema
 from webhooks.services import portal
 
 bp = Blueprint("portal_links", __name__, url_prefix="/v1/consumers")
 
-link_schema = PortalLinkSchema()
 
-
-@bp.post("/<uid>/portal-links")
+@bp.post("/<uid>/portal-links", tags=["consumers"])
+@bp.response(201, PortalLinkSchema)
 def create(uid: str) -> Any:
-    tenant_id = require_tenant()
-    token, expires_at = portal.issue_link(db(), tenant_id, uid)
+    """Make a link that signs this consumer into the portal
+
+    The URL opens the consumer portal for this one consumer: its endpoints, secrets,
+    deliveries and test events. It works until `expires_at` (WEBHOOKS_PORTAL_LINK_SECONDS after
+    now) and may be embedded in an iframe of the origins in WEBHOOKS_PORTAL_FRAME_ANCESTORS.
+    Hand it to the consumer's browser only.
+    """
+    token, expires_at = portal.issue_link(db(), tenant(), uid)
     base = get_page_settings().public_url or request.host_url.rstrip("/")
     url = base + url_for("portal.endpoints", token=token)
-    return link_schema.dump({"url": url, "expires_at": expires_at}), 201
+    return {"url": url, "expires_at": expires_at}

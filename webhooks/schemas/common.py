@@ -42,6 +42,27 @@ class PageQuery(Schema):
     cursor = Cursor(load_default=None, allow_none=True)
 
 
+def page_schema(item: type[Schema]) -> Schema:
+    """The schema of one page of a list: its items and the cursor of the next page."""
+    name = f"{item.__name__.removesuffix('Schema')}Page"
+    if name not in _PAGES:
+        _PAGES[name] = Schema.from_dict(
+            {
+                "data": fields.List(fields.Nested(item), required=True),
+                "next_cursor": fields.String(
+                    required=True,
+                    allow_none=True,
+                    metadata={"description": "pass as `cursor`; null at the end"},
+                ),
+            },
+            name=name,
+        )()
+    return _PAGES[name]
+
+
+_PAGES: dict[str, Schema] = {}
+
+
 class ErrorBodySchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)

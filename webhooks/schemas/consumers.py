@@ -39,15 +39,25 @@ def _check_metadata(value: dict[str, Any]) -> None:
         raise ValidationError(problems)
 
 
+def metadata_field() -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(),
+        # What _check_metadata checks, said in JSON Schema for the description.
+        values=fields.Raw(metadata={"type": "string", "maxLength": MAX_METADATA_VALUE}),
+        validate=_check_metadata,
+        metadata={"maxProperties": MAX_METADATA},
+    )
+
+
 class ConsumerCreateSchema(Schema):
     uid = fields.String(required=True, validate=uid_validators)
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    metadata = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_metadata)
+    metadata = metadata_field()
 
 
 class ConsumerUpdateSchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=200))
-    metadata = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_metadata)
+    metadata = metadata_field()
 
 
 class ConsumerSchema(Schema):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from webhooks.models import DeliveryStatus
+from webhooks.models import AttemptResult, DeliveryStatus
 from webhooks.schemas.consumers import ConsumerFilterQuery
 
 STATUSES = [s.value for s in DeliveryStatus]
@@ -10,7 +10,7 @@ STATUSES = [s.value for s in DeliveryStatus]
 
 class AttemptSchema(Schema):
     number = fields.Integer()
-    result = fields.String()
+    result = fields.String(metadata={"enum": [r.value for r in AttemptResult]})
     status_code = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
     duration_ms = fields.Float(allow_none=True)
@@ -23,7 +23,7 @@ class DeliverySchema(Schema):
     id = fields.UUID()
     event_id = fields.UUID()
     subscription_id = fields.UUID()
-    status = fields.String()
+    status = fields.String(metadata={"enum": STATUSES})
     attempt_count = fields.Integer()
     next_attempt_at = fields.DateTime(allow_none=True)
     delivered_at = fields.DateTime(allow_none=True)

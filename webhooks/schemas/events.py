@@ -63,6 +63,7 @@ event_type_field = fields.String(
         ),
         _not_reserved,
     ],
+    metadata={"not": {"pattern": "^webhook\\."}},
 )
 
 

@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from webhooks.crypto import REDACTED
 from webhooks.models.event import OPERATIONAL_PREFIX, OPERATIONAL_TYPES
 from webhooks.models.lane import ORDERINGS
+from webhooks.models.subscription import SubscriptionStatus
 from webhooks.schemas.consumers import ConsumerFilterQuery, uid_validators
 from webhooks.schemas.deliveries import STATUSES
 from webhooks.schemas.events import EVENT_TYPE_PATTERN, channels_field
@@ -45,6 +46,10 @@ RESERVED_HEADERS = {
     "user-agent",
     "expect",
 }
+
+
+STATUS_NAMES = [s.value for s in SubscriptionStatus]
+EVENT_TYPE_OR_STAR = r"^(\*|[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*)$"
 
 
 def _check_event_type(value: str) -> None:
@@ -86,12 +91,32 @@ def _check_filter(value: dict[str, Any]) -> None:
 class SubscriptionCreateSchema(Schema):
     url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_LENGTH))
     event_types = fields.List(
-        fields.String(validate=_check_event_type),
+        # What _check_event_type checks, said in JSON Schema for the description.
+        fields.String(
+            validate=_check_event_type,
+            metadata={"maxLength": 200, "pattern": EVENT_TYPE_OR_STAR},
+        ),
         required=True,
         validate=validate.Length(min=1, max=MAX_EVENT_TYPES),
     )
     description = fields.String(allow_none=True, validate=validate.Length(max=1000))
-    headers = fields.Dict(keys=fields.String(), values=fields.Raw(), validate=_check_headers)
+    headers = fields.Dict(
+        keys=fields.String(),
+        # What _check_headers checks, said in JSON Schema for the description.
+        values=fields.Raw(
+            metadata={
+                "type": "string",
+                "maxLength": MAX_HEADER_VALUE,
+                "pattern": HEADER_VALUE_PATTERN,
+            }
+        ),
+        validate=_check_headers,
+        metadata={
+            "maxProperties": MAX_HEADERS,
+            "description": "Sent with every delivery. Names may not be `webhook-*`, `host`, "
+            "`content-type`, `content-length`, `user-agent` or hop-by-hop headers.",
+        },
+    )
     rate_limit = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_RATE_LIMIT)
     )
@@ -118,12 +143,19 @@ class SubscriptionCreateSchema(Schema):
     filter = fields.Dict(
         allow_none=True,
         validate=_check_filter,
-        metadata={"description": "a payload filter document; null: every payload"},
+        metadata={
+            "description": "Matched against the payload; null: every payload. Each key is a "
+            "condition, all must hold: a field name descends (nested fields as nested objects; "
+            "a plain value means $eq), and $eq, $neq, $gt, $gte, $lt, $lte, $in, $nin, $exists, "
+            "$startsWith, $and, $or, $not compare or combine. A wrong filter is a 422 naming "
+            "its JSON pointer.",
+            "example": {"customer": {"tier": "gold"}, "amount": {"$gte": 100}},
+        },
     )
 
 
 class SubscriptionUpdateSchema(SubscriptionCreateSchema):
-    status = fields.String(validate=validate.OneOf(["active", "disabled"]))
+    status = fields.String(validate=validate.OneOf(STATUS_NAMES))
 
 
 class SubscriptionSchema(Schema):
@@ -136,7 +168,7 @@ class SubscriptionSchema(Schema):
         values=fields.String(),
         metadata={"description": f"names of the custom headers; values shown as {REDACTED}"},
     )
-    signature_scheme = fields.String()
+    signature_scheme = fields.String(metadata={"enum": list(SCHEMES)})
     public_key = fields.String(
         allow_none=True,
         metadata={"description": "ed25519: the whpk_ key that verifies the signatures"},
@@ -144,7 +176,7 @@ class SubscriptionSchema(Schema):
     consumer = fields.String(attribute="consumer_uid", allow_none=True)
     channels = fields.List(fields.String())
     filter = fields.Dict(allow_none=True)
-    status = fields.String()
+    status = fields.String(metadata={"enum": STATUS_NAMES})
     disabled_reason = fields.String(allow_none=True)
     rate_limit = fields.Integer(allow_none=True)
     max_in_flight = fields.Integer()
@@ -161,7 +193,7 @@ class SubscriptionWithSecretSchema(SubscriptionSchema):
 
 
 class CircuitSchema(Schema):
-    state = fields.String()
+    state = fields.String(metadata={"enum": ["closed", "open", "half_open", "unknown"]})
     consecutive_failures = fields.Integer(allow_none=True)
     opened_at = fields.DateTime(allow_none=True)
     probe_at = fields.DateTime(allow_none=True)
@@ -209,3 +241,10 @@ class ReplaySchema(Schema):
     since = fields.AwareDateTime(required=True, default_timezone=None)
     until = fields.AwareDateTime(load_default=None, allow_none=True)
     status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(STATUSES))
+
+
+class ReplayResultSchema(Schema):
+    requeued = fields.Integer(required=True, metadata={"description": "deliveries sent again"})
+    more = fields.Boolean(
+        required=True, metadata={"description": "more matched than one call replays: call again"}
+    )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from webhooks.db import uuid7
 from webhooks.models import Consumer, Subscription
 from webhooks.services import Conflict, NotFound
+from webhooks.services.paging import Page, keyset
 
 
 def _live(tenant_id: uuid.UUID) -> Select[Consumer]:
@@ -51,14 +52,10 @@ def get(session: Session, tenant_id: uuid.UUID, uid: str) -> Consumer:
 
 
 def list_(
-    session: Session, tenant_id: uuid.UUID, limit: int, cursor: uuid.UUID | None = None
-) -> list[Consumer]:
-    """Return up to `limit` + 1 consumers, newest first, after `cursor` (one more says that
-    another page follows)."""
-    query = _live(tenant_id)
-    if cursor is not None:
-        query = query.where(Consumer.id < cursor)
-    return list(session.scalars(query.order_by(Consumer.id.desc()).limit(limit + 1)))
+    session: Session, tenant_id: uuid.UUID, limit: int, after: uuid.UUID | None = None
+) -> Page[Consumer]:
+    """Return a page of consumers, newest first, after the ID `after`."""
+    return keyset(session, _live(tenant_id), Consumer.id, after, limit)
 
 
 def update(session: Session, tenant_id: uuid.UUID, uid: str, data: dict[str, Any]) -> Consumer:
@@ -106,13 +103,4 @@ def ids_of(tenant_id: uuid.UUID, uid: str) -> Select[uuid.UUID]:
     """A subquery of the ID of the tenant's live consumer with this uid (none if unknown)."""
     return select(Consumer.id).where(
         Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None), Consumer.uid == uid
-    )
-
-
-def subscription_ids(tenant_id: uuid.UUID, uid: str) -> Select[uuid.UUID]:
-    """A subquery of the IDs of every subscription, deleted ones too, of the tenant's live
-    consumer with this uid."""
-    return select(Subscription.id).where(
-        Subscription.tenant_id == tenant_id,
-        Subscription.consumer_id.in_(ids_of(tenant_id, uid)),
     )

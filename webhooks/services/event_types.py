@@ -29,6 +29,7 @@ from webhooks.db import uuid7
 from webhooks.models import EventType
 from webhooks.models.event import OPERATIONAL_TYPES
 from webhooks.services import Conflict, Invalid, NotFound
+from webhooks.services.paging import Page, keyset
 
 CACHE_SECONDS = 5.0
 
@@ -182,16 +183,14 @@ def list_(
     session: Session,
     tenant_id: uuid.UUID,
     limit: int,
-    cursor: uuid.UUID | None = None,
+    after: uuid.UUID | None = None,
     include_archived: bool = True,
-) -> list[EventType]:
-    """Return up to `limit` + 1 types, newest first, after `cursor`."""
+) -> Page[EventType]:
+    """Return a page of types, newest first, after the ID `after`."""
     query = select(EventType).where(EventType.tenant_id == tenant_id)
     if not include_archived:
         query = query.where(EventType.archived.is_(False))
-    if cursor is not None:
-        query = query.where(EventType.id < cursor)
-    return list(session.scalars(query.order_by(EventType.id.desc()).limit(limit + 1)))
+    return keyset(session, query, EventType.id, after, limit)
 
 
 def update(session: Session, tenant_id: uuid.UUID, name: str, data: dict[str, Any]) -> EventType:

@@ -1,73 +1,34 @@
-"""Reads for the pages: lists with keyset pagination, and one resource with what hangs off it.
+"""Reads for the API and the pages: lists with keyset pagination, and one resource with what
+hangs off it.
 
-Every function takes the tenant and finds only that tenant's rows, as the API does; another
-tenant's ID is a NotFound.
+Every function takes the tenant and finds only that tenant's rows; another tenant's ID is a
+NotFound.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from sqlalchemy import Select, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, EventType, Subscription
 from webhooks.services import NotFound
 from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
+from webhooks.services.paging import MAX_PAGE, Page, keyset
 
-T = TypeVar("T")
-MAX_PAGE = 500
-
-
-@dataclass
-class Page(Generic[T]):
-    items: list[T]
-    # The key of the last item when more follow (pass it back as `after`), else None.
-    next_cursor: str | None
-
-
-def keyset(
-    session: Session,
-    query: Select[Any] | Any,
-    key: InstrumentedAttribute[Any],
-    after: str | None,
-    limit: int,
-    parse: Callable[[str], Any] = uuid.UUID,
-) -> Page[Any]:
-    """Return one page of `query`, newest key first, starting after the key `after`.
-
-    An `after` that `parse` cannot read starts from the beginning. `query` selects one entity
-    (or one row shape); its order is set here.
-    """
-    limit = max(1, min(limit, MAX_PAGE))
-    if after:
-        with contextlib.suppress(ValueError):
-            query = query.where(key < parse(after))
-    rows = list(session.execute(query.order_by(key.desc()).limit(limit + 1)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [row[0] if len(row) == 1 else row for row in rows]
-    cursor = None
-    if more and rows:
-        # The key is a column of the first entity selected.
-        cursor = str(getattr(rows[-1][0], key.key))
-    return Page(items, cursor)
+__all__ = ["MAX_PAGE", "Page", "keyset"]
 
 
 def subscriptions(
     session: Session, tenant_id: uuid.UUID, after: str | None = None, limit: int = 50
 ) -> Page[Subscription]:
     """The tenant's live subscriptions, newest first."""
-    query = select(Subscription).where(
-        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
-    )
-    return keyset(session, query, Subscription.id, after, limit)
+    return subscription_service.list_(session, tenant_id, limit, after)
 
 
 @dataclass(frozen=True)
@@ -87,7 +48,7 @@ def deliveries(
     session: Session,
     tenant_id: uuid.UUID,
     where: DeliveryFilter,
-    after: str | None = None,
+    after: str | uuid.UUID | None = None,
     limit: int = 50,
 ) -> Page[Any]:
     """The tenant's deliveries that match, newest first, each row with its event's type and
@@ -127,13 +88,41 @@ class DeliveryView:
     attempts: list[Attempt]
 
 
-def delivery(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryView:
-    """One of the tenant's deliveries with its event, subscription and every attempt."""
+def find_delivery(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery:
+    """One of the tenant's deliveries; NotFound for another tenant's."""
     found = session.scalar(
         select(Delivery).where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
     )
     if found is None:
         raise NotFound("no such delivery", {"id": str(delivery_id)})
+    return found
+
+
+def find_event(session: Session, tenant_id: uuid.UUID, event_id: uuid.UUID) -> Event:
+    """One of the tenant's events; NotFound for another tenant's."""
+    found = session.scalar(select(Event).where(Event.id == event_id, Event.tenant_id == tenant_id))
+    if found is None:
+        raise NotFound("no such event", {"id": str(event_id)})
+    return found
+
+
+def delivery_attempts(
+    session: Session, delivery: Delivery, after: int | None = None, limit: int = 50
+) -> Page[Attempt]:
+    """A delivery's attempts, oldest first."""
+    query = select(Attempt).where(Attempt.delivery_id == delivery.id)
+    return keyset(session, query, Attempt.id, after, limit, ascending=True)
+
+
+def event_deliveries(session: Session, event: Event, limit: int) -> Page[Delivery]:
+    """The first `limit` deliveries of an event, oldest first."""
+    query = select(Delivery).where(Delivery.event_id == event.id)
+    return keyset(session, query, Delivery.id, None, limit, ascending=True)
+
+
+def delivery(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryView:
+    """One of the tenant's deliveries with its event, subscription and every attempt."""
+    found = find_delivery(session, tenant_id, delivery_id)
     event = session.get(Event, found.event_id)
     subscription = session.get(Subscription, found.subscription_id)
     assert event is not None and subscription is not None  # foreign keys
@@ -147,9 +136,7 @@ def delivery(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> 
 
 def event(session: Session, tenant_id: uuid.UUID, event_id: uuid.UUID) -> tuple[Event, list[Any]]:
     """One of the tenant's events and its deliveries (rows as in `deliveries`)."""
-    found = session.scalar(select(Event).where(Event.id == event_id, Event.tenant_id == tenant_id))
-    if found is None:
-        raise NotFound("no such event", {"id": str(event_id)})
+    found = find_event(session, tenant_id, event_id)
     page = deliveries(session, tenant_id, DeliveryFilter(event_id=found.id), limit=MAX_PAGE)
     return found, page.items
 

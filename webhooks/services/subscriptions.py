@@ -34,6 +34,7 @@ from webhooks.services import (
     operational,
     scheduling,
 )
+from webhooks.services.paging import Page, keyset
 from webhooks.signing import HMAC_SHA256, new_key_material
 
 
@@ -178,19 +179,17 @@ def list_(
     session: Session,
     tenant_id: uuid.UUID,
     limit: int,
-    cursor: uuid.UUID | None = None,
+    after: str | uuid.UUID | None = None,
     consumer: str | None = None,
-) -> list[Subscription]:
-    """Return up to `limit` + 1 live subscriptions, newest first, after `cursor`; only those
-    of the consumer with this uid when one is given."""
+) -> Page[Subscription]:
+    """Return a page of live subscriptions, newest first, after the ID `after`; only those of
+    the consumer with this uid when one is given."""
     query = select(Subscription).where(
         Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
     )
     if consumer is not None:
         query = query.where(Subscription.consumer_id.in_(consumers.ids_of(tenant_id, consumer)))
-    if cursor is not None:
-        query = query.where(Subscription.id < cursor)
-    return list(session.scalars(query.order_by(Subscription.id.desc()).limit(limit + 1)))
+    return keyset(session, query, Subscription.id, after, limit)
 
 
 def _set_filter(subscription: Subscription, document: dict[str, Any] | None) -> None:
