@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from scripts.harness import Process, Receiver, celery
 from tests.conftest import BASE_ENV, Servers, reset_settings
-from tests.support import Process, Receiver, celery
 
 # Retry waits short enough for tests, long enough to measure.
 FAST_ENV = {

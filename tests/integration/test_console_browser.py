@@ -16,8 +16,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from scripts.harness import Receiver, Reply, wait_until
 from tests.integration.conftest import make_tenant
-from tests.support import Receiver, Reply, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artefacts" / "screenshots"

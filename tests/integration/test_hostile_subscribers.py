@@ -6,14 +6,8 @@ import socket
 import threading
 import time
 
+from scripts.harness import Reply, wait_until
 from tests.integration.conftest import publish, subscribe
-from tests.support import Reply, wait_until
-
-
-def _delivery(client, tenant, event_id):
-    event = client.get(f"/v1/events/{event_id}", headers=tenant["headers"]).get_json()
-    (delivery,) = event["deliveries"]
-    return client.get(f"/v1/deliveries/{delivery['id']}", headers=tenant["headers"]).get_json()
 
 
 def test_binary_body_and_odd_retry_after_are_recorded_and_delivery_completes(
@@ -30,7 +24,7 @@ def test_binary_body_and_odd_retry_after_are_recorded_and_delivery_completes(
     event = publish(client, tenant, "order.created", {"n": 1}).get_json()
 
     delivery = wait_until(
-        lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "delivered" and d,
+        lambda: (d := delivery(client, tenant, event["id"]))["status"] == "delivered" and d,
         timeout=30,
         message="delivery after an odd 503",
     )
@@ -101,7 +95,7 @@ def test_trickling_subscriber_is_cut_at_the_deadline_as_a_timeout_and_the_breake
         event = publish(client, tenant, "order.created", {"n": 1}).get_json()
 
         delivery = wait_until(
-            lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "failed" and d,
+            lambda: (d := delivery(client, tenant, event["id"]))["status"] == "failed" and d,
             timeout=40,
             message="every attempt cut at the deadline, then the delivery failed",
         )

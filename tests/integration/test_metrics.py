@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from scripts.embedded import free_port
+from scripts.harness import Process, Receiver, Reply, celery, gunicorn, wait_until
 from tests.conftest import BASE_ENV, Servers
 from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
-from tests.support import Process, Receiver, Reply, celery, gunicorn, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from scripts.harness import Reply, wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import Reply, wait_until
 from webhooks.db import get_engine
 
 OPS = [

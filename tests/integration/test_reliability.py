@@ -15,18 +15,13 @@ from typing import Any
 
 import pytest
 
+from scripts.harness import Received, Receiver, Reply, wait_until
 from tests.integration.conftest import publish, subscribe
-from tests.support import Received, Receiver, Reply, wait_until
+from tests.support import get
 
 # A claim's lease: the HTTP timeout of FAST_ENV (3 s) plus this margin.
 LEASE_MARGIN = 2.0
 LEASE = 3.0 + LEASE_MARGIN
-
-
-def _get(client: Any, tenant: dict[str, Any], path: str) -> Any:
-    resp = client.get(path, headers=tenant["headers"])
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()
 
 
 def _deliveries(client: Any, tenant: dict[str, Any], **query: str) -> list[dict[str, Any]]:
@@ -38,7 +33,7 @@ def _deliveries(client: Any, tenant: dict[str, Any], **query: str) -> list[dict[
         if cursor:
             params["cursor"] = cursor
         qs = "&".join(f"{k}={v}" for k, v in params.items())
-        page = _get(client, tenant, f"/v1/deliveries?{qs}")
+        page = get(client, tenant, f"/v1/deliveries?{qs}")
         items.extend(page["data"])
         cursor = page["next_cursor"]
         if not cursor:
@@ -77,7 +72,7 @@ def _event_delivery_ids(
 ) -> set[str]:
     ids = set()
     for event_id in event_ids:
-        detail = _get(client, tenant, f"/v1/events/{event_id}")
+        detail = get(client, tenant, f"/v1/events/{event_id}")
         ids |= {d["id"] for d in detail["deliveries"] if d["subscription_id"] == subscription_id}
     assert len(ids) == len(event_ids)
     return ids
@@ -115,7 +110,7 @@ def test_killed_pool_child_delivery_is_resent_after_its_lease_with_same_webhook_
     assert [r.webhook_id for r in ok] == [delivery_id]
     assert ok[0].at >= arrivals[0] + LEASE - 0.5, "sent again before the lease ran out"
     assert len(arrivals) == 2
-    detail = _get(client, tenant, f"/v1/deliveries/{delivery_id}")
+    detail = get(client, tenant, f"/v1/deliveries/{delivery_id}")
     assert detail["status"] == "delivered"
     assert [a["result"] for a in detail["attempts"]] == ["lease_expired", "success"]
 
@@ -303,7 +298,7 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
         assert resp.status_code == 202
         published.append((time.time(), resp.get_json()["id"]))
         if not health_during and time.time() > outage_started + 10:
-            health_during = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+            health_during = get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
         time.sleep(0.5)
     down.clear()
     recovered_at = time.time()
@@ -339,7 +334,7 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
     assert len(during) > 20
     assert all(healthy_firsts[eid] < recovered_at for eid in during)
 
-    health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+    health = get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
     assert health["circuit"]["state"] == "closed"
     assert health["circuit"]["consecutive_failures"] == 0
     assert health["circuit"]["opened_at"] is None
@@ -447,11 +442,11 @@ def test_half_open_circuit_lets_exactly_one_probe_through_across_worker_processe
     ids = _event_delivery_ids(client, tenant, [e["id"] for e in events], sick["id"])
 
     def all_parked() -> bool:
-        health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+        health = get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
         return health["parked"] == len(ids) and health["circuit"]["state"] == "open"
 
     wait_until(all_parked, timeout=30, interval=0.2, message="every delivery parked")
-    health = _get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
+    health = get(client, tenant, f"/v1/subscriptions/{sick['id']}/health")
     opened_at = datetime.fromisoformat(health["circuit"]["opened_at"]).timestamp()
     time.sleep(max(0.0, opened_at + COOLDOWN + 0.2 - time.time()))
 
@@ -582,7 +577,7 @@ def test_410_gone_disables_subscription_and_fails_its_pending_deliveries(
     failed = wait_until(gone_all_failed, timeout=30, interval=0.2, message="deliveries failed")
     assert {d["id"] for d in failed} == gone_ids
     assert all("410" in d["last_error"] for d in failed), [d["last_error"] for d in failed]
-    subscription = _get(client, tenant, f"/v1/subscriptions/{gone['id']}")
+    subscription = get(client, tenant, f"/v1/subscriptions/{gone['id']}")
     assert subscription["status"] == "disabled"
     assert "410" in subscription["disabled_reason"]
     _all_delivered(client, tenant, receiver, "/other", other_ids)
@@ -592,7 +587,7 @@ def test_410_gone_disables_subscription_and_fails_its_pending_deliveries(
     assert resp.get_json()["deliveries"] == 1
     time.sleep(1.0)
     assert len(receiver.at("/gone")) == 1
-    health = _get(client, tenant, f"/v1/subscriptions/{gone['id']}/health")
+    health = get(client, tenant, f"/v1/subscriptions/{gone['id']}/health")
     assert health["status"] == "disabled"
     assert health["deliveries"]["failed"] == len(gone_ids)
 
@@ -618,7 +613,7 @@ def test_retry_after_on_429_and_503_is_honoured_within_the_clamp(
     assert second.at - first.at >= 2.0 - 0.1, "retried before Retry-After"
     first, second = receiver.at("/down")
     assert second.at - first.at >= 3.0 - 0.1, "retried before the clamped Retry-After"
-    detail = _get(client, tenant, f"/v1/deliveries/{next(iter(busy_id))}")
+    detail = get(client, tenant, f"/v1/deliveries/{next(iter(busy_id))}")
     assert [(a["result"], a["status_code"]) for a in detail["attempts"]] == [
         ("http_error", 429),
         ("success", 204),

@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Any
 
+from scripts.harness import Receiver, Reply, wait_until
 from tests.integration.conftest import make_tenant, publish, subscribe
-from tests.support import Receiver, Reply, wait_until
 
 TWO = 2  # pool processes per worker: four slots in all
 
