@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -134,3 +135,39 @@ def verify_v1a(public_key: str, body: bytes, headers: dict[str, str]) -> None:
         except InvalidSignature:
             continue
     raise AssertionError("no v1a signature verifies")
+
+
+def defined_metric_names() -> set[str]:
+    """The sample names the service exports, read from its code, no process running: our
+    metrics (webhooks.metrics), the backlog gauges made at each scrape, and the request metrics
+    of prometheus-flask-exporter as webhooks.web_metrics sets it up."""
+    from flask import Flask
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.metrics import MetricWrapperBase
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    from webhooks import metrics
+
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["_sum", "_count"],
+    }
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names |= {family.name + suffix for suffix in suffixes[family.type]}
+    source = Path(metrics.__file__).read_text()
+    names |= set(re.findall(r'GaugeMetricFamily\(\s*"(\w+)"', source))
+    registry = CollectorRegistry()
+    app = Flask("names")
+    app.add_url_rule("/", "index", lambda: "")
+    PrometheusMetrics(app, registry=registry, group_by="url_rule")
+    app.test_client().get("/")
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        names |= {sample.name for sample in family.samples}
+    # A counter's creation time is not exported in multiprocess mode, as the service runs.
+    return {name for name in names if not name.endswith("_created")}
