@@ -202,20 +202,28 @@ def procfile_command(name: str) -> list[str]:
     raise KeyError(name)
 
 
+WORKER_READY = "ready."
+
+
 def celery(
-    kind: str, env: dict[str, str], log: Path, *extra: str, ready: str | None = None
+    kind: str,
+    env: dict[str, str],
+    log: Path,
+    *extra: str,
+    ready: str | None = None,
+    wait: bool = True,
 ) -> Process:
-    """Start `celery -A tasks worker|beat` and wait until it is ready.
+    """Start `celery -A tasks worker|beat` and (unless `wait` is false) wait until it is ready.
 
     At INFO a worker logs "ready." once it consumes; at WARNING only its banner's queue list
     shows that it started, so pass `ready="[queues]"` with `--loglevel=WARNING`.
     """
     if ready is None:
-        ready = "ready." if kind == "worker" else "beat: Starting..."
+        ready = WORKER_READY if kind == "worker" else "beat: Starting..."
     levels = [a for a in extra if a.startswith("--loglevel")]
     args = [str(BIN / "celery"), "-A", "tasks", kind, *(levels or ["--loglevel=INFO"])]
     args += [a for a in extra if not a.startswith("--loglevel")]
-    return Process(args, env, log, ready)
+    return Process(args, env, log, ready if wait else None)
 
 
 def gunicorn(env: dict[str, str], log: Path, app: str = "webhooks.wsgi:app") -> Process:

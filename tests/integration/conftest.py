@@ -156,10 +156,15 @@ def process_env(servers: Servers) -> Callable[..., dict[str, str]]:
 def start_worker(
     servers: Servers, process_env: Callable[..., dict[str, str]], tmp_path: Any
 ) -> Iterator[Callable[..., Process]]:
-    """Start `celery worker` processes (prefork); all are stopped at the end of the test."""
+    """Start `celery worker` processes (prefork); all are killed at the end of the test.
+
+    With `wait=False` it returns at once: start several, then `proc.wait_for_log(WORKER_READY)`.
+    """
     started: list[Process] = []
 
-    def start(concurrency: int = 2, name: str | None = None, **env: Any) -> Process:
+    def start(
+        concurrency: int = 2, name: str | None = None, wait: bool = True, **env: Any
+    ) -> Process:
         name = name or f"w{len(started)}"
         proc = celery(
             "worker",
@@ -173,6 +178,7 @@ def start_worker(
             f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
+            wait=wait,
         )
         started.append(proc)
         return proc
