@@ -204,6 +204,30 @@ def test_retry_after_is_honoured_within_the_clamp(client, tenant, receiver, monk
     assert len(receiver.at("/down")) == 1
 
 
+def test_binary_body_and_odd_retry_after_are_recorded_and_the_delivery_completes(
+    client, tenant, receiver
+):
+    # A NUL byte cannot be stored in PostgreSQL text; a superscript digit is not a number.
+    receiver.plan(
+        "/odd",
+        Reply(503, headers={"Retry-After": "\u00b2"}, body=b"busy\x00\xff"),
+        then=Reply(200, body=b"ok\x00done"),
+    )
+    _, delivery_id = _one(client, tenant, receiver.url("/odd"))
+
+    assert delivery.attempt(delivery_id).retry_at is not None
+    assert 0 < _row(delivery_id).due_in <= 0.5  # the odd Retry-After is ignored
+    _make_due(delivery_id)
+    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+
+    first, second = _attempts(delivery_id)
+    assert (first.result, first.status_code) == ("http_error", 503)
+    assert "\x00" not in first.response_body and first.response_body.startswith("busy")
+    assert (second.result, second.status_code) == ("success", 200)
+    assert "\x00" not in second.response_body
+    assert _row(delivery_id).status == "delivered"
+
+
 def test_a_long_wait_stays_with_the_row_and_the_watchdog_hands_it_over_once_due(
     client, tenant, receiver
 ):
