@@ -10,9 +10,21 @@ from typing import Any
 
 from sqlalchemy import text
 
+ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("tenants", "api_keys", "subscriptions", "events", "deliveries", "attempts")
 # A script tag: pages must show it as text, never run it.
 SCRIPT = "<script>document.title='pwned'</script>"
+
+
+def alembic_config(connection: Any = None) -> Any:
+    """Alembic's configuration of this project, on `connection` if one is given."""
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logger"] = False
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
 
 
 def counts(*tables: str) -> tuple[int, ...]:

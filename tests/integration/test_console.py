@@ -500,7 +500,7 @@ def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> 
     from sqlalchemy import create_engine, pool
 
     from config import normalize_database_url
-    from tests.integration.test_migrations import alembic_config
+    from tests.support import alembic_config
 
     name = "webhooks_console_upgrade"
     url = servers.pg.create_database(name)

@@ -319,7 +319,7 @@ def test_migration_encrypts_existing_plain_headers_and_downgrade_restores_them(
     from sqlalchemy import create_engine, pool
 
     from config import normalize_database_url
-    from tests.integration.test_migrations import alembic_config
+    from tests.support import alembic_config
     from webhooks.crypto import decrypt_headers
 
     if servers.pg is None:
