@@ -37,12 +37,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from scripts.harness import BIN, ROOT, Process, Received, Receiver, Reply, wait_until
 
 # Short waits so a few minutes hold many retries, outages and recoveries. The breaker's
 # threshold is high because /flaky fails two requests in three: after the Redis restart the
@@ -91,136 +89,32 @@ def serve_receiver(port: int) -> None:
     seen: dict[str, dict[str, list[int]]] = {p: {} for p in (*PATHS, PARKED_PATH)}
     down: set[str] = set()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, body: bytes = b"") -> None:
-            self.send_response(status)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
+    def answer(item: Received) -> Reply:
+        if item.path.startswith(("/_down/", "/_up/")):
+            name = "/" + item.path.rsplit("/", 1)[1]
             with lock:
-                body = json.dumps(seen).encode()
-            self._answer(200, body)
+                (down.add if item.path.startswith("/_down/") else down.discard)(name)
+            return Reply(204)
+        with lock:
+            counts = seen.setdefault(item.path, {}).setdefault(
+                item.headers.get("webhook-id", ""), [0, 0]
+            )
+            counts[0] += 1
+            if item.path in down:
+                return Reply(503)
+            if item.path == "/flaky" and counts[0] <= 2:
+                return Reply(500)
+            counts[1] += 1
+        return Reply(204)
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            if self.path.startswith(("/_down/", "/_up/")):
-                name = "/" + self.path.rsplit("/", 1)[1]
-                with lock:
-                    (down.add if self.path.startswith("/_down/") else down.discard)(name)
-                self._answer(204)
-                return
-            webhook_id = self.headers.get("webhook-id", "")
-            with lock:
-                counts = seen.setdefault(self.path, {}).setdefault(webhook_id, [0, 0])
-                counts[0] += 1
-                if self.path in down or (self.path == "/flaky" and counts[0] <= 2):
-                    status = 503 if self.path in down else 500
-                else:
-                    status = 204
-                    counts[1] += 1
-            self._answer(status)
+    def stats(path: str) -> Reply:
+        with lock:
+            return Reply(200, body=json.dumps(seen).encode())
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    Server(("127.0.0.1", port), Handler).serve_forever()
+    Receiver(port, default=answer, record=False, on_get=stats, backlog=256).serve_forever()
 
 
 # Processes ---------------------------------------------------------------------------------
-
-
-class Proc:
-    """A child in its own process group (so kill -9 takes its pool too), output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path):
-        self.name = name
-        self.args = args
-        self.env = env
-        self.log = logdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.offset = 0
-
-    def spawn(self) -> None:
-        with open(self.log, "ab") as out:
-            self.offset = out.tell()
-            self.proc = subprocess.Popen(
-                self.args,
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, ready: str, timeout: float = 90) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while ready not in self.log.read_bytes()[self.offset :].decode(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start; see {self.log}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def children(self) -> list[int]:
-        import psutil
-
-        try:
-            return [c.pid for c in psutil.Process(self.pid).children()]
-        except psutil.NoSuchProcess:
-            return []
-
-    def tree_rss(self) -> int:
-        """Resident memory of the process and all its descendants, in bytes."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += proc.memory_info().rss
-        return total
-
-    def kill(self) -> None:
-        """kill -9 the whole process group, as a crash of its machine would."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-        # Whatever is left of the group: pool children of a killed parent, a hung shutdown.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait(10)
-        self.proc = None
 
 
 def _http(
@@ -272,24 +166,24 @@ class Stack:
     api_url: str = ""
     receiver_url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-    procs: list[Proc] = field(default_factory=list)
-    workers: list[Proc] = field(default_factory=list)
+    procs: list[Process] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
     # Held while starting a process or restarting Redis, so close() never misses one that the
     # chaos thread is starting at that moment; after close() nothing starts any more.
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: bool = False
 
-    def start(self, proc: Proc, ready: str | None = None) -> Proc:
+    def start(self, name: str, args: list[str], ready: str | None = None) -> Process:
         with self.lock:
             if self.closing:
                 raise Stopping
-            proc.spawn()
+            proc = Process(args, self.env, self.tmp / f"{name}.log", name=name)
             self.procs.append(proc)
         if ready:
-            proc.wait_ready(ready)
+            proc.wait_for_log(ready)
         return proc
 
-    def worker(self, index: int, concurrency: int) -> Proc:
+    def worker(self, index: int, concurrency: int) -> Process:
         args = [
             str(BIN / "celery"),
             "-A",
@@ -306,7 +200,7 @@ class Stack:
             "--without-mingle",
         ]
         # Logging is at WARNING: the banner's queue list is the sign it started.
-        return self.start(Proc(f"worker{index}", args, self.env, self.tmp), ready="[queues]")
+        return self.start(f"worker{index}", args, ready="[queues]")
 
     def restart_redis(self, down: float) -> None:
         """kill -9 Redis, wait, start it again (empty: it keeps no data)."""
@@ -379,21 +273,11 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
 
     receiver_port = free_port()
     stack.start(
-        Proc(
-            "receiver",
-            [sys.executable, "-m", "scripts.chaos", "--serve-receiver", str(receiver_port)],
-            env,
-            tmp,
-        )
+        "receiver", [sys.executable, "-m", "scripts.chaos", "--serve-receiver", str(receiver_port)]
     )
     stack.receiver_url = f"http://127.0.0.1:{receiver_port}"
     stack.start(
-        Proc(
-            "web",
-            [str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"],
-            env,
-            tmp,
-        )
+        "web", [str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "webhooks.wsgi:app"]
     )
     stack.api_url = f"http://127.0.0.1:{port}"
     _wait(lambda: _try_status(f"{stack.api_url}/healthz") == 200, 60, "the API")
@@ -402,21 +286,8 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     for index in range(args.workers):
         stack.workers.append(stack.worker(index, args.concurrency))
     for index in range(2):  # two beats: two watchdogs run at once, as with two schedulers
-        beat = Proc(
-            f"beat{index}",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "tasks",
-                "beat",
-                "--loglevel=INFO",
-                "-s",
-                str(tmp / f"beat{index}"),
-            ],
-            env,
-            tmp,
-        )
-        stack.start(beat, ready="beat: Starting...")
+        args = [str(BIN / "celery"), "-A", "tasks", "beat", "--loglevel=INFO"]
+        stack.start(f"beat{index}", [*args, "-s", str(tmp / f"beat{index}")], "beat: Starting...")
 
 
 def _try_status(url: str, method: str = "GET") -> int:
@@ -427,14 +298,10 @@ def _try_status(url: str, method: str = "GET") -> int:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout, interval, what)
+    except AssertionError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _sql(stack: Stack, query: str, **params: Any) -> list[Any]:

@@ -84,14 +84,12 @@ def servers() -> Iterator[Servers]:
 
 def _migrate() -> None:
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
+    from tests.support import alembic_config
     from webhooks.db import get_engine
 
     with get_engine().begin() as conn:
         # A reused TEST_DATABASE_URL starts from an empty schema too.
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    command.upgrade(alembic_config(), "head")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from scripts.harness import Process, Receiver, celery
 from tests.conftest import BASE_ENV, Servers, reset_settings
-from tests.support import Process, Receiver, celery
 
 # Retry waits short enough for tests, long enough to measure.
 FAST_ENV = {
@@ -44,13 +45,32 @@ def reset_state(servers: Servers) -> None:
     )
     reset_settings()
     with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE tenants, api_keys, subscriptions, events, deliveries, "
-                "attempts RESTART IDENTITY CASCADE"
-            )
-        )
+        # DELETE, not TRUNCATE: on the few rows a test leaves it is several times faster, as
+        # TRUNCATE makes new files for every table and index. Children go first.
+        for table in _tables_children_first(conn):
+            conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 (names from the catalog)
     redis.Redis.from_url(servers.redis_url).flushdb()
+
+
+def _tables_children_first(conn: Any) -> list[str]:
+    """Every table of the schema but Alembic's, each before the tables it references."""
+    tables = conn.execute(
+        text(
+            "SELECT tablename FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+    ).scalars()
+    edges = conn.execute(
+        text(
+            "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
+            " WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+        )
+    ).all()
+    order = graphlib.TopologicalSorter({table: set() for table in tables})
+    for child, parent in edges:
+        if child != parent:
+            order.add(parent, child)  # the parent is emptied after the child
+    return list(order.static_order())
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +80,28 @@ def clean(servers: Servers) -> Iterator[None]:
     yield
 
 
+_APPS: dict[frozenset[tuple[str, str]], Any] = {}
+
+
 @pytest.fixture
 def app(servers: Servers) -> Any:
-    from webhooks import create_app
+    """The app for the environment of this test.
 
-    return create_app({"TESTING": True})
+    Building one compiles every URL rule, about 0.1 s, so tests with the same environment share
+    it: every setting comes from the environment, no test changes an app, and the per-process
+    state (caches, the rate limiter's fallback) lives outside it and is reset before each test.
+    """
+    from webhooks import create_app
+    from webhooks.logs import configure_logging
+
+    key = frozenset((k, v) for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST")
+    if key not in _APPS:
+        if len(_APPS) >= 8:
+            _APPS.pop(next(iter(_APPS)))
+        _APPS[key] = create_app({"TESTING": True})
+    else:
+        configure_logging()  # as create_app does: a test may have changed the log level
+    return _APPS[key]
 
 
 @pytest.fixture
@@ -119,10 +156,15 @@ def process_env(servers: Servers) -> Callable[..., dict[str, str]]:
 def start_worker(
     servers: Servers, process_env: Callable[..., dict[str, str]], tmp_path: Any
 ) -> Iterator[Callable[..., Process]]:
-    """Start `celery worker` processes (prefork); all are stopped at the end of the test."""
+    """Start `celery worker` processes (prefork); all are killed at the end of the test.
+
+    With `wait=False` it returns at once: start several, then `proc.wait_for_log(WORKER_READY)`.
+    """
     started: list[Process] = []
 
-    def start(concurrency: int = 2, name: str | None = None, **env: Any) -> Process:
+    def start(
+        concurrency: int = 2, name: str | None = None, wait: bool = True, **env: Any
+    ) -> Process:
         name = name or f"w{len(started)}"
         proc = celery(
             "worker",
@@ -136,13 +178,14 @@ def start_worker(
             f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
+            wait=wait,
         )
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.kill()  # the test is over: no graceful shutdown to wait for
 
 
 @pytest.fixture
@@ -165,7 +208,7 @@ def start_beat(
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.kill()
 
 
 def publish(

@@ -1,56 +1,378 @@
-"""The attempt and the watchdog called in this process, against real PostgreSQL and Redis:
-what an unexpected error in an attempt leaves, and what the watchdog hands over again."""
+"""The attempt state machine and the watchdog called in this process, against real PostgreSQL,
+Redis and a loopback receiver: each outcome of `delivery.attempt()` and the rows it leaves.
+
+No worker runs here: a worker would only call `attempt()` for us, later and with sleeps. What
+needs worker processes (crashes, restarts, two workers racing) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import text
+import pytest
+from standardwebhooks import Webhook
 
-from tests.integration.conftest import publish, subscribe
-from webhooks.db import get_engine
+from scripts.harness import Reply
+from tests.conftest import reset_settings
+from tests.integration.conftest import FAST_ENV, publish, subscribe
+from tests.support import sql
+from webhooks import scheduler
 from webhooks.runtime import get_breaker, get_scheduler
+from webhooks.services import delivery, watchdog
 
 
-def _rows(sql: str, **params: Any) -> list[Any]:
-    with get_engine().begin() as conn:
-        result = conn.execute(text(sql), params)
-        return list(result) if result.returns_rows else []
+@pytest.fixture(autouse=True)
+def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process runs the attempts: give it the workers' short retry waits and timeout."""
+    for name, value in FAST_ENV.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: Any) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    reset_settings()
+
+
+def _ids(subscription_id: str) -> list[str]:
+    rows = sql(
+        "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.subscription_id = :s ORDER BY e.created_at, d.id",
+        s=subscription_id,
+    )
+    return [str(r.id) for r in rows]
+
+
+def _row(delivery_id: str) -> Any:
+    (row,) = sql(
+        "SELECT status, attempt_count, failures, parked, last_error, lease_expires_at,"
+        " delivered_at, dispatched_at,"
+        " extract(epoch FROM next_attempt_at - now()) AS due_in FROM deliveries WHERE id = :id",
+        id=delivery_id,
+    )
+    return row
+
+
+def _attempts(delivery_id: str) -> list[Any]:
+    return sql(
+        "SELECT number, result, status_code, error, response_body, response_truncated"
+        " FROM attempts WHERE delivery_id = :id ORDER BY number",
+        id=delivery_id,
+    )
+
+
+def _make_due(delivery_id: str) -> None:
+    """Skip a retry's wait (the scheduler would hold the delivery until then)."""
+    sql("UPDATE deliveries SET next_attempt_at = now() WHERE id = :id", id=delivery_id)
+
+
+def _one(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> tuple[dict, str]:
+    sub = subscribe(client, tenant, url, **extra)
+    assert publish(client, tenant, "order.created", {"n": 1}).status_code == 202
+    (delivery_id,) = _ids(sub["id"])
+    return sub, delivery_id
+
+
+def test_success_delivers_once_signed_and_a_second_attempt_sends_nothing(client, tenant, receiver):
+    sub, delivery_id = _one(client, tenant, receiver.url("/ok"))
+
+    step = delivery.attempt(delivery_id)
+
+    assert (step.outcome, step.retry_at, step.circuit_closed) == (scheduler.OK, None, False)
+    assert step.subscription_id == sub["id"]
+    (got,) = receiver.at("/ok")
+    Webhook(sub["secret"]).verify(got.body, got.headers)
+    assert got.webhook_id == delivery_id
+    row = _row(delivery_id)
+    assert (row.status, row.attempt_count, row.failures) == ("delivered", 1, 0)
+    assert row.delivered_at is not None and row.lease_expires_at is None
+    assert [(a.number, a.result, a.status_code) for a in _attempts(delivery_id)] == [
+        (1, "success", 204)
+    ]
+    # A duplicate message for it (a redelivered task) claims nothing and sends nothing.
+    assert delivery.attempt(delivery_id) is delivery.DONE
+    assert len(receiver.received) == 1
+    assert len(_attempts(delivery_id)) == 1
+
+
+BIG = b"E" * 10_240
+
+
+@pytest.mark.parametrize(
+    ("kind", "reply", "result", "status_code", "outcome", "error"),
+    [
+        ("http_500", Reply(500, body=BIG), "http_error", 500, scheduler.FAILED, "HTTP 500"),
+        ("redirect", Reply(302, headers={"Location": "/elsewhere"}), "http_error", 302,
+         scheduler.FAILED, "redirect"),
+        ("429", Reply(429), "http_error", 429, scheduler.THROTTLED, "HTTP 429"),
+        ("503", Reply(503), "http_error", 503, scheduler.THROTTLED, "HTTP 503"),
+        ("timeout", Reply(204, delay=2.0), "timeout", None, scheduler.THROTTLED, "within 0.5 s"),
+        ("connection", None, "connection_error", None, scheduler.FAILED, ""),
+        ("refused", None, "refused", None, scheduler.FAILED, ""),
+    ],
+)  # fmt: skip
+def test_each_failure_kind_is_recorded_and_retried_on_schedule(
+    client, tenant, receiver, monkeypatch, kind, reply, result, status_code, outcome, error
+):
+    _settings(monkeypatch, WEBHOOKS_HTTP_TIMEOUT_SECONDS=0.5)
+    url = "http://127.0.0.1:9/closed" if kind == "connection" else receiver.url("/x")
+    if reply is not None:
+        receiver.plan("/x", reply, then=Reply(204))
+    sub, delivery_id = _one(client, tenant, url)
+    if kind == "refused":  # loopback, which the service refuses unless allowed
+        _settings(monkeypatch, WEBHOOKS_ALLOW_PRIVATE_TARGETS="false")
+
+    before = time.time()
+    step = delivery.attempt(delivery_id)
+
+    assert step.outcome == outcome
+    (attempt,) = _attempts(delivery_id)
+    assert (attempt.number, attempt.result, attempt.status_code) == (1, result, status_code)
+    assert error.lower() in attempt.error.lower()
+    row = _row(delivery_id)
+    assert (row.status, row.attempt_count, row.failures) == ("retrying", 1, 1)
+    assert row.last_error == attempt.error and row.lease_expires_at is None
+    # Due again after the first wait of the schedule (FAST_ENV: 0.5 s), here and in the step.
+    assert 0 < row.due_in <= 0.5
+    assert step.retry_at is not None and before + 0.5 <= step.retry_at <= time.time() + 0.5
+    assert get_breaker().state(sub["id"])["consecutive_failures"] == 1
+    if kind == "http_500":  # the response body is kept, cut to 4 KiB
+        assert (attempt.response_body, attempt.response_truncated) == ("E" * 4096, True)
+    if kind == "redirect":  # never followed
+        assert [r.path for r in receiver.received] == ["/x"]
+
+
+def test_failures_spend_the_schedule_then_fail_for_good_and_nothing_more_is_sent(
+    client, tenant, receiver
+):
+    receiver.plan("/down", then=Reply(500))
+    _, delivery_id = _one(client, tenant, receiver.url("/down"))
+
+    steps = []
+    for _ in range(3):  # FAST_ENV: two retries, so three attempts in all
+        steps.append(delivery.attempt(delivery_id))
+        _make_due(delivery_id)
+
+    assert [s.retry_at is not None for s in steps] == [True, True, False]
+    row = _row(delivery_id)
+    assert (row.status, row.attempt_count, row.failures) == ("failed", 3, 3)
+    assert row.last_error == "HTTP 500"
+    assert [(a.number, a.result) for a in _attempts(delivery_id)] == [
+        (1, "http_error"),
+        (2, "http_error"),
+        (3, "http_error"),
+    ]
+    # Failed is final: another message for it claims nothing.
+    assert delivery.attempt(delivery_id) is delivery.DONE
+    assert len(receiver.at("/down")) == 3
+
+
+def test_a_redirect_is_retried_at_the_same_url_and_then_delivered(client, tenant, receiver):
+    receiver.plan("/moved", Reply(302, headers={"Location": receiver.url("/elsewhere")}))
+    _, delivery_id = _one(client, tenant, receiver.url("/moved"))
+
+    delivery.attempt(delivery_id)
+    _make_due(delivery_id)
+    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+
+    assert [(a.number, a.status_code, a.result) for a in _attempts(delivery_id)] == [
+        (1, 302, "http_error"),
+        (2, 204, "success"),
+    ]
+    assert [r.path for r in receiver.received] == ["/moved", "/moved"]
+    assert _row(delivery_id).status == "delivered"
+
+
+def test_retry_after_is_honoured_within_the_clamp(client, tenant, receiver, monkeypatch):
+    _settings(monkeypatch, WEBHOOKS_RETRY_AFTER_MAX_SECONDS=3)
+    receiver.plan("/busy", Reply(429, headers={"Retry-After": "2"}))
+    receiver.plan("/down", Reply(503, headers={"Retry-After": "86400"}))
+    _, busy = _one(client, tenant, receiver.url("/busy"))
+    _, down = _one(client, tenant, receiver.url("/down"))
+
+    delivery.attempt(busy)
+    delivery.attempt(down)
+
+    # Our own wait is 0.5 s (FAST_ENV), so the longer ones are the subscriber's.
+    assert 1.0 < _row(busy).due_in <= 2.0
+    # A day is clamped to WEBHOOKS_RETRY_AFTER_MAX_SECONDS: the retry comes today.
+    assert 2.0 < _row(down).due_in <= 3.0
+    # Not due yet: a message that arrives early claims nothing.
+    assert delivery.attempt(down) is delivery.DONE
+    assert len(receiver.at("/down")) == 1
+
+
+def test_binary_body_and_odd_retry_after_are_recorded_and_the_delivery_completes(
+    client, tenant, receiver
+):
+    # A NUL byte cannot be stored in PostgreSQL text; a superscript digit is not a number.
+    receiver.plan(
+        "/odd",
+        Reply(503, headers={"Retry-After": "\u00b2"}, body=b"busy\x00\xff"),
+        then=Reply(200, body=b"ok\x00done"),
+    )
+    _, delivery_id = _one(client, tenant, receiver.url("/odd"))
+
+    assert delivery.attempt(delivery_id).retry_at is not None
+    assert 0 < _row(delivery_id).due_in <= 0.5  # the odd Retry-After is ignored
+    _make_due(delivery_id)
+    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+
+    first, second = _attempts(delivery_id)
+    assert (first.result, first.status_code) == ("http_error", 503)
+    assert "\x00" not in first.response_body and first.response_body.startswith("busy")
+    assert (second.result, second.status_code) == ("success", 200)
+    assert "\x00" not in second.response_body
+    assert _row(delivery_id).status == "delivered"
+
+
+def test_a_long_wait_stays_with_the_row_and_the_watchdog_hands_it_over_once_due(
+    client, tenant, receiver
+):
+    """A retry far in the future (here an hour, from Retry-After) is kept in PostgreSQL with
+    its due time; the watchdog leaves it alone until then, and hands it over after, even when
+    Redis lost it."""
+    receiver.plan("/later", Reply(503, headers={"Retry-After": "3600"}))
+    _, delivery_id = _one(client, tenant, receiver.url("/later"))
+    get_scheduler().client.flushdb()  # the message of the first attempt is spent
+
+    step = delivery.attempt(delivery_id)
+
+    assert step.retry_at is not None and step.retry_at > time.time() + 3500
+    row = _row(delivery_id)
+    assert row.status == "retrying" and 3500 < row.due_in <= 3600
+    get_scheduler().client.flushdb()  # Redis loses the delayed retry
+    report = watchdog.run()
+    assert delivery_id not in report.sent  # not due: nothing to hand over
+    assert delivery.attempt(delivery_id) is delivery.DONE  # nor to claim
+
+    sql(
+        "UPDATE deliveries SET next_attempt_at = now() - interval '1 hour',"
+        " dispatched_at = now() - interval '1 hour' WHERE id = :id",
+        id=delivery_id,
+    )
+    report = watchdog.run()
+    assert report.sent == [delivery_id]
+    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+    assert _row(delivery_id).status == "delivered"
+
+
+@pytest.mark.parametrize("change", ["disabled", "deleted"])
+def test_a_claim_on_a_disabled_or_deleted_subscription_fails_it_spending_nothing(
+    client, tenant, receiver, change
+):
+    sub, delivery_id = _one(client, tenant, receiver.url("/off"))
+    if change == "disabled":
+        sql("UPDATE subscriptions SET status = 'disabled' WHERE id = :id", id=sub["id"])
+    else:
+        sql("UPDATE subscriptions SET deleted_at = now() WHERE id = :id", id=sub["id"])
+
+    step = delivery.attempt(delivery_id)
+
+    assert (step.outcome, step.retry_at) == (scheduler.NONE, None)
+    row = _row(delivery_id)
+    assert (row.status, row.attempt_count, row.failures) == ("failed", 0, 0)
+    assert row.last_error == f"subscription {change}"
+    assert _attempts(delivery_id) == []
+    assert receiver.received == []
+
+
+def test_410_disables_the_subscription_and_fails_its_other_deliveries(client, tenant, receiver):
+    receiver.plan("/gone", Reply(410), then=Reply(204))
+    gone = subscribe(client, tenant, receiver.url("/gone"))
+    other = subscribe(client, tenant, receiver.url("/other"))
+    for n in range(3):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    first, *rest = _ids(gone["id"])
+
+    step = delivery.attempt(first)
+
+    assert (step.outcome, step.retry_at) == (scheduler.FAILED, None)
+    for delivery_id in (first, *rest):
+        row = _row(delivery_id)
+        assert row.status == "failed" and "410" in row.last_error, row
+    assert [(a.status_code, a.result) for a in _attempts(first)] == [(410, "http_error")]
+    (status, reason) = sql("SELECT status, disabled_reason FROM subscriptions WHERE id = :id",
+                           id=gone["id"])[0]  # fmt: skip
+    assert status == "disabled" and "410" in reason
+    # Their messages claim nothing; the other subscription's deliveries go out as before.
+    assert [delivery.attempt(d) for d in rest] == [delivery.DONE] * 2
+    assert len(receiver.at("/gone")) == 1
+    for delivery_id in _ids(other["id"]):
+        assert delivery.attempt(delivery_id).outcome == scheduler.OK
+    # New events no longer create deliveries for it.
+    assert publish(client, tenant, "order.created", {"n": "after"}).get_json()["deliveries"] == 1
+
+
+def test_open_circuit_parks_then_one_half_open_probe_and_its_success_closes_it(
+    client, tenant, receiver, monkeypatch
+):
+    _settings(
+        monkeypatch, WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD=3, WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS=30
+    )
+    receiver.plan("/sick", Reply(503), then=Reply(204))
+    sub = subscribe(client, tenant, receiver.url("/sick"))
+    for n in range(3):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    first, second, third = _ids(sub["id"])
+    breaker = get_breaker()
+    long_ago = time.time() - 60  # opened a cooldown ago and more: the next claim may probe
+    for _ in range(3):
+        breaker.record_failure(sub["id"], now=long_ago)
+    assert breaker.state(sub["id"])["state"] == "open"
+
+    # The probe fails: the circuit stays open and the delivery waits again, parked, its
+    # attempt recorded but no retry spent.
+    probe = delivery.attempt(first)
+    assert probe.outcome == scheduler.THROTTLED
+    row = _row(first)
+    assert (row.status, row.parked, row.attempt_count, row.failures) == ("retrying", True, 1, 0)
+    assert [(a.status_code, a.result) for a in _attempts(first)] == [(503, "http_error")]
+    # Half-open with its probe out, then open again: the others park without a request.
+    assert delivery.attempt(second).outcome == scheduler.NONE
+    row = _row(second)
+    assert (row.status, row.parked, row.attempt_count) == ("pending", True, 0)
+    assert len(receiver.at("/sick")) == 1
+
+    # A cooldown later the next probe succeeds and closes the circuit. (The park above also
+    # parked what the scheduler held ready for it: the third delivery; unpark it.)
+    sql("UPDATE deliveries SET parked = false WHERE id = :id", id=third)
+    breaker.reset(sub["id"])
+    for _ in range(3):
+        breaker.record_failure(sub["id"], now=long_ago)
+    closing = delivery.attempt(third)
+    assert (closing.outcome, closing.circuit_closed) == (scheduler.RESTART, True)
+    assert breaker.state(sub["id"])["state"] == "closed"
+    assert _row(third).status == "delivered"
+    assert len(receiver.at("/sick")) == 2
 
 
 def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt_counted_by_the_breaker(
     client, tenant, receiver
 ):
-    from webhooks.services import delivery
-
-    sub = subscribe(client, tenant, receiver.url("/never"))
-    assert publish(client, tenant, "order.created", {"n": 1}).status_code == 202
+    sub, delivery_id = _one(client, tenant, receiver.url("/never"))
     # A secret sealed under a key this process does not hold: decrypting it raises.
-    _rows("UPDATE subscriptions SET secret_ciphertext = :junk", junk=b"\x00" * 40)
-    (delivery_id,) = _rows("SELECT id FROM deliveries")[0]
+    sql("UPDATE subscriptions SET secret_ciphertext = :junk", junk=b"\x00" * 40)
 
-    step = delivery.attempt(str(delivery_id))
+    step = delivery.attempt(delivery_id)
 
-    status, failures, error = _rows(
-        "SELECT status, failures, last_error FROM deliveries WHERE id = :id", id=delivery_id
-    )[0]
-    assert (status, failures) == ("retrying", 1)
-    assert error.startswith("internal error")
-    attempts = _rows("SELECT result, error FROM attempts WHERE delivery_id = :id", id=delivery_id)
-    assert [a.result for a in attempts] == ["error"]
+    row = _row(delivery_id)
+    assert (row.status, row.failures) == ("retrying", 1)
+    assert row.last_error.startswith("internal error")
+    assert [a.result for a in _attempts(delivery_id)] == ["error"]
     assert step.retry_at is not None  # retried on its schedule, not lost with a worker
     assert get_breaker().state(sub["id"])["consecutive_failures"] == 1
     assert receiver.at("/never") == []
 
 
 def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, tenant):
-    from webhooks.services import watchdog
-
     subscribe(client, tenant, "http://127.0.0.1:9/slow", max_in_flight=1)
     for n in range(30):
         assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
     # Older than WEBHOOKS_LOST_AFTER_SECONDS, as a long backlog's rows are: still held in Redis.
-    _rows("UPDATE deliveries SET dispatched_at = now() - interval '1 hour'")
+    sql("UPDATE deliveries SET dispatched_at = now() - interval '1 hour'")
     before = get_scheduler().totals()
     assert before["ready"] + before["in_flight"] == 30
 
@@ -61,7 +383,7 @@ def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, t
     # ... and once Redis has lost them (and they are overdue again: the pass above marked them
     # checked), every one is handed over again, once.
     get_scheduler().client.flushdb()
-    _rows("UPDATE deliveries SET dispatched_at = now() - interval '1 hour'")
+    sql("UPDATE deliveries SET dispatched_at = now() - interval '1 hour'")
     report = watchdog.run()
     assert len(report.sent) == len(set(report.sent)) == 30
     after = get_scheduler().totals()

@@ -5,23 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import func, select
-
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from webhooks.db import session_scope
-from webhooks.models import Delivery, Event
+from tests.support import counts
 
 
 def _batch(client: Any, tenant: dict[str, Any], events: list[dict[str, Any]], **kw: Any) -> Any:
     return client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"], **kw)
-
-
-def _counts() -> tuple[int, int]:
-    with session_scope() as session:
-        events = session.scalar(select(func.count()).select_from(Event))
-        deliveries = session.scalar(select(func.count()).select_from(Delivery))
-    return int(events or 0), int(deliveries or 0)
 
 
 def test_batch_fans_out_each_event_and_every_delivery_arrives_once(
@@ -76,14 +66,14 @@ def test_one_invalid_event_rejects_the_batch_naming_its_index_and_field(client, 
     fields = error["details"]["fields"]["events"]
     assert set(fields) == {"1", "2"}
     assert "event_type" in fields["1"] and "payload" in fields["2"]
-    assert _counts() == (0, 0)
+    assert counts("events", "deliveries") == (0, 0)
 
 
 def test_key_reused_with_another_event_rejects_the_whole_batch(client, tenant, receiver):
     subscribe(client, tenant, receiver.url("/all"))
     first = _batch(client, tenant, [{"event_type": "a", "payload": 1, "idempotency_key": "k1"}])
     assert first.status_code == 202
-    before = _counts()
+    before = counts("events", "deliveries")
     resp = _batch(
         client,
         tenant,
@@ -98,7 +88,7 @@ def test_key_reused_with_another_event_rejects_the_whole_batch(client, tenant, r
     assert error["details"]["index"] == 2
     assert error["details"]["idempotency_key"] == "k1"
     assert error["details"]["event_id"] == first.get_json()["data"][0]["id"]
-    assert _counts() == before  # the two valid events were not written either
+    assert counts("events", "deliveries") == before  # the two valid events were not written either
     retry = _batch(client, tenant, [{"event_type": "a", "payload": 10, "idempotency_key": "fresh"}])
     assert retry.get_json()["data"][0]["replayed"] is False
 
@@ -110,7 +100,7 @@ def test_replayed_batch_returns_the_same_events_and_creates_nothing(client, tena
         for i in range(3)
     ] + [{"event_type": "a", "payload": "no key"}]
     first = _batch(client, tenant, events).get_json()
-    assert _counts() == (4, 4)
+    assert counts("events", "deliveries") == (4, 4)
     # The same events spelled differently (key order) are the same events.
     respelled = [dict(reversed(list(e.items()))) for e in events[:3]]
     respelled[0]["payload"] = {"x": [1, 2], "i": 0}
@@ -121,7 +111,7 @@ def test_replayed_batch_returns_the_same_events_and_creates_nothing(client, tena
     assert [d["replayed"] for d in body["data"]] == [True, True, True, False]
     assert [d["deliveries"] for d in body["data"]] == [1, 1, 1, 1]
     assert body["created"] == 1 and body["replayed"] == 3 and body["deliveries"] == 1
-    assert _counts() == (5, 5)
+    assert counts("events", "deliveries") == (5, 5)
 
 
 def test_batch_and_single_endpoint_share_idempotency_keys(client, tenant, receiver):
@@ -137,7 +127,7 @@ def test_batch_and_single_endpoint_share_idempotency_keys(client, tenant, receiv
         client, tenant, [{"event_type": "a.b", "payload": {"v": 2}, "idempotency_key": "shared"}]
     )
     assert other.status_code == 409
-    assert _counts() == (1, 1)
+    assert counts("events", "deliveries") == (1, 1)
 
 
 def test_repeated_key_within_a_batch_is_refused(client, tenant):
@@ -151,7 +141,7 @@ def test_repeated_key_within_a_batch_is_refused(client, tenant):
     )
     assert resp.status_code == 422
     assert "idempotency_key" in resp.get_json()["error"]["details"]["fields"]["events"]["1"]
-    assert _counts() == (0, 0)
+    assert counts("events", "deliveries") == (0, 0)
 
 
 def test_batch_limits_count_body_and_event_size(client, tenant):
@@ -192,7 +182,7 @@ def test_batch_limits_count_body_and_event_size(client, tenant):
     finally:
         os.environ.pop("WEBHOOKS_MAX_PAYLOAD_BYTES")
         reset_settings()
-    assert _counts() == (3, 0)
+    assert counts("events", "deliveries") == (3, 0)
 
 
 def test_batch_needs_an_api_key(client):

@@ -12,17 +12,11 @@ import pytest
 from sqlalchemy import text
 
 from tests.integration.conftest import publish, subscribe
+from tests.support import SCRIPT, add_attempt, csrf_of, set_status
 from webhooks.db import get_engine
 from webhooks.services.stats import _SUBSCRIPTION_STATS
 
-SCRIPT = "<script>document.title='pwned'</script>"
 TEMPLATES = Path(__file__).resolve().parents[2] / "webhooks" / "console" / "templates"
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "the page has no CSRF field"
-    return found.group(1)
 
 
 def sign_in(client: Any, key: str, **kwargs: Any) -> Any:
@@ -35,46 +29,6 @@ def signed_in(client: Any, tenant: dict[str, Any]) -> str:
     """Sign the client in; return the session's CSRF token."""
     assert sign_in(client, tenant["key"]).status_code == 302
     return csrf_of(client.get("/console/subscriptions").get_data(as_text=True))
-
-
-def add_attempt(
-    delivery_id: str,
-    number: int = 1,
-    result: str = "success",
-    status_code: int | None = 200,
-    duration_ms: float = 10.0,
-    body: str | None = None,
-    seconds_ago: float = 0,
-) -> None:
-    """Record an attempt as the worker does (the trigger fills in its subscription)."""
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms,"
-                " response_body, created_at) VALUES (:d, :n, :r, :s, :ms, :b,"
-                " now() - make_interval(secs => :ago))"
-            ),
-            {
-                "d": delivery_id,
-                "n": number,
-                "r": result,
-                "s": status_code,
-                "ms": duration_ms,
-                "b": body,
-                "ago": seconds_ago,
-            },
-        )
-
-
-def set_status(status: str, delivery_id: str | None = None) -> None:
-    with get_engine().begin() as conn:
-        if delivery_id:
-            conn.execute(
-                text("UPDATE deliveries SET status = :s WHERE id = :id"),
-                {"s": status, "id": delivery_id},
-            )
-        else:
-            conn.execute(text("UPDATE deliveries SET status = :s"), {"s": status})
 
 
 @pytest.fixture
@@ -546,7 +500,7 @@ def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> 
     from sqlalchemy import create_engine, pool
 
     from config import normalize_database_url
-    from tests.integration.test_migrations import alembic_config
+    from tests.support import alembic_config
 
     name = "webhooks_console_upgrade"
     url = servers.pg.create_database(name)

@@ -16,8 +16,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from scripts.harness import Receiver, Reply, wait_until
 from tests.integration.conftest import make_tenant
-from tests.support import Receiver, Reply, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artefacts" / "screenshots"
@@ -49,7 +49,9 @@ class LiveServer:
 
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-
 from tests.conftest import reset_settings
 from tests.integration.conftest import subscribe
-from webhooks.db import session_scope
-from webhooks.models import Delivery, Event
+from tests.support import counts
 
 ORDER_SCHEMA = {
     "type": "object",
@@ -27,13 +24,6 @@ ORDER_SCHEMA = {
     },
 }
 GOOD = {"order_id": 1, "customer": {"id": "c1"}}
-
-
-def _counts() -> tuple[int, int]:
-    with session_scope() as session:
-        events = session.scalar(select(func.count()).select_from(Event))
-        deliveries = session.scalar(select(func.count()).select_from(Delivery))
-    return int(events or 0), int(deliveries or 0)
 
 
 def _type(client: Any, tenant: dict[str, Any], name: str, **extra: Any) -> Any:
@@ -102,7 +92,7 @@ def test_events_are_checked_against_their_types_schema_and_nothing_invalid_is_st
     subscribe(client, tenant, "http://127.0.0.1:9/x", ["*"])
     _type(client, tenant, "order.paid", schema=ORDER_SCHEMA)
     assert _event(client, tenant, "order.paid", GOOD).status_code == 202
-    assert _counts() == (1, 1)
+    assert counts("events", "deliveries") == (1, 1)
 
     bad = {"order_id": 1, "customer": {"id": "c1", "tags": ["ok", 7]}}
     resp = _event(client, tenant, "order.paid", bad)
@@ -118,7 +108,7 @@ def test_events_are_checked_against_their_types_schema_and_nothing_invalid_is_st
     }
     # Types without a schema, and types of no catalogue entry, are not checked.
     assert _event(client, tenant, "order.other", {"anything": True}).status_code == 202
-    assert _counts() == (2, 2)
+    assert counts("events", "deliveries") == (2, 2)
 
     resp = client.post(
         "/v1/events/batch",
@@ -135,7 +125,7 @@ def test_events_are_checked_against_their_types_schema_and_nothing_invalid_is_st
     error = resp.get_json()["error"]
     assert error["details"]["index"] == 2 and error["details"]["pointer"] == "/order_id"
     assert list(error["details"]["fields"]["events"]) == ["2"]
-    assert _counts() == (2, 2)
+    assert counts("events", "deliveries") == (2, 2)
 
     # A changed schema applies to the next event.
     client.patch(
@@ -199,7 +189,7 @@ def test_tenants_cannot_publish_the_services_own_types(client, tenant):
         headers=tenant["headers"],
     )
     assert resp.status_code == 422
-    assert _counts() == (0, 0)
+    assert counts("events", "deliveries") == (0, 0)
 
 
 def test_another_tenants_catalogue_is_invisible_and_never_applies(client, tenant, other_tenant):

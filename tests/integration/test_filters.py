@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from scripts.harness import wait_until
 from tests.integration.conftest import subscribe
-from tests.support import wait_until
 from webhooks.db import get_engine
 from webhooks.services.filters import compile_filter
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from scripts.embedded import free_port
-from tests.support import VENV_BIN, Process, answers, procfile_command, wait_until
+from scripts.harness import BIN, Process, http_status, procfile_line, wait_until
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -20,9 +20,9 @@ AUTH = ("ops", "s3cret-pw")
 def start_flower(process_env: Any, tmp_path: Any, **env: str) -> tuple[Process, str]:
     """Start Flower with the Procfile's own command line, as honcho would (through sh)."""
     port = free_port()
-    path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # make run puts it first too
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # make run puts it first too
     proc = Process(
-        ["sh", "-c", "exec " + procfile_command("flower")],
+        ["sh", "-c", "exec " + procfile_line("flower")],
         process_env(FLOWER_PORT=port, PATH=path, **env),
         tmp_path / "flower.log",
         ready=None,
@@ -37,7 +37,7 @@ def flower(process_env: Any, tmp_path: Any) -> Iterator[str]:
         process_env, tmp_path, WEBHOOKS_ENV="production", FLOWER_BASIC_AUTH=f"{AUTH[0]}:{AUTH[1]}"
     )
     try:
-        wait_until(lambda: answers(url), 60, interval=0.2, message="flower listening")
+        wait_until(lambda: http_status(url), 60, interval=0.2, message="flower listening")
         # Never on the command line, where any local user could read them.
         assert AUTH[1] not in " ".join(psutil.Process(proc.pid).cmdline())
         yield url
@@ -89,7 +89,7 @@ def test_flower_without_credentials_in_development_listens_on_loopback_only(proc
         process_env, tmp_path, WEBHOOKS_ENV="development", FLOWER_BASIC_AUTH=""
     )
     try:
-        wait_until(lambda: answers(url), 60, interval=0.2, message="flower listening")
+        wait_until(lambda: http_status(url), 60, interval=0.2, message="flower listening")
         port = int(url.rsplit(":", 1)[1])
         addresses = {
             c.laddr.ip

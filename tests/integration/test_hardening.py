@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from scripts.harness import wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import wait_until
 from webhooks.db import get_engine
 
 
@@ -319,7 +319,7 @@ def test_migration_encrypts_existing_plain_headers_and_downgrade_restores_them(
     from sqlalchemy import create_engine, pool
 
     from config import normalize_database_url
-    from tests.integration.test_migrations import alembic_config
+    from tests.support import alembic_config
     from webhooks.crypto import decrypt_headers
 
     if servers.pg is None:
@@ -448,7 +448,7 @@ def test_ed25519_subscription_signs_v1a_verifiable_with_its_public_key_across_ro
 ) -> None:
     from standardwebhooks import Webhook
 
-    from tests.unit.test_signing import verify_v1a
+    from tests.support import verify_v1a
 
     sub = subscribe(client, tenant, receiver.url("/ed"), signature_scheme="ed25519")
     assert sub["signature_scheme"] == "ed25519"

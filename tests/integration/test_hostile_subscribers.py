@@ -1,4 +1,5 @@
-"""Subscribers that answer in ways a careless sender would choke on."""
+"""Subscribers that answer in ways a careless sender would choke on. (A binary body and an
+odd Retry-After are in test_attempts_and_watchdog.py: the worker adds nothing there.)"""
 
 from __future__ import annotations
 
@@ -6,39 +7,9 @@ import socket
 import threading
 import time
 
+from scripts.harness import wait_until
 from tests.integration.conftest import publish, subscribe
-from tests.support import Reply, wait_until
-
-
-def _delivery(client, tenant, event_id):
-    event = client.get(f"/v1/events/{event_id}", headers=tenant["headers"]).get_json()
-    (delivery,) = event["deliveries"]
-    return client.get(f"/v1/deliveries/{delivery['id']}", headers=tenant["headers"]).get_json()
-
-
-def test_binary_body_and_odd_retry_after_are_recorded_and_delivery_completes(
-    client, tenant, receiver, start_worker
-):
-    # A NUL byte cannot be stored in PostgreSQL text; a superscript digit is not a number.
-    receiver.plan(
-        "/odd",
-        Reply(503, headers={"Retry-After": "\u00b2"}, body=b"busy\x00\xff"),
-        then=Reply(200, body=b"ok\x00done"),
-    )
-    subscribe(client, tenant, receiver.url("/odd"))
-    start_worker(concurrency=1)
-    event = publish(client, tenant, "order.created", {"n": 1}).get_json()
-
-    delivery = wait_until(
-        lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "delivered" and d,
-        timeout=30,
-        message="delivery after an odd 503",
-    )
-    first, second = delivery["attempts"]
-    assert (first["result"], first["status_code"]) == ("http_error", 503)
-    assert "\x00" not in first["response_body"] and first["response_body"].startswith("busy")
-    assert (second["result"], second["status_code"]) == ("success", 200)
-    assert "\x00" not in second["response_body"]
+from tests.support import delivery
 
 
 class TricklingServer:
@@ -100,12 +71,12 @@ def test_trickling_subscriber_is_cut_at_the_deadline_as_a_timeout_and_the_breake
         )
         event = publish(client, tenant, "order.created", {"n": 1}).get_json()
 
-        delivery = wait_until(
-            lambda: (d := _delivery(client, tenant, event["id"]))["status"] == "failed" and d,
+        detail = wait_until(
+            lambda: (d := delivery(client, tenant, event["id"]))["status"] == "failed" and d,
             timeout=40,
             message="every attempt cut at the deadline, then the delivery failed",
         )
-        attempts = delivery["attempts"]
+        attempts = detail["attempts"]
         assert len(attempts) == 3  # FAST_ENV: two retries
         for attempt in attempts:
             assert attempt["result"] == "timeout", attempt

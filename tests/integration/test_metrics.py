@@ -19,15 +19,23 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from scripts.embedded import free_port
+from scripts.harness import (
+    BIN,
+    Process,
+    Receiver,
+    Reply,
+    gunicorn,
+    procfile_line,
+    wait_until,
+)
 from tests.conftest import BASE_ENV, Servers
 from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
-from tests.support import VENV_BIN, Process, Receiver, Reply, gunicorn, procfile_command, wait_until
+from tests.support import defined_metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
@@ -208,12 +216,12 @@ def mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ite
         # worker its metrics folder before celery starts. Pool processes are replaced as they
         # go (--max-tasks-per-child): their samples must still add up.
         worker = Process(
-            ["sh", "-c", procfile_command("worker") + " --max-tasks-per-child=3 -n metrics@%h"],
+            ["sh", "-c", procfile_line("worker") + " --max-tasks-per-child=3 -n metrics@%h"],
             env
             | {
                 "WEBHOOKS_WORKER_METRICS_PORT": str(worker_port),
                 "WORKER_CONCURRENCY": "2",
-                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             },
             tmp / "worker.log",
             ready="ready.",
@@ -387,97 +395,16 @@ def test_metric_labels_never_hold_an_id(mixed_run: Run) -> None:
         assert not any(i in scrape for i in ids)
 
 
-# --- dashboard ---------------------------------------------------------------------------
-
-PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "inf", "nan",
-}  # fmt: skip
+# --- the metric names the dashboard and alerts may use -------------------------------------
 
 
-def promql_metric_names(expr: str) -> set[str]:
-    """Return the metric names a PromQL expression refers to."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges and subqueries
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\$\w+", "", expr)  # dashboard variables
-    names = set()
-    # A name does not start inside a number (1e-9, offset 1h).
-    for match in re.finditer(r"(?<![A-Za-z0-9_:.])[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        word = match.group()
-        if expr[match.end() :].lstrip().startswith("("):
-            continue  # a function
-        if word.lower() not in PROMQL_WORDS:
-            names.add(word)
-    return names
-
-
-def dashboard_metric_names(dashboard: dict[str, Any]) -> set[str]:
-    """Return the metric names the PromQL of every panel target refers to."""
-    names: set[str] = set()
-    for panel in _panels(dashboard):
-        for target in panel.get("targets", []):
-            names |= promql_metric_names(target.get("expr", ""))
-    return names
-
-
-def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])  # panels inside a collapsed row
-
-
-def test_dashboard_queries_only_metrics_the_service_exports(mixed_run: Run) -> None:
-    dashboard = json.loads((ROOT / "ops" / "grafana-dashboard.json").read_text())
+def test_every_metric_the_code_defines_is_exported_by_the_running_service(mixed_run: Run) -> None:
+    """tests/unit/test_dashboards.py checks the dashboard and alerts against the names the code
+    defines; this checks that the running API and worker export every one of them."""
     exported = {name for name, _ in samples(mixed_run.api_metrics)} | {
         name for name, _ in samples(mixed_run.worker_metrics)
     }
-    referenced = dashboard_metric_names(dashboard)
-    assert referenced, "the dashboard queries nothing"
-    assert referenced - exported == set()
-    # Every required view is there: ingest, success, latency, retries, circuits, backlog, watchdog.
-    required = {
-        "webhooks_events_ingested_total",
-        "webhooks_deliveries_total",
-        "webhooks_delivery_attempts_total",
-        "webhooks_delivery_attempt_duration_seconds_bucket",
-        "webhooks_end_to_end_latency_seconds_bucket",
-        "webhooks_circuits_open",
-        "webhooks_pending_deliveries",
-        "webhooks_oldest_pending_age_seconds",
-        "webhooks_watchdog_requeued_total",
-    }
-    assert required <= referenced
-
-
-def test_alert_rules_query_only_metrics_the_service_exports(mixed_run: Run) -> None:
-    rules = yaml.safe_load((ROOT / "ops" / "alerts.yml").read_text())
-    exported = {name for name, _ in samples(mixed_run.api_metrics)} | {
-        name for name, _ in samples(mixed_run.worker_metrics)
-    }
-    referenced: set[str] = set()
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            referenced |= promql_metric_names(rule["expr"])
-    # `up` is Prometheus' own metric for every scrape target.
-    assert referenced - exported == {"up"}
-
-
-def test_dashboard_metric_parser_sees_through_promql() -> None:
-    dashboard = {
-        "panels": [
-            {
-                "targets": [
-                    {
-                        "expr": 'histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="y"}[5m])))'
-                        " / on(job) group_left b_total offset 1h > bool 1e-9 or $var"
-                    }
-                ]
-            }
-        ]
-    }
-    assert dashboard_metric_names(dashboard) == {"a_bucket", "b_total"}
+    assert defined_metric_names() - exported == set()
 
 
 # --- logs --------------------------------------------------------------------------------

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, pool, text
@@ -16,18 +14,10 @@ from sqlalchemy.engine import Connection
 
 import webhooks.models  # noqa: F401  (registers the tables)
 from config import normalize_database_url
+from tests.support import alembic_config
 from webhooks.db import Base, get_engine
 
-ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"tenants", "api_keys", "subscriptions", "events", "deliveries", "attempts"}
-
-
-def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["configure_logger"] = False
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
 
 
 def differences(connection: Connection) -> list[Any]:

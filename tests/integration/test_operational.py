@@ -3,15 +3,15 @@ with IDs and reasons only; none is emitted about the delivery of an operational 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import text
 
+from scripts.harness import Reply, wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import Reply, wait_until
 from webhooks.db import get_engine
+from webhooks.runtime import get_scheduler
 
 OPS = [
     "webhook.subscription.disabled",
@@ -73,7 +73,10 @@ def test_spent_attempts_emit_one_delivery_failed_and_its_own_failure_emits_none(
         return resp.get_json()["data"]
 
     wait_until(lambda: len(failed()) == 2, timeout=30, message="both failures recorded")
-    time.sleep(1.5)
+    # A known point: no attempt in flight. An attempt writes its operational event before it
+    # returns, and leaves the scheduler's in-flight set after, so every event the two
+    # failures could emit is in the table now (and nothing is sent without its row).
+    wait_until(lambda: get_scheduler().totals()["in_flight"] == 0, message="attempts finished")
     assert [t for t, _ in _operational_events()] == ["webhook.delivery.failed"]
     assert len(receiver.at("/ops")) == 1
     # `*` does not include the service's own types.
@@ -112,8 +115,10 @@ def test_circuit_opening_and_closing_are_each_told_once(
     wait_until(
         lambda: any(r.status == 204 for r in receiver.at("/flaky")), timeout=30, message="recovery"
     )
-    time.sleep(1.5)
-    # The probe that failed kept the circuit open: no second "opened".
+    # The probe that failed kept the circuit open: no second "opened". With no attempt in
+    # flight (each writes its event before it leaves the in-flight set), the table holds
+    # whatever the attempts emitted.
+    wait_until(lambda: get_scheduler().totals()["in_flight"] == 0, message="attempts finished")
     assert [t for t, _ in _operational_events()] == [
         "webhook.circuit.opened",
         "webhook.circuit.closed",
@@ -148,9 +153,9 @@ def test_disabling_a_subscription_is_told_with_its_reason_and_deleting_is_not(
     assert all(set(r.json["data"]) == {"subscription_id", "consumer", "reason"} for r in got)
     # Disabling an already disabled subscription changes nothing and tells nothing.
     client.patch(f"/v1/subscriptions/{paused['id']}", json={"status": "disabled"}, headers=h)
-    time.sleep(1.0)
-    assert len(receiver.at("/ops")) == 2
+    # The event would be written by the PATCH itself: the table shows at once that none was.
     assert len(_operational_events()) == 2
+    assert len(receiver.at("/ops")) == 2
 
 
 def test_a_lease_that_expires_on_the_last_attempt_emits_delivery_failed(client, tenant):

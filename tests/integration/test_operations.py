@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
+from scripts.harness import Reply, wait_until
 from tests.integration.conftest import publish, subscribe
-from tests.support import Reply, wait_until
+from tests.support import counts
 from webhooks.db import get_engine, session_scope
 from webhooks.models import Attempt, Delivery, Event
 from webhooks.services import recovery, retention
@@ -301,15 +302,6 @@ def _add_attempts(delivery_id: str, n: int) -> None:
             )  # fmt: skip
 
 
-def _counts() -> tuple[int, int, int]:
-    with session_scope() as session:
-        return (
-            session.scalar(select(func.count()).select_from(Event)),
-            session.scalar(select(func.count()).select_from(Delivery)),
-            session.scalar(select(func.count()).select_from(Attempt)),
-        )
-
-
 def test_retention_deletes_old_finished_events_with_deliveries_and_attempts_in_batches(
     client, tenant
 ):
@@ -323,16 +315,16 @@ def test_retention_deletes_old_finished_events_with_deliveries_and_attempts_in_b
     _add_attempts(old_unfinished, 1)
     _set(recent, NOW - timedelta(days=29), status="delivered")
     _add_attempts(recent, 1)
-    assert _counts() == (7, 7, 12)
+    assert counts("events", "deliveries", "attempts") == (7, 7, 12)
 
     # One batch of two: each batch is its own short transaction.
     assert retention.purge(days=30, batch=2, max_batches=1) == 2
-    assert _counts() == (5, 5, 8)
+    assert counts("events", "deliveries", "attempts") == (5, 5, 8)
     # The oldest go first.
     assert [_status(x) for x in old_finished[3:]] == ["None", "None"]
 
     assert retention.purge(days=30, batch=2) == 3
-    assert _counts() == (2, 2, 2)
+    assert counts("events", "deliveries", "attempts") == (2, 2, 2)
     assert _status(old_unfinished) == "retrying"
     assert _status(recent) == "delivered"
     assert retention.purge(days=30) == 0
@@ -366,7 +358,7 @@ def test_retention_batch_does_not_block_ingest(client, tenant):
             resp = pool.submit(publish, client, tenant, "order.created", {"n": 1}).result(20)
         assert resp.status_code == 202
         purging.commit()
-    assert _counts()[0] == 1
+    assert counts("events", "deliveries", "attempts")[0] == 1
 
 
 def test_retention_is_scheduled_hourly_by_beat() -> None:
@@ -393,5 +385,9 @@ def test_retention_task_runs_in_a_worker(client, tenant, servers, start_worker):
     _set(recent, NOW, status="delivered")
     start_worker(concurrency=1)
     dispatch._producer_app().send_task("tasks.retention", queue="control")
-    wait_until(lambda: _counts()[0] == 1, 30, message="the retention task deleted the old event")
+    wait_until(
+        lambda: counts("events", "deliveries", "attempts")[0] == 1,
+        30,
+        message="the retention task deleted the old event",
+    )
     assert _status(recent) == "delivered"

@@ -15,8 +15,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from scripts.harness import Received, Receiver, Reply, wait_until
 from tests.integration.conftest import subscribe
-from tests.support import Received, Receiver, Reply, wait_until
 
 # Enough attempts that a 30 % failure rate never exhausts one (0.3 ** 15 per delivery).
 MANY_RETRIES = {

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.integration.test_console import SCRIPT, add_attempt, csrf_of, set_status
+from tests.support import SCRIPT, add_attempt, csrf_of, set_status
 from webhooks.db import get_engine
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-
+from scripts.harness import wait_until
 from tests.integration.conftest import subscribe
-from tests.support import wait_until
-from webhooks.db import session_scope
-from webhooks.models import Delivery, Event
+from tests.support import counts
 
 
 def _consumer(client: Any, tenant: dict[str, Any], uid: str, **extra: Any) -> dict[str, Any]:
@@ -20,13 +17,6 @@ def _consumer(client: Any, tenant: dict[str, Any], uid: str, **extra: Any) -> di
     )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()
-
-
-def _counts() -> tuple[int, int]:
-    with session_scope() as session:
-        events = session.scalar(select(func.count()).select_from(Event))
-        deliveries = session.scalar(select(func.count()).select_from(Delivery))
-    return int(events or 0), int(deliveries or 0)
 
 
 def _event(client: Any, tenant: dict[str, Any], event_type: str, payload: Any, **extra: Any) -> Any:
@@ -124,11 +114,11 @@ def test_another_tenants_consumer_is_404_and_never_matches(client, tenant, other
     )
     assert resp.status_code == 422
     assert resp.get_json()["error"]["details"]["fields"] == {"consumer": ["no such consumer"]}
-    before = _counts()
+    before = counts("events", "deliveries")
     resp = _event(client, tenant, "order.paid", {}, consumer="shared")
     assert resp.status_code == 422
     assert resp.get_json()["error"]["details"]["fields"] == {"consumer": ["no such consumer"]}
-    assert _counts() == before
+    assert counts("events", "deliveries") == before
 
     # The same uid in this tenant is another consumer: the other tenant's subscription stays
     # out of it.
@@ -203,7 +193,7 @@ def test_a_batch_naming_an_unknown_consumer_stores_nothing(client, tenant):
     error = resp.get_json()["error"]
     assert error["details"]["index"] == 1
     assert error["details"]["fields"] == {"events": {"1": {"consumer": ["no such consumer"]}}}
-    assert _counts() == (0, 0)
+    assert counts("events", "deliveries") == (0, 0)
 
 
 def test_lists_filter_by_consumer(client, tenant):

@@ -1,4 +1,8 @@
-"""The circuit breaker's Lua logic, run by fakeredis (a Lua-capable in-memory Redis)."""
+"""The circuit breaker's Lua logic, run by fakeredis (a Lua-capable in-memory Redis).
+
+The scripts take the time as an argument: the tests that cross a cooldown pass a clock of
+their own (`T0` and later) instead of sleeping.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from webhooks.circuit import KEY_PREFIX, OPEN_SET, CircuitBreaker
 
 SUB = "sub-1"
 COOLDOWN = 0.3
-# Long enough that a loaded machine cannot outlive a probe in the middle of a test.
 PROBE_TTL = 5.0
+T0 = 1_000_000.0  # the tests' own clock, in unix seconds
 
 
 @pytest.fixture
@@ -25,9 +29,9 @@ def breaker(client) -> CircuitBreaker:
     return CircuitBreaker(client, threshold=3, cooldown=COOLDOWN, probe_ttl=PROBE_TTL)
 
 
-def open_circuit(breaker: CircuitBreaker) -> None:
+def open_circuit(breaker: CircuitBreaker, now: float | None = None) -> None:
     for _ in range(breaker.threshold):
-        breaker.record_failure(SUB)
+        breaker.record_failure(SUB, now=now)
     assert breaker.state(SUB)["state"] == "open"
 
 
@@ -68,9 +72,11 @@ def test_circuits_are_per_subscription(breaker):
 
 
 def test_after_cooldown_exactly_one_probe_is_let_through(breaker):
-    open_circuit(breaker)
-    time.sleep(COOLDOWN + 0.05)
-    first = breaker.acquire(SUB)
+    open_circuit(breaker, now=T0)
+    early = breaker.acquire(SUB, now=T0 + COOLDOWN - 0.01)
+    assert (early.allowed, early.state) == (False, "open")
+    assert early.retry_at == pytest.approx(T0 + COOLDOWN)
+    first = breaker.acquire(SUB, now=T0 + COOLDOWN)
     assert (first.allowed, first.probe, first.state, first.transitioned) == (
         True,
         True,
@@ -78,14 +84,13 @@ def test_after_cooldown_exactly_one_probe_is_let_through(breaker):
         True,
     )
     for _ in range(5):
-        other = breaker.acquire(SUB)
+        other = breaker.acquire(SUB, now=T0 + COOLDOWN + 0.01)
         assert (other.allowed, other.state) == (False, "half_open")
 
 
 def test_successful_probe_closes_the_circuit(breaker):
-    open_circuit(breaker)
-    time.sleep(COOLDOWN + 0.05)
-    assert breaker.acquire(SUB).probe
+    open_circuit(breaker, now=T0)
+    assert breaker.acquire(SUB, now=T0 + COOLDOWN).probe
     assert breaker.record_success(SUB) == "half_open"
     decision = breaker.acquire(SUB)
     assert (decision.allowed, decision.state, decision.probe) == (True, "closed", False)
@@ -94,25 +99,23 @@ def test_successful_probe_closes_the_circuit(breaker):
 
 
 def test_failed_probe_reopens_the_circuit_for_another_cooldown(breaker):
-    open_circuit(breaker)
-    time.sleep(COOLDOWN + 0.05)
-    assert breaker.acquire(SUB).probe
-    reopened_at = time.time()
-    assert breaker.record_failure(SUB) is True
-    decision = breaker.acquire(SUB)
+    open_circuit(breaker, now=T0)
+    assert breaker.acquire(SUB, now=T0 + COOLDOWN).probe
+    reopened_at = T0 + COOLDOWN + 0.1
+    assert breaker.record_failure(SUB, now=reopened_at) is True
+    decision = breaker.acquire(SUB, now=reopened_at + 0.01)
     assert (decision.allowed, decision.state) == (False, "open")
-    assert decision.retry_at >= reopened_at + COOLDOWN - 0.05
+    assert decision.retry_at == pytest.approx(reopened_at + COOLDOWN)
     assert breaker.client.scard(OPEN_SET) == 1
 
 
 def test_probe_whose_outcome_never_arrives_is_replaced_after_its_ttl(client):
     breaker = CircuitBreaker(client, threshold=3, cooldown=COOLDOWN, probe_ttl=0.3)
-    open_circuit(breaker)
-    time.sleep(COOLDOWN + 0.05)
-    assert breaker.acquire(SUB).probe
-    assert not breaker.acquire(SUB).allowed
-    time.sleep(0.35)
-    again = breaker.acquire(SUB)
+    open_circuit(breaker, now=T0)
+    probe_at = T0 + COOLDOWN
+    assert breaker.acquire(SUB, now=probe_at).probe
+    assert not breaker.acquire(SUB, now=probe_at + 0.29).allowed
+    again = breaker.acquire(SUB, now=probe_at + 0.3)
     assert (again.allowed, again.probe, again.transitioned) == (True, True, False)
 
 

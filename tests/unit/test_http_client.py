@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Receiver, Reply
+from scripts.harness import Receiver, Reply
 from webhooks.http import Client
 from webhooks.models import AttemptResult
 

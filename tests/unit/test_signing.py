@@ -9,6 +9,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests.support import verify_v1a
 from webhooks import signing
 
 BODY = b'{"id":"evt_1","type":"order.created","data":{"order":42}}'
@@ -86,27 +87,6 @@ def test_rotation_sends_one_signature_per_secret_and_each_verifies():
 # RFC 8032, section 7.1, TEST 1: the secret key (seed) and its public key.
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
-
-
-def verify_v1a(public_key: str, body: bytes, headers: dict[str, str]) -> None:
-    """A receiver's check, written from the Standard Webhooks spec with a separate Ed25519
-    implementation (cryptography's), not with our signing code: accept if any v1a signature of
-    "{id}.{timestamp}.{body}" verifies under the whpk_ key; raise otherwise."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key.removeprefix("whpk_")))
-    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    for item in headers["webhook-signature"].split(" "):
-        version, _, signature = item.partition(",")
-        if version != "v1a":
-            continue
-        try:
-            key.verify(base64.b64decode(signature), content)
-            return
-        except InvalidSignature:
-            continue
-    raise AssertionError("no v1a signature verifies")
 
 
 def test_signing_key_serialization_matches_the_rfc_8032_test_vector():
