@@ -202,7 +202,12 @@ def resolve(
     """Resolve a host within `timeout` seconds and check every address; raise AddressRefused
     if any is refused."""
     try:
-        infos = _lookup(host, port, timeout)
+        # An address needs no lookup (nor the hand-off to a lookup thread, on every attempt).
+        infos = [(0, 0, 0, "", (str(ipaddress.ip_address(host)), port))]
+    except ValueError:
+        infos = []
+    try:
+        infos = infos or _lookup(host, port, timeout)
     except AddressRefused as exc:
         log.warning("target refused: %s", exc.detail, extra={"host": host})
         raise

@@ -30,6 +30,7 @@ def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt_counted_by_the_br
     (delivery_id,) = _rows("SELECT id FROM deliveries")[0]
 
     step = delivery.attempt(str(delivery_id))
+    delivery.conclude(str(delivery_id), step)  # the rest of the task: scheduler and breaker
 
     status, failures, error = _rows(
         "SELECT status, failures, last_error FROM deliveries WHERE id = :id", id=delivery_id
@@ -66,3 +67,37 @@ def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, t
     assert len(report.sent) == len(set(report.sent)) == 30
     after = get_scheduler().totals()
     assert after["ready"] + after["in_flight"] == 30
+
+
+def _kill_other_backends() -> int:
+    """Terminate every other connection to this database, as a PostgreSQL restart would."""
+    return len(
+        _rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+def test_an_attempt_on_a_pooled_connection_that_died_still_delivers(client, tenant, receiver):
+    import time
+
+    from webhooks.services import delivery
+
+    subscribe(client, tenant, receiver.url("/pooled"))
+    for n in range(3):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    ids = [str(r.id) for r in _rows("SELECT id FROM deliveries ORDER BY id")]
+    delivery.attempt(ids[0])  # leaves a connection of the delivery pool behind
+
+    # Killed a moment after its last use (no ping then): the claim finds it dead.
+    assert _kill_other_backends() >= 1
+    delivery.attempt(ids[1])
+    # Killed after sitting idle: the ping on checkout finds it dead.
+    time.sleep(1.2)
+    assert _kill_other_backends() >= 1
+    delivery.attempt(ids[2])
+
+    statuses = _rows("SELECT status FROM deliveries ORDER BY id")
+    assert [s.status for s in statuses] == ["delivered"] * 3
+    assert len(receiver.at("/pooled")) == 3
