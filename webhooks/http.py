@@ -333,8 +333,13 @@ class _Reaper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="http-deadline", daemon=True)
                 self._thread.start()
+            # The thread sleeps until the earliest deadline it holds: wake it only if this one
+            # comes sooner. Attempts share one timeout, so that is seldom (not once an attempt);
+            # ended watches are dropped when the thread next wakes.
+            sooner = not self._heap or watch.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (watch.deadline, next(self._counter), watch))
-            self._cond.notify()
+            if sooner:
+                self._cond.notify()
 
     def _run(self) -> None:
         cond = self._cond
