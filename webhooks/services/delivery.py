@@ -152,7 +152,7 @@ def retry_delay(failures: int, retry_after: float | None = None) -> float | None
 
 def attempt(delivery_id: str) -> Step:
     """Make one attempt at a delivery if it is due and unclaimed; say what should follow."""
-    # One connection for the attempt (one pool checkout and pre-ping, not two). It holds no
+    # One connection for the attempt (one pool checkout, not two). It holds no
     # transaction or lock while the HTTP request runs: every statement commits by itself.
     with state_engine().connect() as conn:
         row = _claim(conn, delivery_id)
