@@ -6,8 +6,8 @@ Runs the Flask app with its test client (no gunicorn, no network for the request
 the bench's own embedded PostgreSQL and Redis, and prints the functions that take the most
 time, then the time spent in each package and in the steps of a request (`STEPS`). The app
 is set up as gunicorn serves it: metrics written to multiprocess files, and the JSON access
-log at INFO (written to a file here). `delivery` profiles `services.delivery.attempt` against
-the bench receiver.
+log at INFO (written to a file here). `delivery` profiles the delivery task's body
+(`services.delivery.attempt` and `conclude`) against the bench receiver.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 ids = [str(i) for i in conn.execute(text("SELECT id FROM deliveries")).scalars()]
 
             def work() -> None:
-                for delivery_id in ids:
-                    delivery.attempt(delivery_id)
+                for delivery_id in ids:  # the task's body: the attempt and its conclusion
+                    delivery.conclude(delivery_id, delivery.attempt(delivery_id))
 
         profiler = cProfile.Profile()
         started = time.perf_counter()

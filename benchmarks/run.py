@@ -348,8 +348,8 @@ class Bench:
                 noop_rate,
                 "no-op Celery task",
                 ratio,
-                ">= 0.5",
-                ratio >= 0.5,
+                ">= 0.6",
+                ratio >= 0.6,
                 {
                     "duplicates": dupes,
                     "worker_rss_mb": rss_after / 2**20,

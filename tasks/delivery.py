@@ -6,7 +6,7 @@ from celery import shared_task
 
 from config import get_settings
 from webhooks import dispatch
-from webhooks.services import delivery, scheduling
+from webhooks.services import delivery
 
 _settings = get_settings()
 # The client cuts every attempt at WEBHOOKS_HTTP_TIMEOUT_SECONDS (webhooks.http). This is the
@@ -19,10 +19,5 @@ HARD_TIME_LIMIT = _settings.http_timeout + _settings.lease_margin / 2
 def deliver(delivery_id: str) -> None:
     """Attempt one delivery; the row in PostgreSQL decides whether there is anything to do."""
     step = delivery.attempt(delivery_id)
-    if step.circuit_closed:
-        dispatch.send(dispatch.RELEASE_TASK, [step.subscription_id])
-    # Frees its slot, schedules its retry (the row is already `retrying` with its due time:
-    # if Redis loses it, the watchdog hands it over again), and starts the next deliveries.
-    scheduling.finish(
-        delivery_id, step.subscription_id, step.tenant_id, step.outcome, step.retry_at
-    )
+    # Frees its slot, schedules its retry, starts the next deliveries, and tells the breaker.
+    delivery.conclude(delivery_id, step)

@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from webhooks.redis_client import ScriptCall
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "wh:circuit:"
@@ -158,31 +160,29 @@ class CircuitBreaker:
     def record_success(self, subscription_id: str) -> str | None:
         """Close the circuit; return the state it left if that was not closed."""
         try:
-            before = _text(
-                self._success(keys=self._keys(subscription_id), args=[subscription_id, TTL_SECONDS])
-            )
+            return self.success_call(subscription_id).run()
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
             return None
-        return before if before != "closed" else None
+
+    def success_call(self, subscription_id: str) -> ScriptCall[str | None]:
+        """record_success as a call to make together with others (redis_client.run_together)."""
+        return ScriptCall(
+            self._success, self._keys(subscription_id), [subscription_id, TTL_SECONDS], _left
+        )
 
     def record_failure(self, subscription_id: str, now: float | None = None) -> bool:
         """Count a failure; return True if it opened the circuit."""
         try:
-            before, after = self._failure(
-                keys=self._keys(subscription_id),
-                args=[
-                    _now(now),
-                    self.threshold,
-                    subscription_id,
-                    TTL_SECONDS,
-                    WINDOW_FAILURE_SHARE,
-                ],
-            )
+            return self.failure_call(subscription_id, now).run()
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
             return False
-        return _text(after) == "open" and _text(before) != "open"
+
+    def failure_call(self, subscription_id: str, now: float | None = None) -> ScriptCall[bool]:
+        """record_failure as a call to make together with others (redis_client.run_together)."""
+        args = [_now(now), self.threshold, subscription_id, TTL_SECONDS, WINDOW_FAILURE_SHARE]
+        return ScriptCall(self._failure, self._keys(subscription_id), args, _opened)
 
     def state(self, subscription_id: str) -> dict[str, Any]:
         """Return the circuit's state for the health endpoint (closed when unknown)."""
@@ -208,6 +208,18 @@ class CircuitBreaker:
             self.client.srem(OPEN_SET, subscription_id)
         except redis.RedisError as exc:
             log.warning("circuit state unavailable: %s", exc)
+
+
+def _left(answer: Any) -> str | None:
+    """The state a success closed the circuit from, or None if it was closed already."""
+    before = _text(answer)
+    return before if before != "closed" else None
+
+
+def _opened(answer: Any) -> bool:
+    """Whether a failure opened the circuit."""
+    before, after = answer
+    return _text(after) == "open" and _text(before) != "open"
 
 
 def _now(now: float | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import uuid_utils.compat
-from sqlalchemy import DateTime, MetaData, create_engine, func
+from sqlalchemy import DateTime, MetaData, create_engine, event, exc, func
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -76,18 +77,49 @@ def state_engine() -> Engine:
     state only: a database crash can lose the last moments of claims and outcomes, which sends
     those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
     full durability: its 202 promises the event is stored. See docs/performance.md.
+
+    A connection is pinged when it is checked out after IDLE_PING_SECONDS unused, not on every
+    checkout: a busy worker then pays no round trip for it. One that died in use since is
+    found by the statement itself (see services.delivery.attempt, which retries its claim).
     """
     global _state_engine, _state_key
     key = (os.getpid(), get_settings().database_url)
     if _state_engine is None or _state_key != key:
         if _state_engine is not None:
             _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
-        _state_engine = _create(isolation_level="AUTOCOMMIT", synchronous_commit=False)
+        _state_engine = _create(
+            isolation_level="AUTOCOMMIT", synchronous_commit=False, pre_ping=False
+        )
+        event.listen(_state_engine, "checkin", _note_checkin)
+        event.listen(_state_engine, "checkout", _ping_if_idle)
         _state_key = key
     return _state_engine
 
 
-def _create(isolation_level: str | None = None, synchronous_commit: bool = True) -> Engine:
+# A connection unused for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 1.0
+
+
+def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Ping a connection that sat idle; a dead one is replaced by the pool (as pre-ping does)."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return  # new, or in use a moment ago
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as error:
+        # The pool discards this connection and checks out (or opens) another one.
+        raise exc.DisconnectionError(str(error)) from error
+
+
+def _create(
+    isolation_level: str | None = None, synchronous_commit: bool = True, pre_ping: bool = True
+) -> Engine:
     options: dict[str, Any] = {}
     if isolation_level:
         options["isolation_level"] = isolation_level
@@ -98,7 +130,7 @@ def _create(isolation_level: str | None = None, synchronous_commit: bool = True)
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=10,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         **options,
     )

@@ -202,7 +202,12 @@ def resolve(
     """Resolve a host within `timeout` seconds and check every address; raise AddressRefused
     if any is refused."""
     try:
-        infos = _lookup(host, port, timeout)
+        # An address needs no lookup (nor the hand-off to a lookup thread, on every attempt).
+        infos = [(0, 0, 0, "", (str(ipaddress.ip_address(host)), port))]
+    except ValueError:
+        infos = []
+    try:
+        infos = infos or _lookup(host, port, timeout)
     except AddressRefused as exc:
         log.warning("target refused: %s", exc.detail, extra={"host": host})
         raise
@@ -328,8 +333,13 @@ class _Reaper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="http-deadline", daemon=True)
                 self._thread.start()
+            # The thread sleeps until the earliest deadline it holds: wake it only if this one
+            # comes sooner. Attempts share one timeout, so that is seldom (not once an attempt);
+            # ended watches are dropped when the thread next wakes.
+            sooner = not self._heap or watch.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (watch.deadline, next(self._counter), watch))
-            self._cond.notify()
+            if sooner:
+                self._cond.notify()
 
     def _run(self) -> None:
         cond = self._cond

@@ -39,6 +39,7 @@ import redis
 
 from config import parse_tenant_cap
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
+from webhooks.redis_client import ScriptCall
 
 log = logging.getLogger(__name__)
 
@@ -484,6 +485,22 @@ class Scheduler:
         max_picks: int = 100,
     ) -> Picked:
         """End a delivery's turn (or schedule its retry at `retry_at`); hand out the next."""
+        call = self.finish_call(
+            delivery_id, subscription_id, tenant_id, outcome, retry_at, now, max_picks
+        )
+        return call.run()
+
+    def finish_call(
+        self,
+        delivery_id: str,
+        subscription_id: str,
+        tenant_id: str,
+        outcome: str,
+        retry_at: float | None = None,
+        now: float | None = None,
+        max_picks: int = 100,
+    ) -> ScriptCall[Picked]:
+        """`finish` as a call to make together with others (redis_client.run_together)."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
@@ -492,7 +509,7 @@ class Scheduler:
             outcome,
             "" if retry_at is None else repr(retry_at),
         ]
-        return _picked(self._finish(args=args))
+        return ScriptCall(self._finish, [], args, _picked)
 
     def pump(self, now: float | None = None, max_picks: int = 1000) -> Picked:
         """Move due retries and timers along and hand out what may start now."""

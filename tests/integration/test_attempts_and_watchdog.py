@@ -1,5 +1,5 @@
 """The attempt state machine and the watchdog called in this process, against real PostgreSQL,
-Redis and a loopback receiver: each outcome of `delivery.attempt()` and the rows it leaves.
+Redis and a loopback receiver: each outcome of `run()` and the rows it leaves.
 
 No worker runs here: a worker would only call `attempt()` for us, later and with sleeps. What
 needs worker processes (crashes, restarts, two workers racing) is in test_reliability.py.
@@ -28,6 +28,13 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in FAST_ENV.items():
         monkeypatch.setenv(name, value)
     reset_settings()
+
+
+def run(delivery_id: Any) -> delivery.Step:
+    """What the task does: one attempt, then its end with the scheduler and the breaker."""
+    step = delivery.attempt(str(delivery_id))
+    delivery.conclude(str(delivery_id), step)
+    return step
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, **env: Any) -> None:
@@ -78,7 +85,7 @@ def _one(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> tuple[d
 def test_success_delivers_once_signed_and_a_second_attempt_sends_nothing(client, tenant, receiver):
     sub, delivery_id = _one(client, tenant, receiver.url("/ok"))
 
-    step = delivery.attempt(delivery_id)
+    step = run(delivery_id)
 
     assert (step.outcome, step.retry_at, step.circuit_closed) == (scheduler.OK, None, False)
     assert step.subscription_id == sub["id"]
@@ -92,7 +99,7 @@ def test_success_delivers_once_signed_and_a_second_attempt_sends_nothing(client,
         (1, "success", 204)
     ]
     # A duplicate message for it (a redelivered task) claims nothing and sends nothing.
-    assert delivery.attempt(delivery_id) is delivery.DONE
+    assert run(delivery_id) is delivery.DONE
     assert len(receiver.received) == 1
     assert len(_attempts(delivery_id)) == 1
 
@@ -125,7 +132,7 @@ def test_each_failure_kind_is_recorded_and_retried_on_schedule(
         _settings(monkeypatch, WEBHOOKS_ALLOW_PRIVATE_TARGETS="false")
 
     before = time.time()
-    step = delivery.attempt(delivery_id)
+    step = run(delivery_id)
 
     assert step.outcome == outcome
     (attempt,) = _attempts(delivery_id)
@@ -152,7 +159,7 @@ def test_failures_spend_the_schedule_then_fail_for_good_and_nothing_more_is_sent
 
     steps = []
     for _ in range(3):  # FAST_ENV: two retries, so three attempts in all
-        steps.append(delivery.attempt(delivery_id))
+        steps.append(run(delivery_id))
         _make_due(delivery_id)
 
     assert [s.retry_at is not None for s in steps] == [True, True, False]
@@ -165,7 +172,7 @@ def test_failures_spend_the_schedule_then_fail_for_good_and_nothing_more_is_sent
         (3, "http_error"),
     ]
     # Failed is final: another message for it claims nothing.
-    assert delivery.attempt(delivery_id) is delivery.DONE
+    assert run(delivery_id) is delivery.DONE
     assert len(receiver.at("/down")) == 3
 
 
@@ -173,9 +180,9 @@ def test_a_redirect_is_retried_at_the_same_url_and_then_delivered(client, tenant
     receiver.plan("/moved", Reply(302, headers={"Location": receiver.url("/elsewhere")}))
     _, delivery_id = _one(client, tenant, receiver.url("/moved"))
 
-    delivery.attempt(delivery_id)
+    run(delivery_id)
     _make_due(delivery_id)
-    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+    assert run(delivery_id).outcome == scheduler.OK
 
     assert [(a.number, a.status_code, a.result) for a in _attempts(delivery_id)] == [
         (1, 302, "http_error"),
@@ -192,15 +199,15 @@ def test_retry_after_is_honoured_within_the_clamp(client, tenant, receiver, monk
     _, busy = _one(client, tenant, receiver.url("/busy"))
     _, down = _one(client, tenant, receiver.url("/down"))
 
-    delivery.attempt(busy)
-    delivery.attempt(down)
+    run(busy)
+    run(down)
 
     # Our own wait is 0.5 s (FAST_ENV), so the longer ones are the subscriber's.
     assert 1.0 < _row(busy).due_in <= 2.0
     # A day is clamped to WEBHOOKS_RETRY_AFTER_MAX_SECONDS: the retry comes today.
     assert 2.0 < _row(down).due_in <= 3.0
     # Not due yet: a message that arrives early claims nothing.
-    assert delivery.attempt(down) is delivery.DONE
+    assert run(down) is delivery.DONE
     assert len(receiver.at("/down")) == 1
 
 
@@ -215,10 +222,10 @@ def test_binary_body_and_odd_retry_after_are_recorded_and_the_delivery_completes
     )
     _, delivery_id = _one(client, tenant, receiver.url("/odd"))
 
-    assert delivery.attempt(delivery_id).retry_at is not None
+    assert run(delivery_id).retry_at is not None
     assert 0 < _row(delivery_id).due_in <= 0.5  # the odd Retry-After is ignored
     _make_due(delivery_id)
-    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+    assert run(delivery_id).outcome == scheduler.OK
 
     first, second = _attempts(delivery_id)
     assert (first.result, first.status_code) == ("http_error", 503)
@@ -238,7 +245,7 @@ def test_a_long_wait_stays_with_the_row_and_the_watchdog_hands_it_over_once_due(
     _, delivery_id = _one(client, tenant, receiver.url("/later"))
     get_scheduler().client.flushdb()  # the message of the first attempt is spent
 
-    step = delivery.attempt(delivery_id)
+    step = run(delivery_id)
 
     assert step.retry_at is not None and step.retry_at > time.time() + 3500
     row = _row(delivery_id)
@@ -246,7 +253,7 @@ def test_a_long_wait_stays_with_the_row_and_the_watchdog_hands_it_over_once_due(
     get_scheduler().client.flushdb()  # Redis loses the delayed retry
     report = watchdog.run()
     assert delivery_id not in report.sent  # not due: nothing to hand over
-    assert delivery.attempt(delivery_id) is delivery.DONE  # nor to claim
+    assert run(delivery_id) is delivery.DONE  # nor to claim
 
     sql(
         "UPDATE deliveries SET next_attempt_at = now() - interval '1 hour',"
@@ -255,7 +262,7 @@ def test_a_long_wait_stays_with_the_row_and_the_watchdog_hands_it_over_once_due(
     )
     report = watchdog.run()
     assert report.sent == [delivery_id]
-    assert delivery.attempt(delivery_id).outcome == scheduler.OK
+    assert run(delivery_id).outcome == scheduler.OK
     assert _row(delivery_id).status == "delivered"
 
 
@@ -269,7 +276,7 @@ def test_a_claim_on_a_disabled_or_deleted_subscription_fails_it_spending_nothing
     else:
         sql("UPDATE subscriptions SET deleted_at = now() WHERE id = :id", id=sub["id"])
 
-    step = delivery.attempt(delivery_id)
+    step = run(delivery_id)
 
     assert (step.outcome, step.retry_at) == (scheduler.NONE, None)
     row = _row(delivery_id)
@@ -287,7 +294,7 @@ def test_410_disables_the_subscription_and_fails_its_other_deliveries(client, te
         assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
     first, *rest = _ids(gone["id"])
 
-    step = delivery.attempt(first)
+    step = run(first)
 
     assert (step.outcome, step.retry_at) == (scheduler.FAILED, None)
     for delivery_id in (first, *rest):
@@ -298,10 +305,10 @@ def test_410_disables_the_subscription_and_fails_its_other_deliveries(client, te
                            id=gone["id"])[0]  # fmt: skip
     assert status == "disabled" and "410" in reason
     # Their messages claim nothing; the other subscription's deliveries go out as before.
-    assert [delivery.attempt(d) for d in rest] == [delivery.DONE] * 2
+    assert [run(d) for d in rest] == [delivery.DONE] * 2
     assert len(receiver.at("/gone")) == 1
     for delivery_id in _ids(other["id"]):
-        assert delivery.attempt(delivery_id).outcome == scheduler.OK
+        assert run(delivery_id).outcome == scheduler.OK
     # New events no longer create deliveries for it.
     assert publish(client, tenant, "order.created", {"n": "after"}).get_json()["deliveries"] == 1
 
@@ -325,13 +332,13 @@ def test_open_circuit_parks_then_one_half_open_probe_and_its_success_closes_it(
 
     # The probe fails: the circuit stays open and the delivery waits again, parked, its
     # attempt recorded but no retry spent.
-    probe = delivery.attempt(first)
+    probe = run(first)
     assert probe.outcome == scheduler.THROTTLED
     row = _row(first)
     assert (row.status, row.parked, row.attempt_count, row.failures) == ("retrying", True, 1, 0)
     assert [(a.status_code, a.result) for a in _attempts(first)] == [(503, "http_error")]
     # Half-open with its probe out, then open again: the others park without a request.
-    assert delivery.attempt(second).outcome == scheduler.NONE
+    assert run(second).outcome == scheduler.NONE
     row = _row(second)
     assert (row.status, row.parked, row.attempt_count) == ("pending", True, 0)
     assert len(receiver.at("/sick")) == 1
@@ -342,7 +349,7 @@ def test_open_circuit_parks_then_one_half_open_probe_and_its_success_closes_it(
     breaker.reset(sub["id"])
     for _ in range(3):
         breaker.record_failure(sub["id"], now=long_ago)
-    closing = delivery.attempt(third)
+    closing = run(third)
     assert (closing.outcome, closing.circuit_closed) == (scheduler.RESTART, True)
     assert breaker.state(sub["id"])["state"] == "closed"
     assert _row(third).status == "delivered"
@@ -356,7 +363,7 @@ def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt_counted_by_the_br
     # A secret sealed under a key this process does not hold: decrypting it raises.
     sql("UPDATE subscriptions SET secret_ciphertext = :junk", junk=b"\x00" * 40)
 
-    step = delivery.attempt(delivery_id)
+    step = run(delivery_id)
 
     row = _row(delivery_id)
     assert (row.status, row.failures) == ("retrying", 1)
@@ -388,3 +395,33 @@ def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, t
     assert len(report.sent) == len(set(report.sent)) == 30
     after = get_scheduler().totals()
     assert after["ready"] + after["in_flight"] == 30
+
+
+def _kill_other_backends() -> int:
+    """Terminate every other connection to this database, as a PostgreSQL restart would."""
+    return len(
+        sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+def test_an_attempt_on_a_pooled_connection_that_died_still_delivers(client, tenant, receiver):
+    subscribe(client, tenant, receiver.url("/pooled"))
+    for n in range(3):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    ids = [str(r.id) for r in sql("SELECT id FROM deliveries ORDER BY id")]
+    run(ids[0])  # leaves a connection of the delivery pool behind
+
+    # Killed a moment after its last use (no ping then): the claim finds it dead.
+    assert _kill_other_backends() >= 1
+    run(ids[1])
+    # Killed after sitting idle: the ping on checkout finds it dead.
+    time.sleep(1.2)
+    assert _kill_other_backends() >= 1
+    run(ids[2])
+
+    statuses = sql("SELECT status FROM deliveries ORDER BY id")
+    assert [s.status for s in statuses] == ["delivered"] * 3
+    assert len(receiver.at("/pooled")) == 3

@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 
 from webhooks.circuit import KEY_PREFIX, OPEN_SET, CircuitBreaker
+from webhooks.redis_client import ScriptCall, run_together
 
 SUB = "sub-1"
 COOLDOWN = 0.3
@@ -150,3 +151,18 @@ def test_unreachable_redis_fails_open():
     assert breaker.record_failure(SUB) is False
     assert breaker.record_success(SUB) is None
     assert breaker.state(SUB)["state"] == "unknown"
+
+
+def test_outcomes_recorded_with_other_calls_in_one_round_trip_count_once(breaker, client):
+    counter = client.register_script("return redis.call('INCR', KEYS[1])")
+    bump = ScriptCall(counter, ["bumps"], [], int)
+    for _ in range(breaker.threshold - 1):
+        run_together(client, [breaker.failure_call(SUB), bump])
+    client.script_flush()  # as after a Redis restart: every script must be loaded again
+    opened, bumps = run_together(client, [breaker.failure_call(SUB), bump])
+
+    assert opened is True
+    assert bumps == breaker.threshold  # each call made exactly once, the reloaded ones too
+    assert breaker.state(SUB)["consecutive_failures"] == breaker.threshold
+    closed_from, _ = run_together(client, [breaker.success_call(SUB), bump])
+    assert closed_from == "open"

@@ -20,15 +20,17 @@ from typing import Any
 import redis
 from sqlalchemy import func, insert, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from config import get_settings
-from webhooks import metrics, scheduler
+from webhooks import dispatch, metrics, scheduler
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_headers, decrypt_secret
 from webhooks.db import affected, atomic, session_scope, state_engine
 from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
+from webhooks.redis_client import ScriptCall
 from webhooks.runtime import get_breaker, get_client, get_scheduler
 from webhooks.services import lanes, operational, scheduling
 from webhooks.signing import signature_headers
@@ -87,6 +89,18 @@ _THROTTLING_STATUS = {429, 503}
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """An attempt's outcome for the circuit breaker, recorded together with the scheduler's
+    finish (one Redis round trip, see `conclude`)."""
+
+    success: bool
+    # For the operational event if a failure opens the circuit.
+    event_type: str = ""
+    probe: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     """What follows an attempt, for the scheduler and the task."""
 
@@ -98,6 +112,8 @@ class Step:
     retry_at: float | None = None
     # Its circuit just closed: release its parked deliveries.
     circuit_closed: bool = False
+    # The outcome still to be recorded with the breaker, if any.
+    verdict: Verdict | None = None
 
 
 DONE = Step()
@@ -137,12 +153,10 @@ def retry_delay(failures: int, retry_after: float | None = None) -> float | None
 
 def attempt(delivery_id: str) -> Step:
     """Make one attempt at a delivery if it is due and unclaimed; say what should follow."""
-    # One connection for the attempt (one pool checkout and pre-ping, not two). It holds no
+    # One connection for the attempt (one pool checkout, not two). It holds no
     # transaction or lock while the HTTP request runs: every statement commits by itself.
     with state_engine().connect() as conn:
-        row = conn.execute(
-            _CLAIM, {"id": delivery_id, "lease": get_settings().lease_seconds}
-        ).first()
+        row = _claim(conn, delivery_id)
         if row is None:
             # Delivered, claimed by another worker, parked, or not yet due: a stale message.
             return DONE
@@ -162,8 +176,8 @@ def attempt(delivery_id: str) -> Step:
             return _park(conn, row)
         response = _send(row)
         if response.result is AttemptResult.SUCCESS:
-            return _in_lane(conn, row, _delivered, conn, row, response, breaker)
-        return _in_lane(conn, row, _failed, conn, row, response, decision.probe, breaker)
+            return _in_lane(conn, row, _delivered, conn, row, response, decision.probe, breaker)
+        return _in_lane(conn, row, _failed, conn, row, response, decision.probe)
 
 
 def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: Any) -> Step:
@@ -177,6 +191,60 @@ def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: An
         ready = [] if step.retry_at is not None else lanes.advance(conn, [row.lane_id])
     scheduling.submit(ready)
     return step
+
+
+def conclude(delivery_id: str, step: Step) -> None:
+    """End the attempt's turn with the scheduler, which starts the next deliveries, and record
+    its outcome with the circuit breaker, in one Redis round trip; then tell of a circuit that
+    this outcome opened or closed, and release a closed circuit's parked deliveries."""
+    verdict, subscription_id = step.verdict, step.subscription_id
+    along: ScriptCall[Any] | None = None
+    if verdict is not None:
+        breaker = get_breaker()
+        along = (
+            breaker.success_call(subscription_id)
+            if verdict.success
+            else breaker.failure_call(subscription_id)
+        )
+    # The row is already in its next state (a retry's due time included): if Redis loses
+    # this, its slot comes back with its lease and the watchdog hands the row over again.
+    changed = scheduling.finish(
+        delivery_id, subscription_id, step.tenant_id, step.outcome, step.retry_at, along
+    )
+    closed = step.circuit_closed
+    if verdict is not None and changed:
+        tenant_id, subscription = uuid.UUID(step.tenant_id), uuid.UUID(subscription_id)
+        with state_engine().connect() as conn:
+            if verdict.success:
+                # Another worker's failures opened it during this attempt, and this success
+                # closed it. (A probe's success is recorded before the finish, so that its
+                # parked backlog restarts slowly; see _delivered.)
+                metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
+                operational.circuit_closed(conn, tenant_id, subscription)
+                closed = True
+            else:
+                metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
+                operational.circuit_opened(
+                    conn, tenant_id, subscription, verdict.event_type, verdict.probe, verdict.error
+                )
+    if closed:
+        dispatch.send(dispatch.RELEASE_TASK, [subscription_id])
+
+
+def _claim(conn: Connection, delivery_id: str) -> Any:
+    """Claim the delivery: its row with what the attempt needs, or None if there is nothing to
+    do. A connection that died while it sat in the pool (PostgreSQL restarted) is replaced and
+    the claim made once more: nothing was sent yet, and a claim that did commit before the
+    connection broke only leaves the row to its lease, as a crash would."""
+    params = {"id": delivery_id, "lease": get_settings().lease_seconds}
+    try:
+        return conn.execute(_CLAIM, params).first()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.warning("database connection lost, claiming again: %s", error.orig)
+        conn.rollback()  # lets the Connection check out a new one
+        return conn.execute(_CLAIM, params).first()
 
 
 def _send(row: Any) -> Response:
@@ -275,13 +343,18 @@ def _parked(row: Any, attempts: int, error: str | None = None) -> Any:
     return _owned(row).values(**values)
 
 
-def _delivered(conn: Connection, row: Any, response: Response, breaker: CircuitBreaker) -> Step:
+def _delivered(
+    conn: Connection, row: Any, response: Response, probe: bool, breaker: CircuitBreaker
+) -> Step:
     params = _attempt_values(row, response)
     params["id"] = row.id
     if affected(conn.execute(_DELIVERED, params)):
         metrics.DELIVERIES.labels(outcome="delivered").inc()
         latency = datetime.now(UTC) - row.event_created_at
         metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
+    if not probe:
+        # Its circuit was closed: the success is recorded with the scheduler's finish.
+        return _step(row, scheduler.OK, verdict=Verdict(success=True))
     if breaker.record_success(str(row.subscription_id)) is not None:
         metrics.CIRCUIT_TRANSITIONS.labels(to="closed").inc()
         operational.circuit_closed(conn, row.tenant_id, row.subscription_id)
@@ -290,9 +363,7 @@ def _delivered(conn: Connection, row: Any, response: Response, breaker: CircuitB
     return _step(row, scheduler.OK)
 
 
-def _failed(
-    conn: Connection, row: Any, response: Response, probe: bool, breaker: CircuitBreaker
-) -> Step:
+def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step:
     attempt_row = insert(Attempt).values(
         delivery_id=row.id,
         result=response.result,
@@ -309,15 +380,12 @@ def _failed(
 
     if response.status_code == 410:
         return _gone(row, attempt_row)
-    if breaker.record_failure(str(row.subscription_id)):
-        metrics.CIRCUIT_TRANSITIONS.labels(to="open").inc()
-        operational.circuit_opened(
-            conn, row.tenant_id, row.subscription_id, row.event_type, probe, response.error
-        )
+    # Recorded with the scheduler's finish (conclude), which also tells if it opened the circuit.
+    verdict = Verdict(False, row.event_type, probe, response.error)
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
         conn.execute(_parked(row, row.attempt_count, response.error).add_cte(with_attempt))
-        return _step(row, outcome)
+        return _step(row, outcome, verdict=verdict)
 
     failures = row.failures + 1
     delay = retry_delay(failures, response.retry_after)
@@ -326,7 +394,7 @@ def _failed(
         if affected(conn.execute(failed.add_cte(with_attempt))):
             metrics.DELIVERIES.labels(outcome="failed").inc()
             operational.deliveries_failed(conn, [row.id])
-        return _step(row, outcome)
+        return _step(row, outcome, verdict=verdict)
     moved = _owned(row).values(
         status=S.RETRYING,
         failures=failures,
@@ -338,8 +406,8 @@ def _failed(
         last_error=response.error,
     )
     if affected(conn.execute(moved.add_cte(with_attempt))):
-        return _step(row, outcome, retry_at=time.time() + delay)
-    return _step(row, outcome)
+        return _step(row, outcome, retry_at=time.time() + delay, verdict=verdict)
+    return _step(row, outcome, verdict=verdict)
 
 
 def _gone(row: Any, attempt_row: Any) -> Step:

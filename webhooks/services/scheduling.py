@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy import text
@@ -18,10 +18,13 @@ from sqlalchemy.orm import Session
 
 from webhooks import dispatch, metrics
 from webhooks.models import Subscription
+from webhooks.redis_client import ScriptCall, run_together
 from webhooks.runtime import get_scheduler
 from webhooks.scheduler import Item, Picked
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _ITEMS = text(
     "SELECT d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit"
@@ -64,18 +67,40 @@ def submit_ids(db: Session | Connection, ids: Sequence[uuid.UUID | str]) -> bool
 
 
 def finish(
-    delivery_id: str, subscription_id: str, tenant_id: str, outcome: str, retry_at: float | None
-) -> None:
-    """Tell the scheduler an attempt ended (and when it is due again); start the next ones."""
+    delivery_id: str,
+    subscription_id: str,
+    tenant_id: str,
+    outcome: str,
+    retry_at: float | None,
+    along: ScriptCall[T] | None = None,
+) -> T | None:
+    """Tell the scheduler an attempt ended (and when it is due again); start the next ones.
+
+    `along` (the circuit breaker's record of the attempt) is made first, in the same round
+    trip; its answer is returned (None if Redis did not answer).
+    """
+    scheduler = get_scheduler()
+    call = scheduler.finish_call(
+        delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at
+    )
+    answer: T | None = None
     try:
-        picked = get_scheduler().finish(
-            delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at
-        )
+        if along is None:
+            picked = call.run()
+        else:
+            answer, picked = run_together(scheduler.client, [along, call])
+            if isinstance(picked, redis.RedisError):
+                raise picked
+            if isinstance(answer, redis.RedisError):
+                log.warning("circuit state unavailable: %s", answer)
+                answer = None
     except redis.RedisError as exc:
         # Its slot comes back when its lease in Redis ends; a retry is found by the watchdog.
+        # (The breaker misses this outcome, as it does when Redis is down.)
         log.warning("scheduler unavailable after an attempt: %s", exc)
-        return
+        return None
     start(picked)
+    return answer
 
 
 def pump() -> float | None:
