@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 import click
 from flask import Flask
 from flask.cli import AppGroup
-from sqlalchemy import select
 
 from webhooks.crypto import current_key_id
 from webhooks.db import session_scope
-from webhooks.models import Delivery, DeliveryStatus, Subscription
-from webhooks.services import ServiceError, recovery, retention, secret_keys, tenants
+from webhooks.models import Delivery, Subscription
+from webhooks.services import ServiceError, queries, recovery, retention, secret_keys, tenants
 
 MAX_RATE_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
 
@@ -111,7 +110,7 @@ def set_tenant_rate_limit(tenant_id: uuid.UUID, per_minute: str) -> None:
 def retry_delivery(delivery_id: uuid.UUID) -> None:
     """Give a finished delivery a fresh set of attempts."""
     with session_scope() as session:
-        tenant_id = session.scalar(select(Delivery.tenant_id).where(Delivery.id == delivery_id))
+        tenant_id = queries.owner(session, Delivery, delivery_id)
         if tenant_id is None:
             raise click.ClickException(f"no delivery {delivery_id}")
         with _refusals_as_errors():
@@ -134,9 +133,7 @@ def replay(
 ) -> None:
     """Replay a subscription's finished deliveries created in a time range (UTC)."""
     with session_scope() as session:
-        tenant_id = session.scalar(
-            select(Subscription.tenant_id).where(Subscription.id == subscription_id)
-        )
+        tenant_id = queries.owner(session, Subscription, subscription_id)
         if tenant_id is None:
             raise click.ClickException(f"no subscription {subscription_id}")
         with _refusals_as_errors():
@@ -157,13 +154,7 @@ def replay(
 def dead_letters(limit: int) -> None:
     """List the most recent failed deliveries."""
     with session_scope() as session:
-        rows = session.scalars(
-            select(Delivery)
-            .where(Delivery.status == DeliveryStatus.FAILED)
-            .order_by(Delivery.id.desc())
-            .limit(limit)
-        )
-        for d in rows:
+        for d in queries.recent_failures(session, limit):
             click.echo(
                 f"{d.id}  sub={d.subscription_id}  attempts={d.attempt_count}  {d.last_error or ''}"
             )

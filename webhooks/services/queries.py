@@ -1,8 +1,8 @@
 """Reads for the API and the pages: lists with keyset pagination, and one resource with what
 hangs off it.
 
-Every function takes the tenant and finds only that tenant's rows; another tenant's ID is a
-NotFound.
+Every function but the operator's (at the end) takes the tenant and finds only that tenant's
+rows; another tenant's ID is a NotFound.
 """
 
 from __future__ import annotations
@@ -162,3 +162,23 @@ def event_types(
     if not with_archived:
         query = query.where(EventType.archived.is_(False))
     return list(session.scalars(query.order_by(EventType.name)))
+
+
+# The operator's reads (the CLI): across tenants, by ID.
+
+
+def owner(session: Session, model: type[Delivery] | type[Subscription], id_: uuid.UUID) -> Any:
+    """The tenant of a delivery or subscription, or None if there is no such row."""
+    return session.scalar(select(model.tenant_id).where(model.id == id_))
+
+
+def recent_failures(session: Session, limit: int) -> list[Delivery]:
+    """The most recent failed deliveries of every tenant, newest first."""
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.status == DeliveryStatus.FAILED)
+            .order_by(Delivery.id.desc())
+            .limit(limit)
+        )
+    )
