@@ -82,6 +82,34 @@ def _one(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> tuple[d
     return sub, delivery_id
 
 
+def test_an_attempt_stalled_since_its_claim_gives_it_back_unsent(
+    client, tenant, receiver, monkeypatch
+):
+    """Past half the lease margin since the claim, another worker may soon send it: a copy
+    sent now could overlap that one (and reorder a fifo lane). Nothing is sent or spent."""
+    import itertools
+    import types
+
+    from webhooks.services import delivery as module
+
+    _, delivery_id = _one(client, tenant, receiver.url("/stalled"))
+    clock = itertools.count(0, 1000.0)  # every reading a thousand seconds after the last
+    # The delivery module's clock only (the HTTP client, the pools keep the real one).
+    fake = types.SimpleNamespace(monotonic=lambda: next(clock), time=time.time)
+    monkeypatch.setattr(module, "time", fake)
+
+    step = run(delivery_id)
+
+    monkeypatch.undo()
+    assert step.retry_at is not None
+    assert receiver.at("/stalled") == []
+    row = _row(delivery_id)
+    assert (row.status, row.attempt_count, row.lease_expires_at) == ("pending", 0, None)
+    assert _attempts(delivery_id) == []
+    assert run(delivery_id).outcome == scheduler.OK  # and the next attempt sends it
+    assert len(receiver.at("/stalled")) == 1
+
+
 def test_success_delivers_once_signed_and_a_second_attempt_sends_nothing(client, tenant, receiver):
     sub, delivery_id = _one(client, tenant, receiver.url("/ok"))
 

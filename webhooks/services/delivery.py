@@ -157,6 +157,7 @@ def attempt(delivery_id: str) -> Step:
     # transaction or lock while the HTTP request runs: every statement commits by itself.
     with state_engine().connect() as conn:
         row = _claim(conn, delivery_id)
+        claimed_at = time.monotonic()
         if row is None:
             # Delivered, claimed by another worker, parked, or not yet due: a stale message.
             return DONE
@@ -174,6 +175,12 @@ def attempt(delivery_id: str) -> Step:
             metrics.CIRCUIT_TRANSITIONS.labels(to="half_open").inc()
         if not decision.allowed:
             return _park(conn, row)
+        if time.monotonic() - claimed_at > get_settings().lease_margin / 2:
+            # Stalled since the claim (a paused VM, a starved process): past the lease another
+            # worker may send it, and two copies at once could reorder an ordered lane. Give the
+            # claim back unsent; a probe's slot ends with its own TTL.
+            log.warning("attempt stalled before sending", extra={"delivery_id": str(row.id)})
+            return _too_soon(conn, row, time.time())
         response = _send(row)
         if response.result is AttemptResult.SUCCESS:
             return _in_lane(conn, row, _delivered, conn, row, response, decision.probe, breaker)
@@ -297,7 +304,8 @@ def _end_unsendable(conn: Connection, row: Any) -> Step:
 
 
 def _too_soon(conn: Connection, row: Any, not_before: float) -> Step:
-    """Its rate is spent for now: give the claim back, unspent, to be picked again later."""
+    """Its rate is spent for now (or it stalled): give the claim back, unspent, to be picked
+    again at `not_before`."""
     attempts = row.attempt_count - 1
     conn.execute(
         _owned(row).values(
