@@ -220,6 +220,13 @@ local function next_wake()
   end
   return tostring(best)
 end
+-- What every picking script ends with: a pick with the common arguments (ARGV[2] to [9]),
+-- answered as {picked ids, blocked counts, next wake-up}.
+local function pick_and_answer()
+  local r = pick(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+                 tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+  return {r[1], r[2], next_wake()}
+end
 """
 
 # ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing, n_items,
@@ -240,9 +247,7 @@ for i = 0, n - 1 do
   end
   push_ready(id, sub, tenant)
 end
-local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-               tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-return {r[1], r[2], next_wake()}
+return pick_and_answer()
 """
 )
 
@@ -308,9 +313,7 @@ if outcome ~= 'none' then
   end
   redis.call('HSET', sk, 'last_end', tostring(now))
 end
-local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-               tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-return {r[1], r[2], next_wake()}
+return pick_and_answer()
 """
 )
 
@@ -318,9 +321,7 @@ return {r[1], r[2], next_wake()}
 _PUMP = (
     _LIB
     + """
-local r = pick(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-               tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-return {r[1], r[2], next_wake()}
+return pick_and_answer()
 """
 )
 

@@ -297,26 +297,22 @@ def store(
     )
     # In ingest order: the scheduler queues them so (the statement returns them in no order).
     place = {str(e["id"]): i for i, e in enumerate(events)}
-    rows.sort(key=lambda r: place[str(r.event_id)])
+    if len(events) > 1:
+        rows.sort(key=lambda r: place[str(r.event_id)])
     tenant = str(tenant_id)
     ready = [
         Item(str(r.delivery_id), str(r.subscription_id), tenant, r.max_in_flight, r.rate_limit)
         for r in rows
         if r.delivery_id is not None and not r.ordered
     ]
-    ordered = [
-        (
-            r.delivery_id,
-            r.subscription_id,
-            events[place[str(r.event_id)]].get("ordering_key"),
-            place[str(r.event_id)],
-        )
-        for r in rows
-        if r.ordered and r.delivery_id is not None
-    ]
+    ordered = []
+    for r in rows:
+        if r.ordered and r.delivery_id is not None:
+            i = place[str(r.event_id)]
+            ordered.append((r.delivery_id, r.subscription_id, events[i].get("ordering_key"), i))
     if ordered:
         ready += lanes.advance(conn, lanes.assign(conn, ordered))
-    return Stored(list(rows), ready)
+    return Stored(rows, ready)
 
 
 def _insert(
