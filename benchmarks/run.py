@@ -318,11 +318,14 @@ class Bench:
         dispatch.send("benchmarks.noop", [str(uuid.uuid4()) for _ in range(n)])
         assert self.queue_length() == n
         worker = self.stack.worker(self.pool, self.concurrency, include="benchmarks.noop")
+        roots = self._delivery_roots(worker)
         started = self.wait_for_drain_start(n)
+        before = _cpu_seconds(roots)
         while self.queue_length() or self.unacked():
             check_stop()
             time.sleep(0.005)
         noop_rate = n / (time.time() - started)
+        noop_cpu = _cpu_per_request(roots, before, n)
         self.stack.kill(worker)
         self.stack.reset_data()
 
@@ -332,9 +335,12 @@ class Bench:
         rss_before = 0
         worker = self.stack.worker(self.pool, self.concurrency)
         rss_before = worker.tree_rss()
+        roots = self._delivery_roots(worker)
         started = self.wait_for_drain_start(n)
+        before = _cpu_seconds(roots)
         last = self.wait_received(["/d"], n)
         rate = n / (last - started)
+        cpu = _cpu_per_request(roots, before, n)
         rss_after = worker.tree_rss()
         self.stack.kill(worker)
         dupes = self.stack.receiver_stats()["/d"]["count"] - n
@@ -354,9 +360,25 @@ class Bench:
                     "duplicates": dupes,
                     "worker_rss_mb": rss_after / 2**20,
                     "worker_rss_start_mb": rss_before / 2**20,
+                    # CPU per delivery and per no-op task, by process: less moved by other
+                    # load on a shared machine than the rates are.
+                    "cpu_ms_per_delivery": cpu,
+                    "noop_cpu_ms_per_task": noop_cpu,
                 },
             )
         )
+
+    def _delivery_roots(self, worker: Any) -> dict[str, int]:
+        """The processes a delivery costs CPU in: the worker's main process alone
+        (`worker_main`), the worker with its pool processes, PostgreSQL, Redis, the receiver."""
+        assert self.stack.receiver is not None
+        return {
+            "worker_main": worker.proc.pid,
+            "worker": worker.proc.pid,
+            "postgres": self.stack.pg.proc.pid,
+            "redis": self.stack.redis.proc.pid,
+            "receiver": self.stack.receiver.proc.pid,
+        }
 
     # -- ordered delivery ----------------------------------------------------------------------
     def ordering(self, web_port: int) -> None:
@@ -806,7 +828,8 @@ def _routing_figures(report: dict[str, Any]) -> list[Figure]:
 
 
 def _cpu_seconds(roots: dict[str, int]) -> dict[str, dict[int, float]]:
-    """Return the CPU seconds (user + system) used so far by each process tree, by PID."""
+    """Return the CPU seconds (user + system) used so far by each process tree, by PID (by
+    the process alone for a name ending in `_main`)."""
     import psutil
 
     out: dict[str, dict[int, float]] = {}
@@ -814,7 +837,8 @@ def _cpu_seconds(roots: dict[str, int]) -> dict[str, dict[int, float]]:
         seen: dict[int, float] = {}
         try:
             root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
+            tree = [] if name.endswith("_main") else root.children(recursive=True)
+            for proc in [root, *tree]:
                 with contextlib.suppress(psutil.Error):
                     times = proc.cpu_times()
                     seen[proc.pid] = times.user + times.system
@@ -825,12 +849,12 @@ def _cpu_seconds(roots: dict[str, int]) -> dict[str, dict[int, float]]:
 
 
 def _cpu_per_request(
-    roots: dict[str, int], before: dict[str, dict[int, float]], load: LoadResult
+    roots: dict[str, int], before: dict[str, dict[int, float]], load: LoadResult | int
 ) -> dict[str, float]:
-    """Return the CPU milliseconds each process tree spent per answered request since
-    `before` (processes that ended meanwhile are not counted)."""
+    """Return the CPU milliseconds each process tree spent per answered request (or per one
+    of `load` units of work) since `before` (processes that ended meanwhile are not counted)."""
     after = _cpu_seconds(roots)
-    requests = max(1, sum(load.statuses.values()))
+    requests = load if isinstance(load, int) else max(1, sum(load.statuses.values()))
     return {
         name: 1000
         * sum(now - before[name].get(pid, 0.0) for pid, now in after[name].items())
@@ -887,6 +911,12 @@ def _row(f: Figure) -> str:
     line = f"{f.name:<42} {_fmt(f.value, f.unit):>18} {ceiling:>34} {ratio:>6}  {f.target} {met}"
     if "p50_ms" in f.extra:
         line += f"\n{'':<42} p50 {f.extra['p50_ms']:.1f} ms, p99 {f.extra['p99_ms']:.1f} ms"
+    if "cpu_ms_per_delivery" in f.extra:
+        for label, key in (("delivery", "cpu_ms_per_delivery"), ("no-op", "noop_cpu_ms_per_task")):
+            cpu = f.extra[key]
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            total = sum(v for k, v in cpu.items() if k != "worker_main")
+            line += f"\n{'':<42} CPU ms per {label}: {parts}; total {total:.2f}"
     if "cpu_ratio" in f.extra:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in f.extra["cpu_ms_per_request"].items())
         bare = f.extra["bare_cpu_ms_per_request"]["web"]

@@ -49,6 +49,7 @@ class Stack:
         self.procs: list[Process] = []
         self.env: dict[str, str] = {}
         self.receiver_port = 0
+        self.receiver: Process | None = None
         self.web_port = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -92,10 +93,10 @@ class Stack:
             stderr=subprocess.PIPE,
         )
         self.receiver_port = free_port()
-        receiver = self.spawn(
+        self.receiver = self.spawn(
             "receiver", [sys.executable, "-m", "benchmarks.receiver", str(self.receiver_port)]
         )
-        receiver.wait_for_log("receiver ready")
+        self.receiver.wait_for_log("receiver ready")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
