@@ -3,10 +3,12 @@
 The API never imports tasks/. If Redis is down the send fails fast and is skipped: the rows are
 already in PostgreSQL, and the watchdog sends them once the broker is back.
 
-Messages are built by Celery (`as_task_v2`, protocol 2) and wrapped as kombu's Redis transport
-stores them, then pushed with one LPUSH per batch. `app.send_task` did the same per message
-at about 175 us each (routing, option merging, a kombu publish, a Redis client): most of a
-500-event batch request (see docs/performance.md). This costs about 25 us per message.
+Messages are built by Celery (`as_task_v2`, protocol 2) once per task name, as a template
+wrapped as kombu's Redis transport stores it; each message fills in its IDs and body. They are
+pushed with one LPUSH per batch. `app.send_task` did the same per message at about 175 us each
+(routing, option merging, a kombu publish, a Redis client): most of a 500-event batch request
+(see docs/performance.md). The scheduler's Lua pushes the tasks it picks from the same
+template (webhooks.scheduler), without a round trip back to Python.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -57,12 +61,44 @@ def _route(task: str) -> tuple[str, dict[str, str]]:
     return queue.name, {"exchange": "", "routing_key": queue.name}
 
 
-def _message(app: Celery, task: str, arg: str, delivery_info: dict[str, str]) -> str:
-    """Return one task message as kombu's Redis transport stores it."""
-    task_id = str(uuid.uuid4())
-    args = [arg]
+# What a task's argument may be (an ID): it needs no escaping in JSON or in Python's repr.
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]+")
+# Placeholders in a message template (no JSON escaping touches them).
+TASK_ID, DELIVERY_TAG, BODY, ARG = "@@TASK@@", "@@TAG@@", "@@BODY@@", "@@ARG@@"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A task's message as kombu's Redis transport stores it, with placeholders for what
+    differs between two messages: the task ID, the delivery tag and the body (base64 of
+    `body_prefix + argument + body_suffix`). The scheduler's Lua fills in the same template
+    (webhooks.scheduler), so a message is built in one place, by Celery itself."""
+
+    queue: str
+    text: str
+    body_prefix: str
+    body_suffix: str
+
+    def render(self, arg: str) -> str:
+        if not _PLAIN.fullmatch(arg):  # it goes into JSON and a repr() unescaped
+            raise ValueError(f"not a plain task argument: {arg!r}")
+        body = base64.b64encode(f"{self.body_prefix}{arg}{self.body_suffix}".encode()).decode()
+        return (
+            self.text.replace(ARG, arg)
+            .replace(TASK_ID, str(uuid.uuid4()))
+            .replace(DELIVERY_TAG, str(uuid.uuid4()))
+            .replace(BODY, body)
+        )
+
+
+@lru_cache(maxsize=16)
+def template(task: str) -> Template:
+    """The message template of `task` (one argument, a string), built by Celery."""
+    app = _producer_app()
+    queue, delivery_info = _route(task)
+    args = [ARG]
     message: Any = app.amqp.as_task_v2(
-        task_id,
+        TASK_ID,
         task,
         args=args,
         kwargs={},
@@ -71,44 +107,45 @@ def _message(app: Celery, task: str, arg: str, delivery_info: dict[str, str]) ->
         reply_to=app.thread_oid,
         ignore_result=None,  # the task's own setting decides, as with send_task
     )
-    body = base64.b64encode(json.dumps(message.body).encode()).decode()
+    body_prefix, body_suffix = json.dumps(message.body).split(ARG)
     properties = {
         **message.properties,
         "delivery_mode": 2,
         "delivery_info": delivery_info,
         "priority": 0,
         "body_encoding": "base64",
-        "delivery_tag": str(uuid.uuid4()),
+        "delivery_tag": DELIVERY_TAG,
     }
-    return json.dumps(
+    text = json.dumps(
         {
-            "body": body,
+            "body": BODY,
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": message.headers,
             "properties": properties,
         }
     )
+    return Template(queue, text, body_prefix, body_suffix)
 
 
 def send(task: str, ids: Iterable[uuid.UUID | str]) -> bool:
     """Send one task per ID; return False (and log) if the broker could not take them all."""
     global _broker_down_until
-    ids = [str(i) for i in ids]
-    if not ids:
+    args = [str(i) for i in ids]
+    if not args:
         return True
     if time.monotonic() < _broker_down_until:
         return False
-    app = _producer_app()
     try:
-        queue, delivery_info = _route(task)
-        messages = [_message(app, task, str(i), delivery_info) for i in ids]
+        message = template(task)
+        queue = message.queue
+        messages = [message.render(i) for i in args]
         # LPUSH of many values: the first one given is the first one a worker takes (BRPOP).
         for start in range(0, len(messages), 1000):
             _broker(get_settings().redis_url).lpush(queue, *messages[start : start + 1000])
     except Exception as exc:  # any broker failure: the watchdog re-sends from PostgreSQL
         _broker_down_until = time.monotonic() + _BACKOFF_SECONDS
-        log.warning("broker unavailable, %d task(s) left to the watchdog: %s", len(ids), exc)
+        log.warning("broker unavailable, %d task(s) left to the watchdog: %s", len(args), exc)
         return False
     return True
 
@@ -118,6 +155,8 @@ def reset() -> None:
     global _broker_down_until
     _producer_app.cache_clear()
     _broker.cache_clear()
+    _route.cache_clear()
+    template.cache_clear()
     _broker_down_until = 0.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from config import get_settings
+from webhooks import dispatch
 from webhooks.circuit import CircuitBreaker
 from webhooks.http import Client
 from webhooks.redis_client import get_redis
@@ -41,12 +42,14 @@ def get_scheduler() -> Scheduler:
         # A little past the PostgreSQL lease, on which the watchdog acts first.
         lease=settings.lease_seconds + 10,
         tenant_cap=settings.tenant_max_in_flight,
+        # Picks send their tasks themselves (the broker is this same Redis).
+        tasks=dispatch.template(dispatch.DELIVER_TASK),
     )
 
 
 def reset() -> None:
     """Forget every client built from the settings (after the environment changed)."""
-    from webhooks import dispatch, ratelimit
+    from webhooks import ratelimit
     from webhooks.services import tenants
 
     get_settings.cache_clear()

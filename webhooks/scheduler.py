@@ -28,18 +28,22 @@ comes back by itself.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from config import parse_tenant_cap
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
 from webhooks.redis_client import ScriptCall
+
+if TYPE_CHECKING:
+    from webhooks.dispatch import Template
 
 log = logging.getLogger(__name__)
 
@@ -220,25 +224,70 @@ local function next_wake()
   end
   return tostring(best)
 end
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function base64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = string.byte(s, i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local d = {math.floor(n / 262144) % 64, math.floor(n / 4096) % 64,
+               math.floor(n / 64) % 64, n % 64}
+    out[#out + 1] = string.sub(B64, d[1] + 1, d[1] + 1) .. string.sub(B64, d[2] + 1, d[2] + 1)
+      .. (b and string.sub(B64, d[3] + 1, d[3] + 1) or '=')
+      .. (c and string.sub(B64, d[4] + 1, d[4] + 1) or '=')
+  end
+  return table.concat(out)
+end
+-- A UUID (version 7's layout) unique in this Redis: the time in ms and a counter.
+local function uid(ms, n)
+  return string.format('%08x-%04x-7000-8000-%012x', math.floor(ms / 65536), ms % 65536, n)
+end
+-- The base64 of the message body: ARGV[12] .. id .. ARGV[13]. When the ID starts and ends on
+-- a 3-byte boundary (a UUID after '[["'), only the ID is encoded here: ARGV[14] and [15] are
+-- the encoded prefix and suffix.
+local function body(id)
+  if #ARGV[12] % 3 == 0 and #id % 3 == 0 then return ARGV[14] .. base64(id) .. ARGV[15] end
+  return base64(ARGV[12] .. id .. ARGV[13])
+end
+-- Send a Celery task for each picked delivery: the message template that webhooks.dispatch
+-- built with Celery (ARGV[10] the queue, [11] the template, [12] and [13] what comes before
+-- and after the ID in the body, [14] and [15] their base64), filled in. No template: the
+-- caller sends them.
+local function push_tasks(ids, now)
+  local queue, template = ARGV[10], ARGV[11]
+  if template == '' or #ids == 0 then return 0 end
+  local n = redis.call('INCRBY', P .. 'msg', 2 * #ids) - 2 * #ids
+  local ms = math.floor(now * 1000)
+  for i, id in ipairs(ids) do
+    local m = string.gsub(template, '@@ARG@@', id)
+    m = string.gsub(m, '@@TASK@@', uid(ms, n + 2 * i - 1))
+    m = string.gsub(m, '@@TAG@@', uid(ms, n + 2 * i))
+    m = string.gsub(m, '@@BODY@@', body(id))
+    redis.call('LPUSH', queue, m)
+  end
+  return 1
+end
 -- What every picking script ends with: a pick with the common arguments (ARGV[2] to [9]),
--- answered as {picked ids, blocked counts, next wake-up}.
+-- its tasks sent (ARGV[10] to [15]), answered as {picked ids, blocked counts, next wake-up,
+-- 1 if the tasks were sent}.
 local function pick_and_answer()
-  local r = pick(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+  local now = tonumber(ARGV[2])
+  local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                  tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-  return {r[1], r[2], next_wake()}
+  return {r[1], r[2], next_wake(), push_tasks(r[1], now)}
 end
 """
 
-# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing, n_items,
+# ARGV: the common ones (Scheduler._common), n_items,
 # then per item: id, subscription, tenant, limit, rate (0 = none).
 _ENQUEUE = (
     _LIB
     + """
 local now = tonumber(ARGV[2])
-local n = tonumber(ARGV[10])
+local n = tonumber(ARGV[16])
 local seen = {}
 for i = 0, n - 1 do
-  local b = 11 + i * 5
+  local b = 17 + i * 5
   local id, sub, tenant = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   if not seen[sub] then
     seen[sub] = true
@@ -251,13 +300,13 @@ return pick_and_answer()
 """
 )
 
-# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing,
-# id, subscription, tenant, outcome, retry_at (or '').
+# ARGV: the common ones (Scheduler._common), id, subscription, tenant, outcome,
+# retry_at (or '').
 _FINISH = (
     _LIB
     + """
 local now = tonumber(ARGV[2])
-local id, sub, tenant, outcome, retry_at = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local id, sub, tenant, outcome, retry_at = ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 -- (a stale message names no subscription: nothing to make runnable)
 if release(id) == nil and sub ~= '' then runnable(sub, tenant) end
 if retry_at ~= '' then
@@ -317,7 +366,7 @@ return pick_and_answer()
 """
 )
 
-# ARGV: prefix, now, max, lease, cap_abs, cap_share, default_slots, factor, spacing.
+# ARGV: the common ones (Scheduler._common).
 _PUMP = (
     _LIB
     + """
@@ -409,6 +458,8 @@ class Picked:
     blocked: dict[str, int]
     # The unix time at which something becomes ready (a retry, a timer), or None.
     wake_at: float | None
+    # Their Celery tasks were sent by the same script (the scheduler has a message template).
+    sent: bool = False
 
     @classmethod
     def empty(cls) -> Picked:
@@ -430,13 +481,20 @@ class Scheduler:
         default_slots: int = DEFAULT_SLOTS,
         window_factor: float = WINDOW_FACTOR,
         prefix: str = PREFIX,
+        tasks: Template | None = None,
     ) -> None:
+        """`tasks`: the delivery task's message template; with it, every pick sends its
+        picked deliveries' tasks itself, in the same script (else the caller sends them)."""
         self.client = client
         self.lease = lease
         self.cap_abs, self.cap_share = parse_tenant_cap(tenant_cap)
         self.default_slots = default_slots
         self.window_factor = window_factor
         self.prefix = prefix
+        self._tasks = ["", "", "", "", "", ""]
+        if tasks is not None:
+            prefix, suffix = tasks.body_prefix, tasks.body_suffix
+            self._tasks = [tasks.queue, tasks.text, prefix, suffix, _b64(prefix), _b64(suffix)]
         self._enqueue = client.register_script(_ENQUEUE)
         self._finish = client.register_script(_FINISH)
         self._pump = client.register_script(_PUMP)
@@ -457,6 +515,7 @@ class Scheduler:
             self.default_slots,
             self.window_factor,
             RATE_SPACING,
+            *self._tasks,
         ]
 
     def enqueue(
@@ -600,15 +659,20 @@ class Scheduler:
         }
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _picked(raw: Any) -> Picked:
-    ids, blocked, wake = raw
+    ids, blocked, wake, sent = raw
     wake_at = float(_text(wake))
     return Picked(
         [_text(i) for i in ids],
         {reason: int(n) for reason, n in zip(BLOCK_REASONS, blocked, strict=True) if int(n)},
         wake_at if wake_at >= 0 else None,
+        bool(int(sent)),
     )

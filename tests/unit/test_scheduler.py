@@ -190,3 +190,60 @@ def test_a_stale_message_leaves_no_trace(client):
     s.finish("gone", "", "", "none", now=NOW)
     assert client.zcard("wh:q:tenants") == 0
     assert not client.exists("wh:q:ts:")
+
+
+def test_a_pick_sends_the_message_celery_would_with_ids_of_its_own(client):
+    """With the delivery task's template, the picking script itself pushes one task message per
+    picked delivery: the message dispatch renders in Python (Celery's own, see test_batch),
+    but for its unique IDs, and in the order picked."""
+    import base64
+    import json
+    import uuid
+
+    from webhooks import dispatch
+
+    template = dispatch.template(dispatch.DELIVER_TASK)
+    s = make(client, tasks=template, default_slots=3)
+    ids = ["0192f6b1-aaaa-7bbb-8ccc-000000000001", "0192f6b1-aaaa-7bbb-8ccc-000000000002"]
+    picked = s.enqueue([Item(i, "a", "A") for i in ids], now=NOW)
+    assert picked.ids == ids and picked.sent
+    pushed = [json.loads(m) for m in reversed(client.lrange(template.queue, 0, -1))]
+    assert len(pushed) == 2
+    expected = [json.loads(template.render(i)) for i in ids]
+    unique = {"id", "root_id", "correlation_id", "delivery_tag"}
+
+    def shape(message):
+        headers = {k: v for k, v in message["headers"].items() if k not in unique}
+        properties = {k: v for k, v in message["properties"].items() if k not in unique}
+        return {**message, "headers": headers, "properties": properties}
+
+    assert [shape(m) for m in pushed] == [shape(m) for m in expected]
+    for message, delivery_id in zip(pushed, ids, strict=True):
+        body = json.loads(base64.b64decode(message["body"]))
+        assert body[0] == [delivery_id]
+        assert message["headers"]["argsrepr"] == repr([delivery_id])
+        task_id = message["headers"]["id"]
+        assert uuid.UUID(task_id).version == 7
+        assert uuid.UUID(message["properties"]["delivery_tag"]).version == 7
+        assert task_id == message["headers"]["root_id"] == message["properties"]["correlation_id"]
+    tags = {m["properties"]["delivery_tag"] for m in pushed}
+    tasks = {m["headers"]["id"] for m in pushed}
+    assert len(tags | tasks) == 4  # every ID unique
+    # the next pick's IDs differ from these too
+    s.finish(ids[0], "a", "A", "ok", now=NOW + 1)
+    s.enqueue([Item("0192f6b1-aaaa-7bbb-8ccc-000000000003", "a", "A")], now=NOW + 1)
+    third = json.loads(client.lrange(template.queue, 0, 0)[0])
+    assert not {third["headers"]["id"], third["properties"]["delivery_tag"]} & (tags | tasks)
+    # an ID of any length (the body is then encoded whole)
+    s.finish(ids[1], "a", "A", "ok", now=NOW + 2)
+    s.enqueue([Item("d-1", "a", "A")], now=NOW + 2)
+    other = json.loads(client.lrange(template.queue, 0, 0)[0])
+    assert shape(other) == shape(json.loads(template.render("d-1")))
+    assert json.loads(base64.b64decode(other["body"]))[0] == ["d-1"]
+
+
+def test_without_a_template_a_pick_sends_nothing(client):
+    s = make(client)
+    picked = s.enqueue(items("A", "a", 2), now=NOW)
+    assert picked.ids == ["a-0", "a-1"] and not picked.sent
+    assert client.keys("webhooks") == []

@@ -111,9 +111,12 @@ def pump() -> float | None:
 
 
 def start(picked: Picked) -> None:
-    """Send a Celery task for each picked delivery, and count the waits."""
+    """Send a Celery task for each picked delivery (unless the pick did), and count the
+    waits."""
     for reason, count in picked.blocked.items():
         metrics.THROTTLED.labels(reason=reason).inc(count)
+    if picked.sent:
+        return  # by the scheduler's own script
     if picked.ids and not dispatch.enqueue_deliveries(picked.ids):
         metrics.ENQUEUE_FAILURES.inc(len(picked.ids))
         # Give their slots back, and leave them to the watchdog (if Redis answers at all:
