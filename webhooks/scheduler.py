@@ -475,22 +475,6 @@ class Scheduler:
             ]
         return _picked(self._enqueue(args=args))
 
-    def finish(
-        self,
-        delivery_id: str,
-        subscription_id: str,
-        tenant_id: str,
-        outcome: str,
-        retry_at: float | None = None,
-        now: float | None = None,
-        max_picks: int = 100,
-    ) -> Picked:
-        """End a delivery's turn (or schedule its retry at `retry_at`); hand out the next."""
-        call = self.finish_call(
-            delivery_id, subscription_id, tenant_id, outcome, retry_at, now, max_picks
-        )
-        return call.run()
-
     def finish_call(
         self,
         delivery_id: str,
@@ -501,7 +485,8 @@ class Scheduler:
         now: float | None = None,
         max_picks: int = 100,
     ) -> ScriptCall[Picked]:
-        """`finish` as a call to make together with others (redis_client.run_together)."""
+        """End a delivery's turn (or schedule its retry at `retry_at`) and hand out the next:
+        a call to make on its own (`.run()`) or with others (redis_client.run_together)."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
