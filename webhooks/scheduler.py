@@ -39,7 +39,7 @@ import redis
 
 from config import parse_tenant_cap
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
-from webhooks.redis_client import ScriptCall
+from webhooks.redis_client import ScriptCall, as_text, unix_time
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ class Scheduler:
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
         return [
             self.prefix,
-            repr(time.time() if now is None else now),
+            unix_time(now),
             max_picks,
             self.lease,
             self.cap_abs,
@@ -508,7 +508,7 @@ class Scheduler:
 
     def drain(self, subscription_id: str) -> list[str]:
         """Take a subscription's ready deliveries out of the scheduler; return their IDs."""
-        return [_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
+        return [as_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
 
     def known(self, delivery_ids: Sequence[str]) -> list[bool]:
         """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""
@@ -526,12 +526,12 @@ class Scheduler:
                 self.prefix,
                 subscription_id,
                 rate_limit,
-                repr(time.time() if now is None else now),
+                unix_time(now),
                 ADMIT_WINDOW_SECONDS,
                 delivery_id,
             ]
         )
-        return None if int(allowed) else float(_text(retry_at))
+        return None if int(allowed) else float(as_text(retry_at))
 
     def configure(
         self, subscription_id: str, tenant_id: str, max_in_flight: int, rate_limit: int | None
@@ -558,7 +558,7 @@ class Scheduler:
         pipe.hgetall(self.prefix + "s:" + subscription_id)
         pipe.llen(self.prefix + "r:" + subscription_id)
         raw, ready = pipe.execute()
-        h = {_text(k): _text(v) for k, v in raw.items()}
+        h = {as_text(k): as_text(v) for k, v in raw.items()}
         limit = int(float(h.get("limit", max_in_flight)))
         cwnd = float(h.get("cwnd", limit))
         rate = float(h.get("rate", rate_limit or 0) or 0)
@@ -585,15 +585,11 @@ class Scheduler:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _picked(raw: Any) -> Picked:
     ids, blocked, wake = raw
-    wake_at = float(_text(wake))
+    wake_at = float(as_text(wake))
     return Picked(
-        [_text(i) for i in ids],
+        [as_text(i) for i in ids],
         {reason: int(n) for reason, n in zip(BLOCK_REASONS, blocked, strict=True) if int(n)},
         wake_at if wake_at >= 0 else None,
     )
