@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,39 +54,30 @@ SCENARIOS = (
 )
 
 
+def _size(full: float, quick: float) -> Any:
+    """A scenario's size in a full run, and with --quick."""
+    return field(default=full, metadata={"quick": quick})
+
+
 @dataclass
 class Sizes:
-    ingest_seconds: float = 10
-    batch_seconds: float = 10
-    deliveries: int = 10_000
-    isolation_events: int = 600
-    fairness_events: int = 20_000
-    throttle_backlog: int = 3_000
-    recovery_lost: int = 50_000
-    latency_seconds: float = 10
-    parked: int = 20_000
-    routing_seconds: float = 5
-    routing_rounds: int = 2
-    ordered: int = 5_000
-    ordered_one_key: int = 1_000
+    ingest_seconds: float = _size(10, quick=3)
+    batch_seconds: float = _size(10, quick=3)
+    deliveries: int = _size(10_000, quick=2_000)
+    isolation_events: int = _size(600, quick=200)
+    fairness_events: int = _size(20_000, quick=4_000)
+    throttle_backlog: int = _size(3_000, quick=600)
+    recovery_lost: int = _size(50_000, quick=5_000)
+    latency_seconds: float = _size(10, quick=4)
+    parked: int = _size(20_000, quick=5_000)
+    routing_seconds: float = _size(5, quick=2)
+    routing_rounds: int = _size(2, quick=1)
+    ordered: int = _size(5_000, quick=1_500)
+    ordered_one_key: int = _size(1_000, quick=300)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(
-            ingest_seconds=3,
-            batch_seconds=3,
-            deliveries=2_000,
-            isolation_events=200,
-            fairness_events=4_000,
-            throttle_backlog=600,
-            recovery_lost=5_000,
-            latency_seconds=4,
-            parked=5_000,
-            routing_seconds=2,
-            routing_rounds=1,
-            ordered=1_500,
-            ordered_one_key=300,
-        )
+        return cls(**{f.name: f.metadata["quick"] for f in fields(cls)})
 
 
 @dataclass

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.embedded import EmbeddedPostgres, EmbeddedRedis, Server, free_port
 from scripts.harness import BIN, ROOT, Process, Received, Receiver, Reply, wait_until
 
 # Short waits so a few minutes hold many retries, outages and recoveries. The breaker's
@@ -202,23 +203,15 @@ class Stack:
         # Logging is at WARNING: the banner's queue list is the sign it started.
         return self.start(f"worker{index}", args, ready="[queues]")
 
-    def restart_redis(self, down: float) -> None:
-        """kill -9 Redis, wait, start it again (empty: it keeps no data)."""
+    def restart(self, server: Server, down: float) -> None:
+        """kill -9 an embedded server, wait, start it again: Redis comes back empty (it keeps
+        no data), PostgreSQL through crash recovery."""
         with self.lock:
             if self.closing:
                 raise Stopping
-            self.redis.kill()
+            server.kill()
             time.sleep(down)
-            self.redis.start()
-
-    def restart_postgres(self, down: float) -> None:
-        """kill -9 PostgreSQL and its backends, wait, start it again (crash recovery)."""
-        with self.lock:
-            if self.closing:
-                raise Stopping
-            self.pg.kill()
-            time.sleep(down)
-            self.pg.start()
+            server.start()
 
     def close(self) -> None:
         with self.lock:
@@ -237,7 +230,6 @@ class Stack:
 
 def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     """Start the servers and processes; each is on `stack` as soon as it runs, for close()."""
-    from scripts.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
     from scripts.run import create_tenant
 
     tmp = stack.tmp
@@ -424,12 +416,12 @@ def _chaos_loop(
             in_outage = False
         if redis_at and now >= redis_at:
             log("Redis: kill -9, 3 s down, started again empty")
-            stack.restart_redis(down=3)
+            stack.restart(stack.redis, down=3)
             chaos.redis_restarts += 1
             redis_at = 0.0
         if pg_at and now >= pg_at:
             log("PostgreSQL: kill -9, 7 s down, started again (crash recovery)")
-            stack.restart_postgres(down=7)
+            stack.restart(stack.pg, down=7)
             chaos.pg_restarts += 1
             pg_at = 0.0
         if now >= next_kill and now < started + duration:

@@ -51,12 +51,38 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20) -
         proc.wait(5)
 
 
-class EmbeddedPostgres:
-    def __init__(self, datadir: Path, port: int | None = None, fast: bool = False):
+class Server:
+    """A server run as our child process, on a loopback port, keeping its files in `datadir`."""
+
+    # What stop() sends: the server's own fast, clean shutdown.
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, datadir: Path, port: int | None = None):
         self.datadir = Path(datadir).resolve()
         self.port = port or free_port()
-        self.fast = fast
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Start the server; return its URL."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Shut down cleanly, by PID."""
+        _stop(self.proc, self.stop_signal)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would (start() recovers)."""
+        _stop(self.proc, signal.SIGKILL)
+        self.proc = None
+
+
+class EmbeddedPostgres(Server):
+    stop_signal = signal.SIGINT  # PostgreSQL's fast shutdown
+
+    def __init__(self, datadir: Path, port: int | None = None, fast: bool = False):
+        super().__init__(datadir, port)
+        self.fast = fast
         self.user: str | None = None
 
     def _bin(self, name: str) -> str:
@@ -175,11 +201,6 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), by PID."""
-        _stop(self.proc, signal.SIGINT)
-        self.proc = None
-
     def kill(self) -> None:
         """Kill -9 the server and its backends, as a crash would (start() recovers)."""
         if self.proc is not None:
@@ -189,12 +210,10 @@ class EmbeddedPostgres:
         self.proc = None
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Server):
     def __init__(self, datadir: Path, port: int | None = None, persistent: bool = False):
-        self.datadir = Path(datadir).resolve()
-        self.port = port or free_port()
+        super().__init__(datadir, port)
         self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def binary() -> str:
@@ -233,12 +252,3 @@ class EmbeddedRedis:
         )
         _wait_for_port(self.port, self.proc, "redis-server", log)
         return self.url
-
-    def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM)
-        self.proc = None
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would."""
-        _stop(self.proc, signal.SIGKILL)
-        self.proc = None

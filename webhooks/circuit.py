@@ -8,13 +8,12 @@ only protects capacity, PostgreSQL keeps every delivery.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from webhooks.redis_client import ScriptCall
+from webhooks.redis_client import ScriptCall, as_text, unix_time
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +142,18 @@ class CircuitBreaker:
         try:
             decision, state, until, moved = self._acquire(
                 keys=self._keys(subscription_id),
-                args=[_now(now), self.cooldown, self.probe_ttl, subscription_id, TTL_SECONDS],
+                args=[unix_time(now), self.cooldown, self.probe_ttl, subscription_id, TTL_SECONDS],
             )
         except redis.RedisError as exc:
             log.warning("circuit state unavailable, treating as closed: %s", exc)
             return Decision(True, "closed")
-        decision, state = _text(decision), _text(state)
+        decision, state = as_text(decision), as_text(state)
         return Decision(
             allowed=decision != "deny",
             state=state,
             retry_at=float(until),
             probe=decision == "probe",
-            transitioned=_text(moved) == "1",
+            transitioned=as_text(moved) == "1",
         )
 
     def record_success(self, subscription_id: str) -> str | None:
@@ -181,7 +180,7 @@ class CircuitBreaker:
 
     def failure_call(self, subscription_id: str, now: float | None = None) -> ScriptCall[bool]:
         """record_failure as a call to make together with others (redis_client.run_together)."""
-        args = [_now(now), self.threshold, subscription_id, TTL_SECONDS, WINDOW_FAILURE_SHARE]
+        args = [unix_time(now), self.threshold, subscription_id, TTL_SECONDS, WINDOW_FAILURE_SHARE]
         return ScriptCall(self._failure, self._keys(subscription_id), args, _opened)
 
     def state(self, subscription_id: str) -> dict[str, Any]:
@@ -190,7 +189,7 @@ class CircuitBreaker:
             raw = self.client.hgetall(KEY_PREFIX + subscription_id)
         except redis.RedisError:
             return {"state": "unknown", "consecutive_failures": None, "opened_at": None}
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         state = fields.get("state", "closed")
         opened_at = float(fields["opened_at"]) if "opened_at" in fields else None
         return {
@@ -212,19 +211,11 @@ class CircuitBreaker:
 
 def _left(answer: Any) -> str | None:
     """The state a success closed the circuit from, or None if it was closed already."""
-    before = _text(answer)
+    before = as_text(answer)
     return before if before != "closed" else None
 
 
 def _opened(answer: Any) -> bool:
     """Whether a failure opened the circuit."""
     before, after = answer
-    return _text(after) == "open" and _text(before) != "open"
-
-
-def _now(now: float | None) -> str:
-    return repr(time.time() if now is None else now)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return as_text(after) == "open" and as_text(before) != "open"

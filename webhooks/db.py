@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 import uuid
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import uuid_utils.compat
-from sqlalchemy import DateTime, MetaData, create_engine, event, exc, func
+from sqlalchemy import DateTime, Enum, MetaData, create_engine, event, exc, func
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -33,6 +34,13 @@ class Base(DeclarativeBase):
 class Timestamped:
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+def value_enum(cls: type[enum.Enum], length: int = 16) -> Enum:
+    """A column type for an enum, stored as its values (what the API shows) in a VARCHAR."""
+    return Enum(
+        cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
     )
 
 

@@ -3,6 +3,7 @@ together in one round trip."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +28,16 @@ def get_redis() -> redis.Redis:
         socket_timeout=2,
         health_check_interval=10,
     )
+
+
+def as_text(value: Any) -> str:
+    """A Redis answer (bytes or a number) as a str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def unix_time(now: float | None) -> str:
+    """`now`, or else the current unix time, as a script argument that keeps every digit."""
+    return repr(time.time() if now is None else now)
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any, TypeVar
 
-from config import get_settings
+from config import Settings, get_settings
 from webhooks import dispatch
 from webhooks.circuit import CircuitBreaker
 from webhooks.http import Client
 from webhooks.redis_client import get_redis
 from webhooks.scheduler import Scheduler
 
+T = TypeVar("T")
 
-@lru_cache(maxsize=1)
-def get_breaker() -> CircuitBreaker:
-    settings = get_settings()
+# Every getter made by per_process, so that reset() forgets them all.
+_getters: list[Any] = []
+
+
+def per_process(build: Callable[[Settings], T]) -> Callable[[], T]:
+    """Turn `build(settings)` into a getter that builds once per process, until reset()."""
+
+    @lru_cache(maxsize=1)
+    def get() -> T:
+        return build(get_settings())
+
+    _getters.append(get)
+    return get
+
+
+@per_process
+def get_breaker(settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(
         get_redis(),
         threshold=settings.circuit_failure_threshold,
@@ -23,9 +40,8 @@ def get_breaker() -> CircuitBreaker:
     )
 
 
-@lru_cache(maxsize=1)
-def get_client() -> Client:
-    settings = get_settings()
+@per_process
+def get_client(settings: Settings) -> Client:
     return Client(
         timeout=settings.http_timeout,
         allow_private=settings.allow_private_targets,
@@ -34,9 +50,8 @@ def get_client() -> Client:
     )
 
 
-@lru_cache(maxsize=1)
-def get_scheduler() -> Scheduler:
-    settings = get_settings()
+@per_process
+def get_scheduler(settings: Settings) -> Scheduler:
     return Scheduler(
         get_redis(),
         # A little past the PostgreSQL lease, on which the watchdog acts first.
@@ -54,9 +69,8 @@ def reset() -> None:
 
     get_settings.cache_clear()
     get_redis.cache_clear()
-    get_breaker.cache_clear()
-    get_client.cache_clear()
-    get_scheduler.cache_clear()
+    for get in _getters:
+        get.cache_clear()
     dispatch.reset()
     ratelimit._redis_down_until = 0.0
     tenants.key_cache.clear()

@@ -40,7 +40,7 @@ import redis
 
 from config import parse_tenant_cap
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
-from webhooks.redis_client import ScriptCall
+from webhooks.redis_client import ScriptCall, as_text, unix_time
 
 if TYPE_CHECKING:
     from webhooks.dispatch import Template
@@ -507,7 +507,7 @@ class Scheduler:
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
         return [
             self.prefix,
-            repr(time.time() if now is None else now),
+            unix_time(now),
             max_picks,
             self.lease,
             self.cap_abs,
@@ -534,22 +534,6 @@ class Scheduler:
             ]
         return _picked(self._enqueue(args=args))
 
-    def finish(
-        self,
-        delivery_id: str,
-        subscription_id: str,
-        tenant_id: str,
-        outcome: str,
-        retry_at: float | None = None,
-        now: float | None = None,
-        max_picks: int = 100,
-    ) -> Picked:
-        """End a delivery's turn (or schedule its retry at `retry_at`); hand out the next."""
-        call = self.finish_call(
-            delivery_id, subscription_id, tenant_id, outcome, retry_at, now, max_picks
-        )
-        return call.run()
-
     def finish_call(
         self,
         delivery_id: str,
@@ -560,7 +544,8 @@ class Scheduler:
         now: float | None = None,
         max_picks: int = 100,
     ) -> ScriptCall[Picked]:
-        """`finish` as a call to make together with others (redis_client.run_together)."""
+        """End a delivery's turn (or schedule its retry at `retry_at`) and hand out the next:
+        a call to make on its own (`.run()`) or with others (redis_client.run_together)."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
@@ -582,7 +567,7 @@ class Scheduler:
 
     def drain(self, subscription_id: str) -> list[str]:
         """Take a subscription's ready deliveries out of the scheduler; return their IDs."""
-        return [_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
+        return [as_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
 
     def known(self, delivery_ids: Sequence[str]) -> list[bool]:
         """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""
@@ -600,12 +585,12 @@ class Scheduler:
                 self.prefix,
                 subscription_id,
                 rate_limit,
-                repr(time.time() if now is None else now),
+                unix_time(now),
                 ADMIT_WINDOW_SECONDS,
                 delivery_id,
             ]
         )
-        return None if int(allowed) else float(_text(retry_at))
+        return None if int(allowed) else float(as_text(retry_at))
 
     def configure(
         self, subscription_id: str, tenant_id: str, max_in_flight: int, rate_limit: int | None
@@ -632,7 +617,7 @@ class Scheduler:
         pipe.hgetall(self.prefix + "s:" + subscription_id)
         pipe.llen(self.prefix + "r:" + subscription_id)
         raw, ready = pipe.execute()
-        h = {_text(k): _text(v) for k, v in raw.items()}
+        h = {as_text(k): as_text(v) for k, v in raw.items()}
         limit = int(float(h.get("limit", max_in_flight)))
         cwnd = float(h.get("cwnd", limit))
         rate = float(h.get("rate", rate_limit or 0) or 0)
@@ -663,15 +648,11 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _picked(raw: Any) -> Picked:
     ids, blocked, wake, sent = raw
-    wake_at = float(_text(wake))
+    wake_at = float(as_text(wake))
     return Picked(
-        [_text(i) for i in ids],
+        [as_text(i) for i in ids],
         {reason: int(n) for reason, n in zip(BLOCK_REASONS, blocked, strict=True) if int(n)},
         wake_at if wake_at >= 0 else None,
         bool(int(sent)),

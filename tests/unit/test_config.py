@@ -14,27 +14,25 @@ import pytest
 import config
 from config import ConfigError, get_settings, normalize_database_url
 
+# The defaults the contract names: each variable, its setting, and its value when unset.
+CONTRACT_DEFAULTS = [
+    ("WEBHOOKS_RETRY_DELAYS", "retry_delays", (2, 4, 8, 16, 32)),
+    ("WEBHOOKS_HTTP_TIMEOUT_SECONDS", "http_timeout", 10),
+    ("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", "circuit_failure_threshold", 5),
+    ("WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS", "circuit_cooldown", 60),
+    ("WEBHOOKS_WATCHDOG_INTERVAL_SECONDS", "watchdog_interval", 30),
+    ("WEBHOOKS_MAX_PAYLOAD_BYTES", "max_payload_bytes", 262_144),
+    ("WEBHOOKS_WORKER_METRICS_PORT", "worker_metrics_port", 9808),
+    ("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", False),
+]
 
-def test_defaults_of_the_contract(setenv):
-    setenv(
-        WEBHOOKS_RETRY_DELAYS=None,
-        WEBHOOKS_HTTP_TIMEOUT_SECONDS=None,
-        WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD=None,
-        WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS=None,
-        WEBHOOKS_WATCHDOG_INTERVAL_SECONDS=None,
-        WEBHOOKS_MAX_PAYLOAD_BYTES=None,
-        WEBHOOKS_WORKER_METRICS_PORT=None,
-        WEBHOOKS_ALLOW_PRIVATE_TARGETS=None,
-    )
-    settings = get_settings()
-    assert settings.retry_delays == (2, 4, 8, 16, 32)
-    assert settings.http_timeout == 10
-    assert settings.circuit_failure_threshold == 5
-    assert settings.circuit_cooldown == 60
-    assert settings.watchdog_interval == 30
-    assert settings.max_payload_bytes == 262_144
-    assert settings.worker_metrics_port == 9808
-    assert settings.allow_private_targets is False
+
+@pytest.mark.parametrize(("name", "setting", "default"), CONTRACT_DEFAULTS)
+def test_defaults_of_the_contract(setenv, name, setting, default):
+    setenv(**{name: None})
+    value = getattr(get_settings(), setting)
+    assert value == default
+    assert isinstance(value, bool) is isinstance(default, bool)  # False, not 0
 
 
 def test_values_are_read_from_the_environment(setenv):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from scripts.harness import Receiver, Reply
-from webhooks.http import Client
+from webhooks.http import Client, Response
 from webhooks.models import AttemptResult
 
 
@@ -55,6 +55,18 @@ class Trickler:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> Trickler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def post(self, timeout: float) -> tuple[Response, float]:
+        """Post to it with a client whose deadline is `timeout`; say how long that took."""
+        started = time.monotonic()
+        response = _client(timeout).post(f"http://127.0.0.1:{self.port}/t", b"{}", {})
+        return response, time.monotonic() - started
+
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
@@ -69,13 +81,8 @@ def _client(timeout: float = 1.0) -> Client:
 
 def test_subscriber_trickling_its_headers_is_cut_at_the_deadline_as_a_timeout() -> None:
     # One header byte every 0.1 s: no single read ever waits 1 s, so per-read timeouts never fire.
-    server = Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n")
-    try:
-        started = time.monotonic()
-        response = _client(1.0).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
-        elapsed = time.monotonic() - started
-    finally:
-        server.close()
+    with Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n") as server:
+        response, elapsed = server.post(timeout=1.0)
     assert response.result is AttemptResult.TIMEOUT, response
     assert 1.0 <= elapsed < 1.8, elapsed
     assert response.error == "no complete answer within 1 s"
@@ -83,13 +90,8 @@ def test_subscriber_trickling_its_headers_is_cut_at_the_deadline_as_a_timeout() 
 
 
 def test_subscriber_trickling_its_body_is_cut_at_the_deadline_as_a_timeout() -> None:
-    server = Trickler(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n", b"a")
-    try:
-        started = time.monotonic()
-        response = _client(1.0).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
-        elapsed = time.monotonic() - started
-    finally:
-        server.close()
+    with Trickler(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n", b"a") as server:
+        response, elapsed = server.post(timeout=1.0)
     assert response.result is AttemptResult.TIMEOUT, response
     assert response.status_code == 200
     assert 1.0 <= elapsed < 1.8, elapsed
@@ -109,22 +111,20 @@ def test_kept_alive_connection_is_watched_on_its_next_attempt_too(receiver: Rece
 
 
 def test_many_attempts_each_end_at_their_own_deadline() -> None:
-    server = Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n", seconds=8)
     results: list[tuple[AttemptResult, float]] = []
 
-    def one(timeout: float) -> None:
-        started = time.monotonic()
-        response = _client(timeout).post(f"http://127.0.0.1:{server.port}/t", b"{}", {})
-        results.append((response.result, time.monotonic() - started - timeout))
+    def one(server: Trickler, timeout: float) -> None:
+        response, elapsed = server.post(timeout)
+        results.append((response.result, elapsed - timeout))
 
-    threads = [threading.Thread(target=one, args=(0.5 + 0.25 * (i % 3),)) for i in range(6)]
-    try:
+    with Trickler(b"HTTP/1.1 200 OK\r\n", b"x-slow: 1\r\n", seconds=8) as server:
+        threads = [
+            threading.Thread(target=one, args=(server, 0.5 + 0.25 * (i % 3))) for i in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(10)
-    finally:
-        server.close()
     assert len(results) == 6
     assert all(result is AttemptResult.TIMEOUT for result, _ in results), results
     assert all(0 <= late < 0.6 for _, late in results), results

@@ -8,24 +8,13 @@ from prometheus_client import REGISTRY, generate_latest
 from webhooks import metrics
 from webhooks.models import AttemptResult
 
+# Each counter's name as exported, beside the label values webhooks.metrics declares for it.
 EXPECTED = [
-    *(f'webhooks_circuit_transitions_total{{to="{s}"}}' for s in ("open", "half_open", "closed")),
-    *(
-        f'webhooks_watchdog_requeued_total{{reason="{r}"}}'
-        for r in (
-            "lease_expired",
-            "lost",
-            "due",
-            "subscription_disabled",
-            "circuit_closed",
-            "probe",
-        )
-    ),
-    *(f'webhooks_deliveries_total{{outcome="{o}"}}' for o in ("delivered", "failed")),
-    *(
-        f'webhooks_delivery_attempts_total{{result="{r}"}}'
-        for r in [*(r.value for r in AttemptResult), "circuit_open"]
-    ),
+    *(f'webhooks_deliveries_total{{outcome="{o}"}}' for o in metrics.DELIVERY_OUTCOMES),
+    *(f'webhooks_delivery_attempts_total{{result="{r}"}}' for r in metrics.ATTEMPT_RESULTS),
+    *(f'webhooks_circuit_transitions_total{{to="{s}"}}' for s in metrics.CIRCUIT_STATES),
+    *(f'webhooks_watchdog_requeued_total{{reason="{r}"}}' for r in metrics.WATCHDOG_REASONS),
+    *(f'webhooks_scheduler_throttled_total{{reason="{r}"}}' for r in metrics.THROTTLE_REASONS),
 ]
 
 

@@ -8,7 +8,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -22,14 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
-from webhooks.db import Base, Timestamped, uuid7
+from webhooks.db import Base, Timestamped, uuid7, value_enum
 from webhooks.models.event import Event
-
-
-def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
-    return Enum(
-        cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
-    )
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -110,7 +103,7 @@ class Delivery(Timestamped, Base):
         ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False
     )
     status: Mapped[DeliveryStatus] = mapped_column(
-        _enum(DeliveryStatus), nullable=False, default=DeliveryStatus.PENDING
+        value_enum(DeliveryStatus), nullable=False, default=DeliveryStatus.PENDING
     )
     # Every attempt made, probes included; numbers the attempts.
     attempt_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -167,7 +160,7 @@ class Attempt(Timestamped, Base):
     # fills it; no foreign key, the delivery's own already ties the row to its subscription.
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     number: Mapped[int] = mapped_column(Integer, nullable=False)
-    result: Mapped[AttemptResult] = mapped_column(_enum(AttemptResult), nullable=False)
+    result: Mapped[AttemptResult] = mapped_column(value_enum(AttemptResult), nullable=False)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None] = mapped_column(Float)

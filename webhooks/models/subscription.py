@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, base
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import UserDefinedType
 
-from webhooks.db import Base, Timestamped, uuid7
+from webhooks.db import Base, Timestamped, uuid7, value_enum
 from webhooks.models.consumer import Consumer
 
 
@@ -97,14 +96,7 @@ class Subscription(Timestamped, Base):
     )
     public_key: Mapped[str | None] = mapped_column(Text)
     status: Mapped[SubscriptionStatus] = mapped_column(
-        Enum(
-            SubscriptionStatus,
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
-        nullable=False,
-        default=SubscriptionStatus.ACTIVE,
+        value_enum(SubscriptionStatus), nullable=False, default=SubscriptionStatus.ACTIVE
     )
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     # Signing secrets, encrypted with WEBHOOKS_SECRET_KEY (see webhooks.crypto).

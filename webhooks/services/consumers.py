@@ -11,18 +11,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Select, and_, select
 from sqlalchemy.orm import Session
 
 from webhooks.db import uuid7
 from webhooks.models import Consumer, Subscription
-from webhooks.services import Conflict, NotFound
+from webhooks.services import Conflict, NotFound, add_unique
 from webhooks.services.paging import Page, keyset
 
 
-def _live(tenant_id: uuid.UUID) -> Select[Consumer]:
-    return select(Consumer).where(Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None))
+def live(tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """The condition for the tenant's consumers that are not deleted."""
+    return and_(Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None))
 
 
 def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Consumer:
@@ -34,28 +34,28 @@ def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Cons
         name=data["name"],
         metadata_=data.get("metadata") or {},
     )
-    session.add(consumer)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict("a consumer with this uid exists", {"uid": data["uid"]}) from None
+    add_unique(session, consumer, Conflict("a consumer with this uid exists", {"uid": data["uid"]}))
     return consumer
 
 
 def get(session: Session, tenant_id: uuid.UUID, uid: str) -> Consumer:
     """Return the tenant's live consumer with this uid, or raise NotFound."""
-    found = session.scalar(_live(tenant_id).where(Consumer.uid == uid))
+    found = session.scalar(select(Consumer).where(live(tenant_id), Consumer.uid == uid))
     if found is None:
         raise NotFound("no such consumer", {"uid": uid})
     return found
+
+
+def by_id(session: Session, tenant_id: uuid.UUID, consumer_id: uuid.UUID) -> Consumer | None:
+    """Return the tenant's live consumer with this ID, or None."""
+    return session.scalar(select(Consumer).where(live(tenant_id), Consumer.id == consumer_id))
 
 
 def list_(
     session: Session, tenant_id: uuid.UUID, limit: int, after: uuid.UUID | None = None
 ) -> Page[Consumer]:
     """Return a page of consumers, newest first, after the ID `after`."""
-    return keyset(session, _live(tenant_id), Consumer.id, after, limit)
+    return keyset(session, select(Consumer).where(live(tenant_id)), Consumer.id, after, limit)
 
 
 def update(session: Session, tenant_id: uuid.UUID, uid: str, data: dict[str, Any]) -> Consumer:
@@ -90,17 +90,11 @@ def resolve(session: Session, tenant_id: uuid.UUID, uids: Iterable[str]) -> dict
     if not wanted:
         return {}
     rows = session.execute(
-        select(Consumer.uid, Consumer.id).where(
-            Consumer.tenant_id == tenant_id,
-            Consumer.deleted_at.is_(None),
-            Consumer.uid.in_(wanted),
-        )
+        select(Consumer.uid, Consumer.id).where(live(tenant_id), Consumer.uid.in_(wanted))
     )
     return {uid: consumer_id for uid, consumer_id in rows}
 
 
 def ids_of(tenant_id: uuid.UUID, uid: str) -> Select[uuid.UUID]:
     """A subquery of the ID of the tenant's live consumer with this uid (none if unknown)."""
-    return select(Consumer.id).where(
-        Consumer.tenant_id == tenant_id, Consumer.deleted_at.is_(None), Consumer.uid == uid
-    )
+    return select(Consumer.id).where(live(tenant_id), Consumer.uid == uid)

@@ -21,14 +21,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config import get_settings
 from webhooks.db import uuid7
 from webhooks.models import EventType
 from webhooks.models.event import OPERATIONAL_TYPES
-from webhooks.services import Conflict, Invalid, NotFound
+from webhooks.services import Conflict, Invalid, NotFound, add_unique
 from webhooks.services.paging import Page, keyset
 
 CACHE_SECONDS = 5.0
@@ -159,12 +158,7 @@ def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Even
         schema=data.get("schema"),
         archived=bool(data.get("archived", False)),
     )
-    session.add(event_type)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict("this event type exists", {"name": data["name"]}) from None
+    add_unique(session, event_type, Conflict("this event type exists", {"name": data["name"]}))
     forget(tenant_id)
     return event_type
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.pages import get_page_settings
-from webhooks.models import Consumer, EventType, Subscription
+from webhooks.models import EventType, Subscription
 from webhooks.services import NotFound, ServiceError
 from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
@@ -69,13 +69,7 @@ def open_link(session: Session, token: str, now: datetime | None = None) -> Visi
         raise LinkRefused("this portal link is not valid") from None
     if (now or datetime.now(UTC)) >= expires_at:
         raise LinkRefused("this portal link has expired; ask for a new one")
-    consumer = session.scalar(
-        select(Consumer).where(
-            Consumer.id == consumer_id,
-            Consumer.tenant_id == tenant_id,
-            Consumer.deleted_at.is_(None),
-        )
-    )
+    consumer = consumer_service.by_id(session, tenant_id, consumer_id)
     if consumer is None:
         raise LinkRefused("this portal link is not valid")
     return Visitor(tenant_id, consumer.id, consumer.uid, consumer.name, expires_at)
@@ -87,9 +81,8 @@ def endpoints(session: Session, visitor: Visitor) -> list[Subscription]:
         session.scalars(
             select(Subscription)
             .where(
-                Subscription.tenant_id == visitor.tenant_id,
+                subscription_service.live(visitor.tenant_id),
                 Subscription.consumer_id == visitor.consumer_id,
-                Subscription.deleted_at.is_(None),
             )
             .order_by(Subscription.id.desc())
         )

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -56,14 +56,15 @@ def _consumer(session: Session, tenant_id: uuid.UUID, uid: str | None) -> Consum
         raise Invalid("no such consumer", {"fields": {"consumer": ["no such consumer"]}}) from None
 
 
+def live(tenant_id: uuid.UUID) -> ColumnElement[bool]:
+    """The condition for the tenant's subscriptions that are not deleted."""
+    return and_(Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None))
+
+
 def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
     """Return one of the tenant's live subscriptions, or raise NotFound."""
     found = session.scalar(
-        select(Subscription).where(
-            Subscription.id == subscription_id,
-            Subscription.tenant_id == tenant_id,
-            Subscription.deleted_at.is_(None),
-        )
+        select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
     )
     if found is None:
         raise NotFound("no such subscription", {"id": str(subscription_id)})
@@ -184,9 +185,7 @@ def list_(
 ) -> Page[Subscription]:
     """Return a page of live subscriptions, newest first, after the ID `after`; only those of
     the consumer with this uid when one is given."""
-    query = select(Subscription).where(
-        Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None)
-    )
+    query = select(Subscription).where(live(tenant_id))
     if consumer is not None:
         query = query.where(Subscription.consumer_id.in_(consumers.ids_of(tenant_id, consumer)))
     return keyset(session, query, Subscription.id, after, limit)
