@@ -86,8 +86,7 @@ def state_engine() -> Engine:
     those deliveries again (at least once, same webhook-id) and never loses one. Ingest keeps
     full durability: its 202 promises the event is stored. See docs/performance.md.
 
-    A connection is pinged when it is checked out after IDLE_PING_SECONDS unused, not on every
-    checkout: a busy worker then pays no round trip for it. One that died in use since is
+    Its connections are pinged as the API's are (`_create`); one that died in use since is
     found by the statement itself (see services.delivery.attempt, which retries its claim).
     """
     global _state_engine, _state_key
@@ -95,11 +94,7 @@ def state_engine() -> Engine:
     if _state_engine is None or _state_key != key:
         if _state_engine is not None:
             _state_engine.dispose(close=False)  # the parent's: leave its sockets alone
-        _state_engine = _create(
-            isolation_level="AUTOCOMMIT", synchronous_commit=False, pre_ping=False
-        )
-        event.listen(_state_engine, "checkin", _note_checkin)
-        event.listen(_state_engine, "checkout", _ping_if_idle)
+        _state_engine = _create(isolation_level="AUTOCOMMIT", synchronous_commit=False)
         _state_key = key
     return _state_engine
 
@@ -125,23 +120,27 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise exc.DisconnectionError(str(error)) from error
 
 
-def _create(
-    isolation_level: str | None = None, synchronous_commit: bool = True, pre_ping: bool = True
-) -> Engine:
+def _create(isolation_level: str | None = None, synchronous_commit: bool = True) -> Engine:
+    """An engine whose pool pings a connection when it is checked out after IDLE_PING_SECONDS
+    unused, not on every checkout (as `pool_pre_ping` would): a busy process then pays no
+    round trip for it, and a connection that sat idle through a PostgreSQL restart is
+    replaced before use."""
     options: dict[str, Any] = {}
     if isolation_level:
         options["isolation_level"] = isolation_level
     if not synchronous_commit:
         options["connect_args"] = {"options": "-c synchronous_commit=off"}
     settings = get_settings()
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=10,
-        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         **options,
     )
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
 
 
 def new_session() -> Session:
