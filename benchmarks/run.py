@@ -37,6 +37,7 @@ from benchmarks.load import (
     run_paced,
 )
 from benchmarks.stack import BIN, ROOT, Stack, check_stop, interrupt
+from scripts.harness import worker_concurrency
 
 RESULTS = ROOT / "benchmarks" / "results"
 SCENARIOS = (
@@ -960,9 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
-    parser.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "4"))
-    )
+    parser.add_argument("--concurrency", type=int, default=worker_concurrency())
     parser.add_argument(
         "--only",
         default=",".join(SCENARIOS),

@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -210,6 +211,16 @@ def procfile_command(name: str) -> list[str]:
     while words and "=" in words[0] and not words[0].startswith("-"):
         words.pop(0)
     return words
+
+
+def worker_concurrency() -> int:
+    """`WORKER_CONCURRENCY` if set, else the default the Procfile's worker line gives it."""
+    if os.environ.get("WORKER_CONCURRENCY"):
+        return int(os.environ["WORKER_CONCURRENCY"])
+    match = re.search(r"\$\{WORKER_CONCURRENCY:-(\d+)\}", procfile_line("worker"))
+    if match is None:
+        raise ValueError("the Procfile's worker line has no ${WORKER_CONCURRENCY:-N}")
+    return int(match.group(1))
 
 
 WORKER_READY = "ready."
