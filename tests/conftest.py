@@ -58,6 +58,9 @@ def servers() -> Iterator[Servers]:
     pg = redis = None
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
+    if (database_url or redis_url) and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # Each test empties the tables and Redis: two processes on one server would collide.
+        pytest.exit("TEST_DATABASE_URL/TEST_REDIS_URL serve one test process: use -n 0", 2)
     try:
         if not database_url:
             pg = EmbeddedPostgres(_TMP / "postgres", fast=True)

@@ -4,8 +4,13 @@ scripts/harness.py, which the benchmarks and the chaos run use too."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import os
 import re
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,35 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("tenants", "api_keys", "subscriptions", "events", "deliveries", "attempts")
 # A script tag: pages must show it as text, never run it.
 SCRIPT = "<script>document.title='pwned'</script>"
+
+
+@contextlib.contextmanager
+def cores(exclusive: bool) -> Iterator[None]:
+    """Hold the machine's cores, shared or alone, against the suite's other test processes.
+
+    Under pytest-xdist (`make test` runs two processes) a test that starts processes of its own
+    (Celery workers, beat, gunicorn, a browser) holds the cores shared; a test that asserts a
+    time bound (a latency, a drain time, a rate from below) holds them alone, so it meets its
+    bound on no busier a machine than in a serial run. In-process tests take nothing. Outside
+    xdist there is no other test process and this does nothing.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"webhooks-tests-{run}"
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
+        # Everyone passes the gate; one waiting to be alone holds it, so a stream of shared
+        # holders from the other process cannot keep it waiting for ever.
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def alembic_config(connection: Any = None) -> Any:

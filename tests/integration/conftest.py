@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from scripts.harness import Process, Receiver, celery
 from tests.conftest import BASE_ENV, Servers, reset_settings
+from tests.support import cores
 
 # Retry waits short enough for tests, long enough to measure.
 FAST_ENV = {
@@ -78,6 +79,23 @@ def clean(servers: Servers) -> Iterator[None]:
     """Start every test with empty tables, an empty Redis and the default settings."""
     reset_state(servers)
     yield
+
+
+# Fixtures that run processes of their own beside the test process.
+_HEAVY = {"start_worker", "start_beat", "browser"}
+
+
+@pytest.fixture(autouse=True)
+def _cores(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A `timing` test runs alone with the cores; one with processes of its own shares them."""
+    if request.node.get_closest_marker("timing"):
+        with cores(exclusive=True):
+            yield
+    elif _HEAVY & set(request.fixturenames):
+        with cores(exclusive=False):
+            yield
+    else:
+        yield
 
 
 _APPS: dict[frozenset[tuple[str, str]], Any] = {}
