@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # so two share two cores well (tests/support.py `cores` keeps the tests that assert a time
 # bound alone with them). Servers given by TEST_DATABASE_URL/TEST_REDIS_URL serve only one.
 TEST_WORKERS ?= $(if $(TEST_DATABASE_URL)$(TEST_REDIS_URL),0,2)
-PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_XDIST := -n $(TEST_WORKERS)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration lint format bench chaos clean

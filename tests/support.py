@@ -7,10 +7,11 @@ import base64
 import contextlib
 import fcntl
 import os
+import pickle
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,10 @@ def cores(exclusive: bool) -> Iterator[None]:
     bound on no busier a machine than in a serial run. In-process tests take nothing. Outside
     xdist there is no other test process and this does nothing.
     """
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run:
+    base = _run_files("cores")
+    if base is None:
         yield
         return
-    base = Path(tempfile.gettempdir()) / f"webhooks-tests-{run}"
     with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
         # Everyone passes the gate; one waiting to be alone holds it, so a stream of shared
         # holders from the other process cannot keep it waiting for ever.
@@ -49,6 +49,32 @@ def cores(exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def once_per_run(name: str, make: Callable[[], Any]) -> Any:
+    """Return `make()`, made once for the whole run: under pytest-xdist the first test process
+    to ask makes it, the other waits and reads a pickled copy. A failed `make()` leaves nothing
+    behind, so the next one to ask tries again (and fails the same way, in its own tests)."""
+    base = _run_files(name)
+    if base is None:
+        return make()
+    with open(f"{base}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            done = Path(f"{base}.pickle")
+            if done.exists():
+                return pickle.loads(done.read_bytes())  # noqa: S301 (written by this run)
+            value = make()
+            done.write_bytes(pickle.dumps(value))
+            return value
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_files(name: str) -> Path | None:
+    """Where the test processes of one pytest-xdist run share files (None outside xdist)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir()) / f"webhooks-tests-{run}-{name}" if run else None
 
 
 def alembic_config(connection: Any = None) -> Any:

@@ -127,6 +127,21 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+@pytest.fixture
+def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Build an app (and its test client) under extra environment settings."""
+
+    def build(**env: str) -> Any:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        from webhooks import create_app
+
+        return create_app({"TESTING": True}).test_client()
+
+    return build
+
+
 def make_tenant(name: str = "acme") -> dict[str, Any]:
     from webhooks.db import session_scope
     from webhooks.services.tenants import create_tenant

@@ -35,14 +35,12 @@ from scripts.harness import (
 )
 from tests.conftest import BASE_ENV, Servers
 from tests.integration.conftest import FAST_ENV, make_tenant, reset_state
-from tests.support import cores, defined_metric_names
+from tests.support import cores, defined_metric_names, once_per_run
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
 MARKER = f"PAYLOAD-MARKER-{uuid.uuid4().hex}"
 EVENTS_PER_BURST = 6
-# Under pytest-xdist every test here runs in the one process that made the run, not twice.
-pytestmark = pytest.mark.xdist_group("metrics_mixed_run")
 
 
 @pytest.fixture(autouse=True)
@@ -141,15 +139,17 @@ def metrics_agree(api: str, worker: str, db: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def _shared_cores() -> Iterator[None]:
-    with cores(exclusive=False):  # gunicorn and a worker run beside this process
-        yield
+def mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The one run of the module, made once even when two test processes share its tests."""
+
+    def make() -> Run:
+        with cores(exclusive=False):  # gunicorn and a worker run beside this process
+            return _mixed_run(servers, tmp_path_factory)
+
+    return once_per_run("metrics-mixed-run", make)  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def mixed_run(
-    servers: Servers, tmp_path_factory: pytest.TempPathFactory, _shared_cores: None
-) -> Iterator[Run]:
+def _mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Drive successes, retries, failures, an open circuit and a watchdog send; scrape both."""
     reset_state(servers)
     tmp = tmp_path_factory.mktemp("mixed")
@@ -280,7 +280,7 @@ def mixed_run(
             worker.stop()
         web.stop()
         receiver.stop()
-    yield Run(
+    return Run(
         api_metrics=snapshot["api"],
         worker_metrics=snapshot["worker"],
         db=snapshot["db"],
