@@ -34,9 +34,9 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 def pytest_configure(config: pytest.Config) -> None:
     # Under pytest-xdist the test processes share files named by the run's id (tests/support.py).
     # Choose it here, in the process that starts them, so that it can remove them at the end.
-    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
-        if config.getoption("testrunuid", None) is None:
-            config.option.testrunuid = uuid.uuid4().hex
+    controller = config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+    if controller and config.getoption("testrunuid", None) is None:
+        config.option.testrunuid = uuid.uuid4().hex
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
