@@ -28,10 +28,10 @@ def cores(exclusive: bool) -> Iterator[None]:
     """Hold the machine's cores, shared or alone, against the suite's other test processes.
 
     Under pytest-xdist (`make test` runs two processes) a test that starts processes of its own
-    (Celery workers, beat, gunicorn, a browser) holds the cores shared; a test that asserts a
-    time bound (a latency, a drain time, a rate from below) holds them alone, so it meets its
-    bound on no busier a machine than in a serial run. In-process tests take nothing. Outside
-    xdist there is no other test process and this does nothing.
+    (Celery workers, beat, a browser; the metrics module's gunicorn) holds the cores shared; a
+    test that asserts a time bound (a latency, a drain time, a rate from below) holds them
+    alone, so no other test's workers compete with its own meanwhile; the other process runs
+    in-process tests only, which take nothing. Outside xdist this does nothing.
     """
     base = _run_files("cores")
     if base is None:
