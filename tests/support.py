@@ -24,7 +24,7 @@ SCRIPT = "<script>document.title='pwned'</script>"
 
 
 @contextlib.contextmanager
-def cores(exclusive: bool) -> Iterator[None]:
+def cores(exclusive: bool, lock: str = "cores") -> Iterator[None]:
     """Hold the machine's cores, shared or alone, against the suite's other test processes.
 
     Under pytest-xdist (`make test` runs two processes) a test that starts processes of its own
@@ -32,8 +32,11 @@ def cores(exclusive: bool) -> Iterator[None]:
     test that asserts a time bound (a latency, a drain time, a rate from below) holds them
     alone, so no other test's workers compete with its own meanwhile; the other process runs
     in-process tests only, which take nothing. Outside xdist this does nothing.
+
+    `lock="tests"` is the one every test holds, shared: an `alone` test, whose bound is tight
+    enough that even an in-process test beside it could break it, holds it alone.
     """
-    base = _run_files("cores")
+    base = _run_files(lock)
     if base is None:
         yield
         return
