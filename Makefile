@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes for `make test`: the suite mostly waits on its servers, workers and receivers,
+# so two share two cores well (tests/support.py `cores` keeps the tests that assert a time
+# bound alone with them). Servers given by TEST_DATABASE_URL/TEST_REDIS_URL serve only one.
+TEST_WORKERS ?= $(if $(TEST_DATABASE_URL)$(TEST_REDIS_URL),0,2)
+PYTEST_XDIST := -n $(TEST_WORKERS)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration lint format bench chaos clean
@@ -22,13 +27,13 @@ run: $(STAMP) ## Run the whole service (embedded PostgreSQL and Redis unless DAT
 	$(BIN)/python -m scripts.run
 
 test: $(STAMP) ## Run the whole test suite against real PostgreSQL, Redis, Celery and HTTP processes
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## Run only the fast unit tests
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP) ## Run only the integration tests
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

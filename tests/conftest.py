@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,20 @@ os.environ.update(BASE_ENV)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist the test processes share files named by the run's id (tests/support.py).
+    # Choose it here, in the process that starts them, so that it can remove them at the end.
+    controller = config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+    if controller and config.getoption("testrunuid", None) is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_TMP, ignore_errors=True)
+    run = session.config.getoption("testrunuid", None)
+    if run and not hasattr(session.config, "workerinput"):
+        for path in Path(tempfile.gettempdir()).glob(f"webhooks-tests-{run}-*"):
+            path.unlink(missing_ok=True)
 
 
 def reset_settings() -> None:
@@ -58,6 +71,9 @@ def servers() -> Iterator[Servers]:
     pg = redis = None
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
+    if (database_url or redis_url) and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # Each test empties the tables and Redis: two processes on one server would collide.
+        pytest.exit("TEST_DATABASE_URL/TEST_REDIS_URL serve one test process: use -n 0", 2)
     try:
         if not database_url:
             pg = EmbeddedPostgres(_TMP / "postgres", fast=True)

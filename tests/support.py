@@ -4,8 +4,14 @@ scripts/harness.py, which the benchmarks and the chaos run use too."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import os
+import pickle
 import re
+import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,63 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("tenants", "api_keys", "subscriptions", "events", "deliveries", "attempts")
 # A script tag: pages must show it as text, never run it.
 SCRIPT = "<script>document.title='pwned'</script>"
+
+
+@contextlib.contextmanager
+def cores(exclusive: bool, lock: str = "cores") -> Iterator[None]:
+    """Hold the machine's cores, shared or alone, against the suite's other test processes.
+
+    Under pytest-xdist (`make test` runs two processes) a test that starts processes of its own
+    (Celery workers, beat, a browser; the metrics module's gunicorn) holds the cores shared; a
+    test that asserts a time bound (a latency, a drain time, a rate from below) holds them
+    alone, so no other test's workers compete with its own meanwhile; the other process runs
+    in-process tests only, which take nothing. Outside xdist this does nothing.
+
+    `lock="tests"` is the one every test holds, shared: an `alone` test, whose bound is tight
+    enough that even an in-process test beside it could break it, holds it alone.
+    """
+    base = _run_files(lock)
+    if base is None:
+        yield
+        return
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
+        # Everyone passes the gate; one waiting to be alone holds it, so a stream of shared
+        # holders from the other process cannot keep it waiting for ever.
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def once_per_run(name: str, make: Callable[[], Any]) -> Any:
+    """Return `make()`, made once for the whole run: under pytest-xdist the first test process
+    to ask makes it, the other waits and reads a pickled copy. A failed `make()` leaves nothing
+    behind, so the next one to ask tries again (and fails the same way, in its own tests)."""
+    base = _run_files(name)
+    if base is None:
+        return make()
+    with open(f"{base}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            done = Path(f"{base}.pickle")
+            if done.exists():
+                return pickle.loads(done.read_bytes())  # noqa: S301 (written by this run)
+            value = make()
+            done.write_bytes(pickle.dumps(value))
+            return value
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_files(name: str) -> Path | None:
+    """Where the test processes of one pytest-xdist run share files (None outside xdist)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir()) / f"webhooks-tests-{run}-{name}" if run else None
 
 
 def alembic_config(connection: Any = None) -> Any:

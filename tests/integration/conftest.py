@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import graphlib
 import os
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from sqlalchemy import text
 
 from scripts.harness import Process, Receiver, celery
 from tests.conftest import BASE_ENV, Servers, reset_settings
+from tests.support import cores
 
 # Retry waits short enough for tests, long enough to measure.
 FAST_ENV = {
@@ -26,10 +28,24 @@ FAST_ENV = {
 pytestmark = pytest.mark.integration
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: every one sorts alike
+        items[:] = _timing_beside_in_process(items)
+
+
+def _timing_beside_in_process(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The `timing` tests first, each beside an in-process test, then the in-process tests,
+    then those with processes of their own. xdist's `load` hands the first tests out in turn,
+    so one process runs the timing tests (alone with the cores) while the other runs in-process
+    tests, which need no lock, instead of waiting for it behind a test with workers."""
+    timing = [i for i in items if i.get_closest_marker("timing") or i.get_closest_marker("alone")]
+    heavy = [i for i in items if i not in timing and _HEAVY & set(i.fixturenames)]
+    light = [i for i in items if i not in timing and i not in heavy]
+    paired = [i for pair in zip(timing, light, strict=False) for i in pair]
+    return paired + light[len(timing) :] + heavy
 
 
 def reset_state(servers: Servers) -> None:
@@ -80,6 +96,24 @@ def clean(servers: Servers) -> Iterator[None]:
     yield
 
 
+# Fixtures that run processes of their own beside the test process.
+_HEAVY = {"start_worker", "start_beat", "browser"}
+
+
+@pytest.fixture(autouse=True)
+def _cores(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A `timing` test runs alone with the cores; one with processes of its own shares them.
+    An `alone` test runs while no other test runs at all (unit tests hold the same lock)."""
+    alone = request.node.get_closest_marker("alone") is not None
+    with contextlib.ExitStack() as held:
+        held.enter_context(cores(exclusive=alone, lock="tests"))  # always first: no deadlock
+        if alone or request.node.get_closest_marker("timing"):
+            held.enter_context(cores(exclusive=True))
+        elif _HEAVY & set(request.fixturenames):
+            held.enter_context(cores(exclusive=False))
+        yield
+
+
 _APPS: dict[frozenset[tuple[str, str]], Any] = {}
 
 
@@ -107,6 +141,21 @@ def app(servers: Servers) -> Any:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
+
+
+@pytest.fixture
+def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Build an app (and its test client) under extra environment settings."""
+
+    def build(**env: str) -> Any:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        from webhooks import create_app
+
+        return create_app({"TESTING": True}).test_client()
+
+    return build
 
 
 def make_tenant(name: str = "acme") -> dict[str, Any]:

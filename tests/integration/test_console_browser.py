@@ -18,6 +18,7 @@ from standardwebhooks import Webhook
 
 from scripts.harness import Receiver, Reply, wait_until
 from tests.integration.conftest import make_tenant
+from tests.support import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artefacts" / "screenshots"
@@ -278,24 +279,17 @@ def test_a_consumer_adds_an_endpoint_through_a_portal_link_in_a_browser(
     receiver: Receiver,
     start_worker: Callable[..., Any],
 ) -> None:
-    from sqlalchemy import text
-
-    from webhooks.db import get_engine
-
     SHOTS.mkdir(parents=True, exist_ok=True)
     start_worker()
     tenant = make_tenant("acme")
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {tenant['key']}"
     api.post(live.url + "/v1/consumers", json={"uid": "cust-42", "name": "Customer 42"})
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO event_types (id, tenant_id, name, description)"
-                " VALUES (gen_random_uuid(), :t, 'invoice.paid', 'An invoice was paid')"
-            ),
-            {"t": tenant["id"]},
-        )
+    sql(
+        "INSERT INTO event_types (id, tenant_id, name, description)"
+        " VALUES (gen_random_uuid(), :t, 'invoice.paid', 'An invoice was paid')",
+        t=tenant["id"],
+    )
     url = api.post(live.url + "/v1/consumers/cust-42/portal-links").json()["url"]
     console = Console(browser, live.url)
 

@@ -18,21 +18,6 @@ from tests.integration.conftest import publish, subscribe
 from webhooks.db import get_engine
 
 
-@pytest.fixture
-def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
-    """Build an app (and its test client) under extra environment settings."""
-
-    def build(**env: str) -> Any:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        reset_settings()
-        from webhooks import create_app
-
-        return create_app({"TESTING": True}).test_client()
-
-    return build
-
-
 def test_health_answers_200_with_circuit_unknown_when_redis_is_unreachable(
     client: Any, tenant: dict[str, Any], make_client: Callable[..., Any]
 ) -> None:

@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from scripts.harness import wait_until
 from tests.integration.conftest import publish, subscribe
 from tests.support import delivery
@@ -57,6 +59,7 @@ class TricklingServer:
         self.sock.close()
 
 
+@pytest.mark.timing
 def test_trickling_subscriber_is_cut_at_the_deadline_as_a_timeout_and_the_breaker_counts_it(
     client, tenant, start_worker
 ):

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from scripts.harness import Reply, wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
+from tests.support import sql
 from webhooks.db import get_engine
 from webhooks.runtime import get_scheduler
 
@@ -164,15 +165,11 @@ def test_a_lease_that_expires_on_the_last_attempt_emits_delivery_failed(client, 
     subscribe(client, tenant, "http://127.0.0.1:9/ops", ["webhook.delivery.failed"])
     sub = subscribe(client, tenant, "http://127.0.0.1:9/x", ["order.paid"])
     event = publish(client, tenant, "order.paid", {}).get_json()
-    with get_engine().begin() as conn:
-        (delivery_id,) = conn.execute(
-            text(
-                "UPDATE deliveries SET status = 'in_flight', attempt_count = 6, failures = 5,"
-                " lease_expires_at = now() - interval '1 minute'"
-                " WHERE event_id = :id RETURNING id"
-            ),
-            {"id": event["id"]},
-        ).one()
+    ((delivery_id,),) = sql(
+        "UPDATE deliveries SET status = 'in_flight', attempt_count = 6, failures = 5,"
+        " lease_expires_at = now() - interval '1 minute' WHERE event_id = :id RETURNING id",
+        id=event["id"],
+    )
     watchdog.run()
     events = _operational_events()
     assert events == [
@@ -200,14 +197,11 @@ def test_nothing_is_stored_for_a_tenant_that_does_not_listen(client, tenant, oth
     subscribe(client, other_tenant, "http://127.0.0.1:9/ops", OPS)
     subscribe(client, tenant, "http://127.0.0.1:9/x", ["*"])
     event = publish(client, tenant, "order.paid", {}).get_json()
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE deliveries SET status = 'in_flight', attempt_count = 6, failures = 5,"
-                " lease_expires_at = now() - interval '1 minute' WHERE event_id = :id"
-            ),
-            {"id": event["id"]},
-        )
+    sql(
+        "UPDATE deliveries SET status = 'in_flight', attempt_count = 6, failures = 5,"
+        " lease_expires_at = now() - interval '1 minute' WHERE event_id = :id",
+        id=event["id"],
+    )
     assert watchdog.run().failed_after_expiry == 1
     assert _operational_events() == []
 
@@ -234,14 +228,11 @@ def test_a_circuit_opened_by_lost_attempts_is_told_too(client, tenant, receiver,
     subscribe(client, tenant, receiver.url("/ops"), ["webhook.circuit.opened"])
     hung = subscribe(client, tenant, receiver.url("/hung"), ["order.paid"])
     publish(client, tenant, "order.paid", {})
-    with get_engine().begin() as conn:  # as a worker that died mid-attempt leaves it
-        conn.execute(
-            text(
-                "UPDATE deliveries SET status = 'in_flight', attempt_count = 1,"
-                " lease_expires_at = now() - interval '1 second' WHERE subscription_id = :s"
-            ),
-            {"s": hung["id"]},
-        )
+    sql(  # as a worker that died mid-attempt leaves it
+        "UPDATE deliveries SET status = 'in_flight', attempt_count = 1,"
+        " lease_expires_at = now() - interval '1 second' WHERE subscription_id = :s",
+        s=hung["id"],
+    )
     assert watchdog.run().expired == 1
     events = _operational_events()
     assert [t for t, _ in events] == ["webhook.circuit.opened"]

@@ -15,6 +15,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from scripts.harness import Received, Receiver, Reply, wait_until
 from tests.integration.conftest import subscribe
 
@@ -111,22 +113,31 @@ def fifo(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> dict[st
     return sub
 
 
+# Keys and events per key of the two random runs. Ten keys keep all four worker slots (two
+# hosts of two) busy with different lanes at once, and twenty events a key, ingested faster
+# than they go out, keep every lane's next deliveries waiting behind its holder: a lane that
+# let two out at once, or a retry overtaken by the next event, shows within a few of them.
+# (Checked: with `ordering` left at "none" both runs fail, out of order or two at once.)
+KEYS, PER_KEY = 10, 20
+
+
 def test_each_keys_successes_arrive_in_ingest_order_through_random_failures(
     app, client, tenant, receiver: Receiver, start_worker
 ):
-    keys = [f"k{i:02}" for i in range(20)]
+    keys = [f"k{i:02}" for i in range(KEYS)]
     flaky(receiver, "/o", 0.3)
     fifo(client, tenant, receiver.url("/o"))
     two_workers(start_worker, **MANY_RETRIES)
-    ingest(app, tenant, keys, 50)
+    ingest(app, tenant, keys, PER_KEY)
     wait_until(
-        lambda: delivered_in_order(receiver.at("/o"), keys, 50),
+        lambda: delivered_in_order(receiver.at("/o"), keys, PER_KEY),
         timeout=120,
-        message="every key's 50 events",
+        message=f"every key's {PER_KEY} events",
     )
     got = receiver.at("/o")
-    assert sum(1 for r in got if r.status == 500) > 100, "the failures did not happen"
-    assert_in_order(got, keys, 50)
+    # About 85 expected (0.3 / 0.7 of 200); 40 is far below any seed's share.
+    assert sum(1 for r in got if r.status == 500) > 40, "the failures did not happen"
+    assert_in_order(got, keys, PER_KEY)
 
 
 def test_order_holds_through_killed_workers_and_redis_restarted_empty(
@@ -138,7 +149,7 @@ def test_order_holds_through_killed_workers_and_redis_restarted_empty(
         "REDIS_URL": redis_server.url,
         "WEBHOOKS_LEASE_MARGIN_SECONDS": "1",
     }
-    keys = [f"k{i:02}" for i in range(20)]
+    keys = [f"k{i:02}" for i in range(KEYS)]
     rng = random.Random(11)
     lock = threading.Lock()
 
@@ -152,28 +163,31 @@ def test_order_holds_through_killed_workers_and_redis_restarted_empty(
     fifo(client, tenant, receiver.url("/o"))
     a, b = two_workers(start_worker, **env)
     start_beat(**env)
-    feeder = threading.Thread(target=ingest, args=(app, tenant, keys, 50))
+    feeder = threading.Thread(target=ingest, args=(app, tenant, keys, PER_KEY))
     feeder.start()
 
     def successes() -> int:
         return sum(1 for r in receiver.at("/o") if r.status == 204)
 
-    wait_until(lambda: successes() > 100, timeout=60, message="deliveries under way")
+    # Each blow lands with a fifth of the events still to go, so every lane has deliveries
+    # waiting behind the ones the blow hits.
+    total = len(keys) * PER_KEY
+    wait_until(lambda: successes() > total // 5, timeout=60, message="deliveries under way")
     os.kill(a.children()[0], 9)  # a pool process, mid-attempt
-    wait_until(lambda: successes() > 300, timeout=60, message="after the child kill")
+    wait_until(lambda: successes() > 2 * total // 5, timeout=60, message="after the child kill")
     b.kill()  # a whole worker: its prefetched and running tasks are lost
     start_worker(concurrency=2, name="host-c", **env)
-    wait_until(lambda: successes() > 500, timeout=90, message="after the worker kill")
+    wait_until(lambda: successes() > 3 * total // 5, timeout=90, message="after the worker kill")
     redis_server.kill()
     time.sleep(1)
     redis_server.start()  # empty: no queue, no lanes' holders in the scheduler, no circuits
     feeder.join()
     wait_until(
-        lambda: delivered_in_order(receiver.at("/o"), keys, 50),
+        lambda: delivered_in_order(receiver.at("/o"), keys, PER_KEY),
         timeout=180,
-        message="every key's 50 events",
+        message=f"every key's {PER_KEY} events",
     )
-    assert_in_order(receiver.at("/o"), keys, 50)
+    assert_in_order(receiver.at("/o"), keys, PER_KEY)
 
 
 def _latencies(receipts: list[Received], sent: dict[tuple[str, int], float]) -> list[float]:
@@ -185,6 +199,7 @@ def _latencies(receipts: list[Received], sent: dict[tuple[str, int], float]) -> 
     return [firsts[k] - at for k, at in sent.items()]
 
 
+@pytest.mark.timing
 def test_a_key_blocked_by_failures_holds_up_only_its_own_lane(
     client, tenant, receiver: Receiver, start_worker
 ):
@@ -198,7 +213,7 @@ def test_a_key_blocked_by_failures_holds_up_only_its_own_lane(
     receiver.plan("/o", then=reply)
     sub = fifo(client, tenant, receiver.url("/o"))
     env = {
-        "WEBHOOKS_RETRY_DELAYS": ",".join(["1"] * 40),
+        "WEBHOOKS_RETRY_DELAYS": ",".join(["0.5"] * 60),
         "WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD": "5",
     }
     two_workers(start_worker, **env)
@@ -224,11 +239,13 @@ def test_a_key_blocked_by_failures_holds_up_only_its_own_lane(
             time.sleep(0.4)
         return sent
 
-    quiet = steady(6, 0)
-    blocked_until[0] = time.time() + 20
+    # About ten rounds of every key to learn the quiet latency, then some twenty-five with one lane
+    # blocked and retried every half second: its later events must wait, no other lane may.
+    quiet = steady(4, 0)
+    blocked_until[0] = time.time() + 10
     for n in range(3):
         publish("stuck", n)
-    loaded = steady(10, 1000)
+    loaded = steady(5, 1000)
     # Half way: the blocked lane shows in the health.
     health = client.get(f"/v1/subscriptions/{sub['id']}/health", headers=tenant["headers"])
     assert health.get_json()["ordering"]["blocked_lanes"] == 1
@@ -269,12 +286,18 @@ def test_lanes_wait_behind_an_open_circuit_and_resume_in_order(
     keys = [f"k{i}" for i in range(5)]
     ingest(app, tenant, keys, 10)
 
-    def parked() -> int:
+    def health() -> dict[str, Any]:
         h = client.get(f"/v1/subscriptions/{sub['id']}/health", headers=tenant["headers"])
-        return h.get_json()["parked"]
+        return h.get_json()  # type: ignore[no-any-return]
 
-    wait_until(lambda: parked() >= 1, timeout=30, message="the circuit opened and parked")
-    time.sleep(3)  # a probe or two fail while the lanes wait
+    wait_until(lambda: health()["parked"] >= 1, timeout=30, message="the circuit opened, parked")
+    # A probe fails while the lanes wait: it opens the circuit again, a new opened_at.
+    opened_at = health()["circuit"]["opened_at"]
+    wait_until(
+        lambda: health()["circuit"]["opened_at"] not in (None, opened_at),
+        timeout=30,
+        message="a failed probe",
+    )
     down.clear()
     wait_until(
         lambda: delivered_in_order(receiver.at("/o"), keys, 10),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from standardwebhooks import Webhook
 
 from scripts.harness import Reply, wait_until
@@ -49,6 +50,7 @@ def _settled(client, tenant, event_id, status):
     return wait_until(check, timeout=40, message=f"delivery {status}")
 
 
+@pytest.mark.timing
 def test_receiver_failing_twice_gets_the_delivery_on_attempt_3_after_the_scheduled_waits(
     client, tenant, receiver, start_worker
 ):

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from scripts.harness import WORKER_READY, Receiver, Reply, wait_until
 from tests.integration.conftest import make_tenant, publish, subscribe
 
@@ -48,6 +50,7 @@ def windows(times: list[float], width: float = 1.0) -> int:
     return best
 
 
+@pytest.mark.timing
 def test_burst_of_one_tenant_does_not_delay_another_tenants_deliveries(
     client, receiver: Receiver, start_worker
 ):
@@ -72,6 +75,7 @@ def test_burst_of_one_tenant_does_not_delay_another_tenants_deliveries(
     wait_until(lambda: len(receiver.at("/a")) > before + 50, timeout=30, message="A draining")
 
 
+@pytest.mark.timing
 def test_rate_limit_holds_in_every_second_across_both_workers(
     client, tenant, receiver: Receiver, start_worker
 ):
@@ -97,6 +101,7 @@ def test_max_in_flight_is_never_exceeded_across_both_workers(
     assert health(client, tenant, sub)["scheduling"]["max_in_flight"] == 2
 
 
+@pytest.mark.timing
 def test_slow_subscriptions_of_one_tenant_leave_another_tenant_flowing(
     client, receiver: Receiver, start_worker
 ):
@@ -107,14 +112,15 @@ def test_slow_subscriptions_of_one_tenant_leave_another_tenant_flowing(
     subscribe(client, b, receiver.url("/quick"), ["order.paid"])
     two_workers(start_worker, WEBHOOKS_HTTP_TIMEOUT_SECONDS="8")
     batch(client, a, "report.ready", 3)  # 30 attempts of 5 s each
-    time.sleep(1)
+    slow_paths = [f"/slow{i}" for i in range(10)]
+    wait_until(lambda: receiver.active(*slow_paths) >= 3, timeout=10, message="slow attempts")
     sent: dict[int, float] = {}
     slow_active: list[int] = []  # the slow tenant's attempts under way, sampled
     for i in range(10):
         sent[i] = time.time()
         assert publish(client, b, "order.paid", {"n": i}).status_code == 202
         for _ in range(4):
-            slow_active.append(receiver.active(*(f"/slow{i}" for i in range(10))))
+            slow_active.append(receiver.active(*slow_paths))
             time.sleep(0.1)
     got = receiver.wait_for("/quick", 10, timeout=30)
     latency = {r.json["data"]["n"]: r.at - sent[r.json["data"]["n"]] for r in got}

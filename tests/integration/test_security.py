@@ -25,22 +25,6 @@ from tests.support import assert_error, counts, resource_calls, sql
 from webhooks.db import get_engine
 from webhooks.models import AttemptResult
 
-
-@pytest.fixture
-def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
-    """Build an app (and its test client) under extra environment settings."""
-
-    def build(**env: str) -> Any:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        reset_settings()
-        from webhooks import create_app
-
-        return create_app({"TESTING": True}).test_client()
-
-    return build
-
-
 # --- tenant isolation ----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import reset_settings
+from tests.support import cores
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +16,13 @@ def fresh_settings() -> Iterator[None]:
     reset_settings()
     yield
     reset_settings()
+
+
+@pytest.fixture(autouse=True)
+def _beside_others() -> Iterator[None]:
+    """Under pytest-xdist, wait while an integration test marked `alone` runs."""
+    with cores(exclusive=False, lock="tests"):
+        yield
 
 
 @pytest.fixture
