@@ -151,6 +151,7 @@ def resource_calls(sub_id: str, event_id: str, delivery_id: str) -> list[tuple[s
         ("POST", f"/v1/subscriptions/{sub_id}/replay", {"since": "2020-01-01T00:00:00Z"}),
         ("GET", f"/v1/events/{event_id}", None),
         ("GET", f"/v1/deliveries/{delivery_id}", None),
+        ("GET", f"/v1/deliveries/{delivery_id}/attempts", None),
         ("POST", f"/v1/deliveries/{delivery_id}/retry", None),
     ]
 

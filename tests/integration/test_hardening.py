@@ -144,18 +144,6 @@ def test_delivery_answer_holds_the_first_100_attempts_and_the_rest_are_paginated
     assert event_body["more_deliveries"] is False
 
 
-def test_attempt_list_of_another_tenants_delivery_answers_404(
-    client: Any, tenant: dict[str, Any], other_tenant: dict[str, Any]
-) -> None:
-    subscribe(client, tenant, "http://127.0.0.1:9/a")
-    publish(client, tenant, "order.created", {"n": 1})
-    with get_engine().begin() as conn:
-        (delivery_id,) = conn.execute(text("SELECT id FROM deliveries")).one()
-    url = f"/v1/deliveries/{delivery_id}/attempts"
-    assert client.get(url, headers=tenant["headers"]).status_code == 200
-    assert client.get(url, headers=other_tenant["headers"]).status_code == 404
-
-
 def test_backlog_gauges_read_the_database_at_most_once_per_cache_period(
     client: Any, tenant: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
