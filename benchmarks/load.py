@@ -103,6 +103,11 @@ class LoadResult:
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    @property
+    def answered(self) -> int:
+        """How many requests got an answer (any status)."""
+        return sum(self.statuses.values())
+
     def percentile(self, p: float) -> float:
         """Return the p-th percentile latency in milliseconds."""
         return percentile(self.latencies, p) * 1000

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import Stack
+from benchmarks.stack import Stack, cpu_ms_per_unit, cpu_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,26 +188,13 @@ def _summary(stats: pstats.Stats, elapsed: float, count: int) -> str:
 def _cpu(work: Any, count: int, stack: Stack) -> str:
     """Run `work` without a profiler; return the CPU milliseconds per item of this process
     (where the code runs), PostgreSQL, Redis and the receiver, and the wall time per item."""
-    import psutil
-
-    assert stack.receiver is not None
-    servers = {
-        "postgres": stack.pg.proc.pid,
-        "redis": stack.redis.proc.pid,
-        "receiver": stack.receiver.proc.pid,
-    }
-
-    def used() -> dict[str, float]:
-        out = {"this process": time.process_time()}
-        for name, pid in servers.items():
-            root = psutil.Process(pid)
-            out[name] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
-        return out
-
-    before, started = used(), time.perf_counter()
+    # This process alone: PostgreSQL, Redis and the receiver are its children too.
+    roots, alone = {"this process": os.getpid(), **stack.server_pids()}, ("this process",)
+    before, started = cpu_seconds(roots, alone), time.perf_counter()
     work()
-    elapsed, after = time.perf_counter() - started, used()
-    parts = ", ".join(f"{k} {(after[k] - before[k]) * 1000 / count:.3f}" for k in after)
+    elapsed = time.perf_counter() - started
+    cpu = cpu_ms_per_unit(roots, before, count, alone)
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in cpu.items())
     return f"CPU ms per item: {parts}; wall {elapsed * 1000 / count:.3f} ms per item"
 
 

@@ -36,7 +36,15 @@ from benchmarks.load import (
     run_load,
     run_paced,
 )
-from benchmarks.stack import BIN, ROOT, Stack, check_stop, interrupt
+from benchmarks.stack import (
+    BIN,
+    ROOT,
+    Stack,
+    check_stop,
+    cpu_ms_per_unit,
+    cpu_seconds,
+    interrupt,
+)
 from scripts.harness import worker_concurrency
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -58,6 +66,10 @@ SCENARIOS = (
 def _size(full: float, quick: float) -> Any:
     """A scenario's size in a full run, and with --quick."""
     return field(default=full, metadata={"quick": quick})
+
+
+# The CPU figures' process counted without its children: the worker's main process.
+_MAIN = ("worker_main",)
 
 
 @dataclass
@@ -228,9 +240,9 @@ class Bench:
             if do_single:
                 run_load(port, singles, 32, 1)  # warm-up
                 roots = {"web": self.stack.procs[-1].proc.pid}
-                before = _cpu_seconds(roots)
+                before = cpu_seconds(roots)
                 bare["single"] = run_load(port, singles, 32, secs_single)
-                cpu["bare"] = _cpu_per_request(roots, before, bare["single"])
+                cpu["bare"] = cpu_ms_per_unit(roots, before, bare["single"].answered)
             if do_batch:
                 bare["batch"] = run_load(port, [batch], 4, secs_batch)
         real: dict[str, LoadResult] = {}
@@ -243,9 +255,9 @@ class Bench:
                     "postgres": self.stack.pg.proc.pid,
                     "redis": self.stack.redis.proc.pid,
                 }
-                before = _cpu_seconds(roots)
+                before = cpu_seconds(roots)
                 real["single"] = run_load(port, singles, 32, secs_single)
-                cpu["real"] = _cpu_per_request(roots, before, real["single"])
+                cpu["real"] = cpu_ms_per_unit(roots, before, real["single"].answered)
             if do_batch:
                 real["batch"] = run_load(port, [batch], 4, secs_batch)
         self.stack.reset_data()
@@ -312,12 +324,12 @@ class Bench:
         worker = self.stack.worker(self.pool, self.concurrency, include="benchmarks.noop")
         roots = self._delivery_roots(worker)
         started = self.wait_for_drain_start(n)
-        before = _cpu_seconds(roots)
+        before = cpu_seconds(roots, _MAIN)
         while self.queue_length() or self.unacked():
             check_stop()
             time.sleep(0.005)
         noop_rate = n / (time.time() - started)
-        noop_cpu = _cpu_per_request(roots, before, n)
+        noop_cpu = cpu_ms_per_unit(roots, before, n, _MAIN)
         self.stack.kill(worker)
         self.stack.reset_data()
 
@@ -329,10 +341,10 @@ class Bench:
         rss_before = worker.tree_rss()
         roots = self._delivery_roots(worker)
         started = self.wait_for_drain_start(n)
-        before = _cpu_seconds(roots)
+        before = cpu_seconds(roots, _MAIN)
         last = self.wait_received(["/d"], n)
         rate = n / (last - started)
-        cpu = _cpu_per_request(roots, before, n)
+        cpu = cpu_ms_per_unit(roots, before, n, _MAIN)
         rss_after = worker.tree_rss()
         self.stack.kill(worker)
         dupes = self.stack.receiver_stats()["/d"]["count"] - n
@@ -363,14 +375,8 @@ class Bench:
     def _delivery_roots(self, worker: Any) -> dict[str, int]:
         """The processes a delivery costs CPU in: the worker's main process alone
         (`worker_main`), the worker with its pool processes, PostgreSQL, Redis, the receiver."""
-        assert self.stack.receiver is not None
-        return {
-            "worker_main": worker.proc.pid,
-            "worker": worker.proc.pid,
-            "postgres": self.stack.pg.proc.pid,
-            "redis": self.stack.redis.proc.pid,
-            "receiver": self.stack.receiver.proc.pid,
-        }
+        pid = worker.proc.pid
+        return {"worker_main": pid, "worker": pid, **self.stack.server_pids()}
 
     # -- ordered delivery ----------------------------------------------------------------------
     def ordering(self, web_port: int) -> None:
@@ -817,42 +823,6 @@ def _routing_figures(report: dict[str, Any]) -> list[Figure]:
             latency_ratio <= 1.5,
         ),
     ]
-
-
-def _cpu_seconds(roots: dict[str, int]) -> dict[str, dict[int, float]]:
-    """Return the CPU seconds (user + system) used so far by each process tree, by PID (by
-    the process alone for a name ending in `_main`)."""
-    import psutil
-
-    out: dict[str, dict[int, float]] = {}
-    for name, pid in roots.items():
-        seen: dict[int, float] = {}
-        try:
-            root = psutil.Process(pid)
-            tree = [] if name.endswith("_main") else root.children(recursive=True)
-            for proc in [root, *tree]:
-                with contextlib.suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    seen[proc.pid] = times.user + times.system
-        except psutil.Error:
-            pass
-        out[name] = seen
-    return out
-
-
-def _cpu_per_request(
-    roots: dict[str, int], before: dict[str, dict[int, float]], load: LoadResult | int
-) -> dict[str, float]:
-    """Return the CPU milliseconds each process tree spent per answered request (or per one
-    of `load` units of work) since `before` (processes that ended meanwhile are not counted)."""
-    after = _cpu_seconds(roots)
-    requests = load if isinstance(load, int) else max(1, sum(load.statuses.values()))
-    return {
-        name: 1000
-        * sum(now - before[name].get(pid, 0.0) for pid, now in after[name].items())
-        / requests
-        for name in after
-    }
 
 
 def _payload(i: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ when the run fails or is interrupted.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import shlex
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,15 @@ class Stack:
             "receiver", [sys.executable, "-m", "benchmarks.receiver", str(self.receiver_port)]
         )
         self.receiver.wait_for_log("receiver ready")
+
+    def server_pids(self) -> dict[str, int]:
+        """The PIDs of PostgreSQL, Redis and the receiver, by name."""
+        assert self.receiver is not None
+        return {
+            "postgres": self.pg.proc.pid,
+            "redis": self.redis.proc.pid,
+            "receiver": self.receiver.proc.pid,
+        }
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -182,3 +192,41 @@ def _wait_ping(name: str, proc: Process, timeout: float = 90) -> None:
         if control.ping(destination=[name], timeout=0.5):
             return
     raise RuntimeError(f"{proc.name} not ready:\n{proc.output()[-3000:]}")
+
+
+def cpu_seconds(roots: dict[str, int], alone: Collection[str] = ()) -> dict[str, dict[int, float]]:
+    """Return the CPU seconds (user + system) used so far by each process tree, by PID; the
+    processes named in `alone` without their children."""
+    import psutil
+
+    out: dict[str, dict[int, float]] = {}
+    for name, pid in roots.items():
+        seen: dict[int, float] = {}
+        try:
+            root = psutil.Process(pid)
+            tree = [] if name in alone else root.children(recursive=True)
+            for proc in [root, *tree]:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    seen[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+        out[name] = seen
+    return out
+
+
+def cpu_ms_per_unit(
+    roots: dict[str, int],
+    before: dict[str, dict[int, float]],
+    units: int,
+    alone: Collection[str] = (),
+) -> dict[str, float]:
+    """Return the CPU milliseconds each process tree spent per unit of work (a request, a
+    delivery) since `before` (processes that ended meanwhile are not counted)."""
+    after = cpu_seconds(roots, alone)
+    return {
+        name: 1000
+        * sum(now - before[name].get(pid, 0.0) for pid, now in after[name].items())
+        / max(1, units)
+        for name in after
+    }

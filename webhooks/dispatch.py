@@ -79,16 +79,26 @@ class Template:
     body_prefix: str
     body_suffix: str
 
+    def script_args(self) -> list[str]:
+        """What the scheduler's Lua needs to fill it in: the queue, the template, the body's
+        prefix and suffix, and their base64 (webhooks.scheduler `push_tasks`)."""
+        prefix, suffix = self.body_prefix, self.body_suffix
+        return [self.queue, self.text, prefix, suffix, _b64(prefix), _b64(suffix)]
+
     def render(self, arg: str) -> str:
         if not _PLAIN.fullmatch(arg):  # it goes into JSON and a repr() unescaped
             raise ValueError(f"not a plain task argument: {arg!r}")
-        body = base64.b64encode(f"{self.body_prefix}{arg}{self.body_suffix}".encode()).decode()
+        body = _b64(f"{self.body_prefix}{arg}{self.body_suffix}")
         return (
             self.text.replace(ARG, arg)
             .replace(TASK_ID, str(uuid.uuid4()))
             .replace(DELIVERY_TAG, str(uuid.uuid4()))
             .replace(BODY, body)
         )
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 @lru_cache(maxsize=16)

@@ -28,7 +28,6 @@ comes back by itself.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import time
@@ -491,10 +490,7 @@ class Scheduler:
         self.default_slots = default_slots
         self.window_factor = window_factor
         self.prefix = prefix
-        self._tasks = ["", "", "", "", "", ""]
-        if tasks is not None:
-            prefix, suffix = tasks.body_prefix, tasks.body_suffix
-            self._tasks = [tasks.queue, tasks.text, prefix, suffix, _b64(prefix), _b64(suffix)]
+        self._tasks = [""] * 6 if tasks is None else tasks.script_args()
         self._enqueue = client.register_script(_ENQUEUE)
         self._finish = client.register_script(_FINISH)
         self._pump = client.register_script(_PUMP)
@@ -642,10 +638,6 @@ class Scheduler:
             "delayed": int(delayed),
             "in_flight": int(inflight),
         }
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def _picked(raw: Any) -> Picked:
