@@ -215,7 +215,10 @@ class OrderingHealthSchema(Schema):
 
     ordering = fields.String()
     blocked_lanes = fields.Integer(
-        metadata={"description": "lanes whose holder waits for a retry (always 0 for none)"}
+        metadata={
+            "description": "lanes whose holder has failed and waits for, or is in, a retry "
+            "(always 0 for none)"
+        }
     )
     oldest_blocked_since = fields.DateTime(
         allow_none=True,

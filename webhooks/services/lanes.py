@@ -115,7 +115,8 @@ SELECT count(*) AS lanes, min(first.created_at) AS since
   LEFT JOIN LATERAL (SELECT a.created_at FROM attempts a
                       WHERE a.delivery_id = d.id ORDER BY a.number LIMIT 1) first ON true
  WHERE d.subscription_id = :subscription_id AND d.lane_id IS NOT NULL
-   AND d.next_attempt_at IS NOT NULL AND d.status = '{S.RETRYING}'
+   AND d.next_attempt_at IS NOT NULL AND d.failures > 0
+   AND d.status IN ('{S.RETRYING}', '{S.IN_FLIGHT}')
 """  # noqa: S608 (status names from the enums, no input)
 )
 
@@ -157,6 +158,8 @@ def release(db: Session | Connection, subscription_id: uuid.UUID) -> None:
 
 
 def blocked(db: Session | Connection, subscription_id: uuid.UUID) -> dict[str, Any]:
-    """How many of a subscription's lanes wait for a retrying delivery, and since when."""
+    """How many of a subscription's lanes are held by a delivery that has failed, waiting for
+    its retry or being retried (so a blocked lane does not drop out of the count during each
+    of its attempts), and since when."""
     row = db.execute(_BLOCKED, {"subscription_id": subscription_id}).one()
     return {"blocked_lanes": int(row.lanes), "oldest_blocked_since": row.since}
