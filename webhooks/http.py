@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
+import http.client
 import ipaddress
 import itertools
 import logging
 import os
+import select
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -18,17 +22,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
-
-import urllib3
-import urllib3.connection
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
 
 from webhooks.models import AttemptResult
 
@@ -138,6 +131,7 @@ class Target:
     path: str
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_url(url: str) -> Target:
     """Split a subscriber URL; raise AddressRefused if it cannot be a webhook target."""
     try:
@@ -152,7 +146,7 @@ def parse_url(url: str) -> Target:
     if parts.username is not None or parts.password is not None:
         raise AddressRefused("the URL may not carry credentials; use a custom header")
     if port == 0:
-        # urllib3 would quietly send to port 80 instead.
+        # An HTTP client would quietly send to port 80 instead.
         raise AddressRefused("the URL's port must be between 1 and 65535")
     host = parts.hostname
     if not host.isascii():
@@ -196,18 +190,19 @@ def _lookup(host: str, port: int, timeout: float) -> list[Any]:
         ) from None
 
 
-def resolve(
-    host: str, port: int, allow_private: bool, timeout: float = DEFAULT_DNS_TIMEOUT
-) -> list[IPAddress]:
-    """Resolve a host within `timeout` seconds and check every address; raise AddressRefused
-    if any is refused."""
+@functools.lru_cache(maxsize=1024)
+def _address(host: str) -> IPAddress | None:
+    """The host as an IP address, if it is one (parsed once per host, not per attempt)."""
     try:
-        # An address needs no lookup (nor the hand-off to a lookup thread, on every attempt).
-        infos = [(0, 0, 0, "", (str(ipaddress.ip_address(host)), port))]
+        return ipaddress.ip_address(host)
     except ValueError:
-        infos = []
+        return None
+
+
+def _addresses_of(host: str, port: int, timeout: float) -> list[IPAddress]:
+    """The addresses a name resolves to within `timeout`; AddressRefused if it does not."""
     try:
-        infos = infos or _lookup(host, port, timeout)
+        infos = _lookup(host, port, timeout)
     except AddressRefused as exc:
         log.warning("target refused: %s", exc.detail, extra={"host": host})
         raise
@@ -220,6 +215,17 @@ def resolve(
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if ip not in addresses:
             addresses.append(ip)
+    return addresses
+
+
+def resolve(
+    host: str, port: int, allow_private: bool, timeout: float = DEFAULT_DNS_TIMEOUT
+) -> list[IPAddress]:
+    """Resolve a host within `timeout` seconds and check every address; raise AddressRefused
+    if any is refused."""
+    literal = _address(host)
+    # An address needs no lookup (nor the hand-off to a lookup thread, on every attempt).
+    addresses = [literal] if literal is not None else _addresses_of(host, port, timeout)
     if not addresses:
         log.warning("target refused: %s has no address", host, extra={"host": host})
         raise AddressRefused(NOT_PUBLIC, f"{host} has no address")
@@ -313,7 +319,7 @@ def _shut(connection: Any) -> None:
 class _Reaper:
     """A thread per process that ends attempts at their deadline, whatever the socket is doing.
 
-    urllib3's timeouts bound each socket operation only: a subscriber that sends one header
+    Socket timeouts bound each socket operation only: a subscriber that sends one header
     byte a second never trips them. Shutting the socket down makes the blocked read return.
     """
 
@@ -356,44 +362,58 @@ _REAPER = _Reaper()
 _current = threading.local()
 
 
-def _watch(connection: Any) -> _Watch | None:
-    watch: _Watch | None = getattr(_current, "watch", None)
-    if watch is not None:
-        watch.add(connection)
-    return watch
+class _Connection(http.client.HTTPConnection):
+    """A keep-alive connection to an address checked before, under the current attempt's
+    deadline; for https, TLS with the URL's own host name (SNI and the certificate check),
+    never a second lookup of that name (DNS rebinding).
 
+    The standard library's client, not urllib3: its pool, retry and timeout objects around
+    the same `http.client` cost more CPU than the request itself (docs/performance.md)."""
 
-class _Watched:
-    """Puts each connection an attempt uses, new or kept alive, under the attempt's deadline
-    (mixed into urllib3's connection classes; for TLS, the handshake is under it too)."""
+    def __init__(self, ip: str, port: int, tls_host: str | None, tls: ssl.SSLContext | None):
+        super().__init__(ip, port)
+        self.tls_host = tls_host
+        self.tls = tls
 
-    def _new_conn(self) -> socket.socket:
-        watch = _watch(self)
-        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+    def connect(self) -> None:
+        watch: _Watch | None = getattr(_current, "watch", None)
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            # Wrapped first and shaken hands after, so that the deadline can shut the socket
+            # the handshake reads from.
+            sock = self.tls.wrap_socket(
+                sock, server_hostname=self.tls_host, do_handshake_on_connect=False
+            )
+        self.sock = sock
         if watch is not None and watch.fired:
-            sock.close()
-            raise ConnectTimeoutError(self, "the attempt's deadline passed while connecting")
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self)
-        super().request(*args, **kwargs)  # type: ignore[misc]
+            self.close()
+            raise TimeoutError("the attempt's deadline passed while connecting")
+        if isinstance(sock, ssl.SSLSocket):
+            sock.do_handshake()
 
 
-class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+def _dropped(connection: _Connection) -> bool:
+    """Whether a kept-alive connection was closed by the subscriber while it sat idle (it is
+    readable: an end of file, or bytes nobody asked for)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
+    # TLS 1.3 servers send session tickets after the handshake: readable, yet no answer.
+    sock.setblocking(False)  # `_send` sets the attempt's timeout again
+    try:
+        sock.recv(1)  # an end of file, or a byte nobody asked for
+    except ssl.SSLWantReadError:
+        return False  # only TLS's own records were waiting
+    except OSError:
+        pass
+    return True
 
 
 class Client:
@@ -403,6 +423,9 @@ class Client:
     `timeout` seconds, and no error escapes `post`: each becomes a failed Response.
     """
 
+    # Idle connections kept per (scheme, address, port, host).
+    KEEP_PER_TARGET = 4
+
     def __init__(
         self,
         timeout: float,
@@ -410,38 +433,48 @@ class Client:
         body_cap: int,
         max_pools: int = 128,
         dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
     ):
         self.timeout = timeout
         self.allow_private = allow_private
         self.body_cap = body_cap
         self.max_pools = max_pools
         self.dns_timeout = dns_timeout
-        self._pools: OrderedDict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = (
-            OrderedDict()
-        )
+        self._tls = tls
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[tuple[str, str, int, str], list[_Connection]] = OrderedDict()
 
-    def _pool(self, target: Target, ip: IPAddress) -> urllib3.HTTPConnectionPool:
-        key = (target.scheme, str(ip), target.port, target.host)
-        pool = self._pools.get(key)
-        if pool is not None:
-            self._pools.move_to_end(key)
-            return pool
-        # Connect to the address we checked, never to a second lookup of the name (DNS rebinding).
-        common: dict[str, Any] = {
-            "host": str(ip),
-            "port": target.port,
-            "maxsize": 4,
-            "retries": False,
-        }
-        if target.scheme == "https":
-            pool = _HTTPSPool(**common, server_hostname=target.host, assert_hostname=target.host)
-        else:
-            pool = _HTTPPool(**common)
-        self._pools[key] = pool
-        while len(self._pools) > self.max_pools:
-            _, old = self._pools.popitem(last=False)
+    def _checkout(self, key: tuple[str, str, int, str]) -> _Connection:
+        """A kept-alive connection to this target that is still open, or a new one."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                connection = idle.pop() if idle else None
+            if connection is None:
+                break
+            if not _dropped(connection):
+                return connection
+            connection.close()
+        scheme, ip, port, host = key
+        if scheme != "https":
+            return _Connection(ip, port, None, None)
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return _Connection(ip, port, host, self._tls)
+
+    def _checkin(self, key: tuple[str, str, int, str], connection: _Connection) -> None:
+        closing: list[_Connection] = []
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if len(idle) < self.KEEP_PER_TARGET:
+                idle.append(connection)
+            else:
+                closing.append(connection)
+            while len(self._idle) > self.max_pools:
+                closing.extend(self._idle.popitem(last=False)[1])
+        for old in closing:
             old.close()
-        return pool
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
         """POST the body; never raise, report every kind of trouble in the Response."""
@@ -463,52 +496,51 @@ class Client:
             )
         except AddressRefused as exc:
             return Response(AttemptResult.REFUSED, error=str(exc), duration=_since(started))
+        key = (target.scheme, str(addresses[0]), target.port, target.host)
+        connection = self._checkout(key)
         watch = _Watch(deadline)
+        watch.add(connection)
         _current.watch = watch
         _REAPER.add(watch)
         try:
-            resp = self._send(target, addresses[0], body, headers, deadline)
+            resp = self._send(connection, target, body, headers, deadline)
             raw, ending = self._read_capped(resp, deadline)
         except Exception as exc:
             cut = watch.finish()
+            connection.close()
             return self._failure(exc, cut, started)
         finally:
             _current.watch = None
         cut = watch.finish()
-        if ending == "end" and not cut:
-            resp.release_conn()
+        if ending == "end" and not cut and not resp.will_close:
+            self._checkin(key, connection)
         else:
-            resp.close()  # unread bytes make the connection unusable for the next request
+            connection.close()  # unread bytes make the connection unusable for the next request
         timed_out = cut or ending == "deadline" or _since(started) > self.timeout
         return self._classify(resp, raw, ending != "end", timed_out, started)
 
     def _send(
         self,
+        connection: _Connection,
         target: Target,
-        ip: IPAddress,
         body: bytes,
         headers: dict[str, str],
         deadline: float,
-    ) -> urllib3.BaseHTTPResponse:
-        """Connect (or reuse a connection), send, and read the response headers."""
+    ) -> http.client.HTTPResponse:
+        """Connect (or reuse the connection), send, and read the response headers."""
         host_header = target.host if ":" not in target.host else f"[{target.host}]"
         if target.port not in (80, 443):
             host_header += f":{target.port}"
         send_headers = {**headers, "host": host_header, "user-agent": USER_AGENT}
+        # Each socket operation waits at most what is left; the deadline thread cuts the rest.
         remaining = max(deadline - time.monotonic(), 0.001)
-        return self._pool(target, ip).urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers=send_headers,
-            redirect=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=remaining, read=remaining),
-            preload_content=False,
-            assert_same_host=False,
-        )
+        connection.timeout = remaining
+        if connection.sock is not None:
+            connection.sock.settimeout(remaining)
+        connection.request("POST", target.path, body=body, headers=send_headers)
+        return connection.getresponse()
 
-    def _read_capped(self, resp: urllib3.BaseHTTPResponse, deadline: float) -> tuple[bytes, str]:
+    def _read_capped(self, resp: http.client.HTTPResponse, deadline: float) -> tuple[bytes, str]:
         """Read at most body_cap + 1 bytes of the body; say how reading ended: "end", "cap",
         "deadline" or "broken" (the connection failed mid-body)."""
         chunks: list[bytes] = []
@@ -517,12 +549,12 @@ class Client:
             while size <= self.body_cap:
                 if time.monotonic() > deadline:
                     return b"".join(chunks), "deadline"
-                chunk = resp.read(1024, decode_content=True)
+                chunk = resp.read(self.body_cap + 1 - size)
                 if not chunk:
                     return b"".join(chunks), "end"
                 chunks.append(chunk)
                 size += len(chunk)
-        except (ReadTimeoutError, ProtocolError, HTTPError, OSError):
+        except (http.client.HTTPException, OSError, ValueError):
             return b"".join(chunks), "broken"
         return b"".join(chunks), "cap"  # the rest is never read
 
@@ -532,18 +564,15 @@ class Client:
         if cut or duration >= self.timeout:
             error = f"no complete answer within {self.timeout:g} s"
             return Response(AttemptResult.TIMEOUT, error=error, duration=duration)
-        if isinstance(exc, NewConnectionError):
-            # Before the timeouts: urllib3 2 makes a refused connection a ConnectTimeoutError.
-            return Response(AttemptResult.CONNECTION_ERROR, error=_describe(exc), duration=duration)
-        if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        if isinstance(exc, TimeoutError):
             return Response(AttemptResult.TIMEOUT, error=_describe(exc), duration=duration)
-        if not isinstance(exc, ProtocolError | SSLError | HTTPError | OSError):
+        if not isinstance(exc, http.client.HTTPException | OSError):
             log.exception("unexpected error in an attempt", exc_info=exc)
         return Response(AttemptResult.CONNECTION_ERROR, error=_describe(exc), duration=duration)
 
     def _classify(
         self,
-        resp: urllib3.BaseHTTPResponse,
+        resp: http.client.HTTPResponse,
         raw: bytes,
         unfinished: bool,
         timed_out: bool,
@@ -578,7 +607,7 @@ class Client:
             duration=duration,
             body=text,
             truncated=truncated,
-            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            retry_after=parse_retry_after(resp.getheader("retry-after")),
         )
 
 

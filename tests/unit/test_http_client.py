@@ -4,6 +4,7 @@ never escape, international host names."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -170,3 +171,152 @@ def test_international_host_name_is_sent_in_its_idna_form(
     assert response.result is AttemptResult.SUCCESS, response
     (got,) = receiver.wait_for("/idn", 1)
     assert got.headers["host"] == f"xn--e1afmkfd.xn--p1ai:{receiver.port}"
+
+
+def _certificate(tmp_path: Any, name: str) -> tuple[str, str]:
+    """A self-signed certificate for `name` (its own CA): the PEM paths of the cert and key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+class TLSServer:
+    """Answers each request on a TLS connection with 204, and notes the SNI name it was asked
+    for; with `handshake=False` it accepts connections and never answers the ClientHello."""
+
+    def __init__(self, cert: str, key: str, handshake: bool = True) -> None:
+        self.names: list[str | None] = []
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.context.sni_callback = lambda sock, name, ctx: self.names.append(name)
+        self.handshake = handshake
+        # Where the client will dial "localhost": its first address (::1 on some hosts).
+        family, _, _, _, address = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0]
+        self.sock = socket.socket(family)
+        self.sock.bind(address[:2])
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.handshake:
+                self.held.append(conn)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(5)
+                reader = tls.makefile("rb")
+                while line := reader.readline():
+                    length = 0
+                    while line not in (b"\r\n", b""):  # the request's headers
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                        line = reader.readline()
+                    reader.read(length)
+                    tls.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def localhost_cert(tmp_path: Any) -> tuple[str, str]:
+    return _certificate(tmp_path, "localhost")
+
+
+def _trusting(cafile: str, timeout: float = 2.0) -> Client:
+    return Client(
+        timeout=timeout,
+        allow_private=True,
+        body_cap=100,
+        tls=ssl.create_default_context(cafile=cafile),
+    )
+
+
+def test_https_checks_the_certificate_for_the_urls_host_over_the_checked_address(
+    localhost_cert: tuple[str, str],
+) -> None:
+    server = TLSServer(*localhost_cert)
+    try:
+        client = _trusting(localhost_cert[0])
+        url = f"https://localhost:{server.port}/tls"
+        for _ in range(2):  # the second one on the kept-alive connection
+            response = client.post(url, b"{}", {})
+            assert response.result is AttemptResult.SUCCESS, response
+            assert response.status_code == 204
+        assert server.names == ["localhost"]  # SNI: the URL's name, not the address dialled
+        # A certificate nobody vouches for is refused: the system's roots do not know it.
+        untrusted = Client(timeout=2, allow_private=True, body_cap=100).post(url, b"{}", {})
+        assert untrusted.result is AttemptResult.CONNECTION_ERROR, untrusted
+        assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.error or ""), untrusted
+    finally:
+        server.close()
+
+
+def test_https_refuses_a_certificate_for_another_name(tmp_path: Any) -> None:
+    cert, key = _certificate(tmp_path, "other.example")
+    server = TLSServer(cert, key)
+    try:
+        response = _trusting(cert).post(f"https://localhost:{server.port}/tls", b"{}", {})
+        assert response.result is AttemptResult.CONNECTION_ERROR, response
+        assert "CERTIFICATE_VERIFY_FAILED" in (response.error or ""), response
+    finally:
+        server.close()
+
+
+def test_a_tls_handshake_that_never_answers_is_cut_at_the_deadline(
+    localhost_cert: tuple[str, str],
+) -> None:
+    server = TLSServer(*localhost_cert, handshake=False)
+    try:
+        started = time.monotonic()
+        response = _trusting(localhost_cert[0], timeout=0.5).post(
+            f"https://localhost:{server.port}/tls", b"{}", {}
+        )
+        assert response.result is AttemptResult.TIMEOUT, response
+        assert time.monotonic() - started < 1.5
+    finally:
+        server.close()

@@ -20,13 +20,12 @@ from typing import Any
 import redis
 from sqlalchemy import func, insert, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from config import get_settings
 from webhooks import dispatch, metrics, scheduler
 from webhooks.circuit import CircuitBreaker
 from webhooks.crypto import decrypt_headers, decrypt_secret
-from webhooks.db import affected, atomic, session_scope, state_engine
+from webhooks.db import Disconnected, affected, atomic, run_raw, session_scope, state_engine
 from webhooks.http import Response
 from webhooks.models import Attempt, AttemptResult, Delivery, DeliveryStatus
 from webhooks.models.subscription import SubscriptionStatus
@@ -40,28 +39,25 @@ log = logging.getLogger("webhooks.delivery")
 S = DeliveryStatus
 
 # The common outcome as one prepared statement: the attempt, and the delivery delivered.
-_DELIVERED = text(
-    f"""
+_DELIVERED = f"""
 WITH recorded_attempt AS (
   INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms, response_body,
                         response_truncated, url, created_at)
-  VALUES (:id, :number, '{AttemptResult.SUCCESS}', :status_code, :duration_ms, :response_body,
-          :response_truncated, :url, now())
+  VALUES (%(id)s, %(number)s, '{AttemptResult.SUCCESS}', %(status_code)s, %(duration_ms)s,
+          %(response_body)s, %(response_truncated)s, %(url)s, now())
 )
 UPDATE deliveries
    SET status = '{S.DELIVERED}', lease_expires_at = NULL, last_error = NULL,
        delivered_at = now(), updated_at = now()
- WHERE id = :id AND status = '{S.IN_FLIGHT}' AND attempt_count = :number
+ WHERE id = %(id)s AND status = '{S.IN_FLIGHT}' AND attempt_count = %(number)s
 """  # noqa: S608 (status names from the enums, no input)
-)
 
-_CLAIM = text(
-    f"""
+_CLAIM = f"""
 WITH claimed AS (
   UPDATE deliveries
      SET status = '{S.IN_FLIGHT}', attempt_count = attempt_count + 1, updated_at = now(),
-         lease_expires_at = now() + make_interval(secs => :lease)
-   WHERE id = :id AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
+         lease_expires_at = now() + make_interval(secs => %(lease)s)
+   WHERE id = %(id)s AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
      -- a message may arrive a little before its row's due time (clocks, rounding)
      AND next_attempt_at <= now() + interval '2 seconds'
   RETURNING id, event_id, subscription_id, attempt_count, failures, lane_id
@@ -75,7 +71,6 @@ SELECT c.id, c.attempt_count, c.failures, c.subscription_id, e.tenant_id, c.lane
   JOIN events e ON e.id = c.event_id
   JOIN subscriptions s ON s.id = c.subscription_id
 """  # noqa: S608 (status names from the enums, no input)
-)
 
 _PARK_READY = text(
     f"""
@@ -245,13 +240,10 @@ def _claim(conn: Connection, delivery_id: str) -> Any:
     connection broke only leaves the row to its lease, as a crash would."""
     params = {"id": delivery_id, "lease": get_settings().lease_seconds}
     try:
-        return conn.execute(_CLAIM, params).first()
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        log.warning("database connection lost, claiming again: %s", error.orig)
-        conn.rollback()  # lets the Connection check out a new one
-        return conn.execute(_CLAIM, params).first()
+        return run_raw(conn, _CLAIM, params).fetchone()
+    except Disconnected as error:
+        log.warning("database connection lost, claiming again: %s", error)
+        return run_raw(conn, _CLAIM, params).fetchone()
 
 
 def _send(row: Any) -> Response:
@@ -356,7 +348,7 @@ def _delivered(
 ) -> Step:
     params = _attempt_values(row, response)
     params["id"] = row.id
-    if affected(conn.execute(_DELIVERED, params)):
+    if run_raw(conn, _DELIVERED, params).rowcount:
         metrics.DELIVERIES.labels(outcome="delivered").inc()
         latency = datetime.now(UTC) - row.event_created_at
         metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
