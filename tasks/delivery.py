@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from config import get_settings
 from webhooks import dispatch
@@ -15,9 +15,10 @@ _settings = get_settings()
 HARD_TIME_LIMIT = _settings.http_timeout + _settings.lease_margin / 2
 
 
-@shared_task(name=dispatch.DELIVER_TASK, ignore_result=True, time_limit=HARD_TIME_LIMIT)
-def deliver(delivery_id: str) -> None:
+@shared_task(bind=True, name=dispatch.DELIVER_TASK, ignore_result=True, time_limit=HARD_TIME_LIMIT)
+def deliver(self: Task, delivery_id: str) -> None:
     """Attempt one delivery; the row in PostgreSQL decides whether there is anything to do."""
-    step = delivery.attempt(delivery_id)
+    closed = getattr(self.request, dispatch.CIRCUIT_HEADER, None) == "closed"
+    step = delivery.attempt(delivery_id, circuit_closed=closed)
     # Frees its slot, schedules its retry, starts the next deliveries, and tells the breaker.
     delivery.conclude(delivery_id, step)

@@ -65,14 +65,20 @@ def _route(task: str) -> tuple[str, dict[str, str]]:
 _PLAIN = re.compile(r"[A-Za-z0-9_.:-]+")
 # Placeholders in a message template (no JSON escaping touches them).
 TASK_ID, DELIVERY_TAG, BODY, ARG = "@@TASK@@", "@@TAG@@", "@@BODY@@", "@@ARG@@"
+CIRCUIT = "@@CIRCUIT@@"
+# A header of our own, which the task reads as `self.request.webhooks_circuit`: "closed" when
+# the scheduler saw the subscription's circuit closed with no failure since its last success
+# as it picked the delivery (webhooks.scheduler); empty when nobody looked.
+CIRCUIT_HEADER = "webhooks_circuit"
 
 
 @dataclass(frozen=True)
 class Template:
     """A task's message as kombu's Redis transport stores it, with placeholders for what
-    differs between two messages: the task ID, the delivery tag and the body (base64 of
-    `body_prefix + argument + body_suffix`). The scheduler's Lua fills in the same template
-    (webhooks.scheduler), so a message is built in one place, by Celery itself."""
+    differs between two messages: the task ID, the delivery tag, the body (base64 of
+    `body_prefix + argument + body_suffix`) and the circuit header. The scheduler's Lua fills
+    in the same template (webhooks.scheduler), so a message is built in one place, by Celery
+    itself."""
 
     queue: str
     text: str
@@ -85,12 +91,13 @@ class Template:
         prefix, suffix = self.body_prefix, self.body_suffix
         return [self.queue, self.text, prefix, suffix, _b64(prefix), _b64(suffix)]
 
-    def render(self, arg: str) -> str:
+    def render(self, arg: str, circuit: str = "") -> str:
         if not _PLAIN.fullmatch(arg):  # it goes into JSON and a repr() unescaped
             raise ValueError(f"not a plain task argument: {arg!r}")
         body = _b64(f"{self.body_prefix}{arg}{self.body_suffix}")
         return (
             self.text.replace(ARG, arg)
+            .replace(CIRCUIT, circuit)
             .replace(TASK_ID, str(uuid.uuid4()))
             .replace(DELIVERY_TAG, str(uuid.uuid4()))
             .replace(BODY, body)
@@ -131,7 +138,7 @@ def template(task: str) -> Template:
             "body": BODY,
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": message.headers,
+            "headers": {**message.headers, CIRCUIT_HEADER: CIRCUIT},
             "properties": properties,
         }
     )

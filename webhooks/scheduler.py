@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from config import parse_tenant_cap
+from webhooks.circuit import KEY_PREFIX as CIRCUIT_PREFIX
 from webhooks.models.subscription import DEFAULT_MAX_IN_FLIGHT
 from webhooks.redis_client import ScriptCall, as_text, unix_time
 
@@ -67,7 +68,9 @@ FAILED = "failed"  # any other failure: no change (the circuit breaker judges th
 NONE = "none"  # no attempt was made (stale message, parked, refused by the circuit)
 RESTART = "restart"  # its circuit just closed: slow start from a window of 1
 
-_LIB = """
+_LIB = (
+    f"local CIRCUIT = '{CIRCUIT_PREFIX}'\n"
+    + """
 local P = ARGV[1]
 local function split(s)
   local out = {}
@@ -152,7 +155,17 @@ local function limits(h)
   if arate > 0 and (rate == 0 or arate < rate) then rate = arate end
   return conc, rate
 end
--- Hand out up to `max` deliveries, fairly, within every limit. Returns {ids, blocked counts}.
+-- "closed" if a subscription's circuit is closed with no failure since its last success:
+-- its task need not ask the breaker before sending (webhooks.services.delivery.attempt).
+local function circuit(sub)
+  local h = redis.call('HMGET', CIRCUIT .. sub, 'state', 'failures')
+  if (h[1] == false or h[1] == 'closed') and (h[2] == false or h[2] == '0') then
+    return 'closed'
+  end
+  return ''
+end
+-- Hand out up to `max` deliveries, fairly, within every limit. Returns {ids, blocked counts,
+-- each one's circuit (see `circuit`)}.
 local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, spacing)
   housekeeping(now)
   local s = slots(now, default_slots)
@@ -161,6 +174,7 @@ local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, 
   if cap <= 0 then cap = math.max(1, math.floor(s * cap_share + 0.0001)) end
   local inflight = redis.call('HLEN', P .. 'if')
   local picked = {}
+  local circuits = {}
   local blocked = {0, 0, 0}
   local guard = 0
   while #picked < max and inflight < window and guard < 20000 do
@@ -205,6 +219,7 @@ local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, 
           redis.call('ZADD', P .. 'ifexp', now + lease, id)
           inflight = inflight + 1
           picked[#picked + 1] = id
+          circuits[#picked] = circuit(sub)
         end
         -- to the back of the line, within the tenant and among the tenants
         local n = seq()
@@ -213,7 +228,7 @@ local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, 
       end
     end
   end
-  return {picked, blocked}
+  return {picked, blocked, circuits}
 end
 local function next_wake()
   local best = -1
@@ -252,7 +267,7 @@ end
 -- built with Celery (ARGV[10] the queue, [11] the template, [12] and [13] what comes before
 -- and after the ID in the body, [14] and [15] their base64), filled in. No template: the
 -- caller sends them.
-local function push_tasks(ids, now)
+local function push_tasks(ids, circuits, now)
   local queue, template = ARGV[10], ARGV[11]
   if template == '' or #ids == 0 then return 0 end
   local n = redis.call('INCRBY', P .. 'msg', 2 * #ids) - 2 * #ids
@@ -262,6 +277,7 @@ local function push_tasks(ids, now)
     m = string.gsub(m, '@@TASK@@', uid(ms, n + 2 * i - 1))
     m = string.gsub(m, '@@TAG@@', uid(ms, n + 2 * i))
     m = string.gsub(m, '@@BODY@@', body(id))
+    m = string.gsub(m, '@@CIRCUIT@@', circuits[i])
     redis.call('LPUSH', queue, m)
   end
   return 1
@@ -273,9 +289,10 @@ local function pick_and_answer()
   local now = tonumber(ARGV[2])
   local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                  tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-  return {r[1], r[2], next_wake(), push_tasks(r[1], now)}
+  return {r[1], r[2], next_wake(), push_tasks(r[1], r[3], now)}
 end
 """
+)
 
 # ARGV: the common ones (Scheduler._common), n_items,
 # then per item: id, subscription, tenant, limit, rate (0 = none).

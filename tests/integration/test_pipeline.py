@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from standardwebhooks import Webhook
@@ -174,3 +175,39 @@ def test_idempotency_key_returns_the_same_event_and_refuses_another_body(
     # Without a key, the same body is a new event every time.
     plain = [publish(client, tenant, "order.created", {"order": 42}).get_json() for _ in range(2)]
     assert len({p["id"] for p in plain} | {first.get_json()["id"]}) == 3
+
+
+def test_the_circuit_seen_at_the_pick_reaches_the_task_which_then_skips_the_breaker(
+    client, tenant, receiver, servers, start_worker
+):
+    """The picking script marks a task whose subscription's circuit it saw closed and clean
+    (a Celery header); the worker's task reads it and does not ask the breaker again. Shown
+    with a circuit opened behind the scheduler's back: the unmarked task asks and parks, the
+    marked one is sent all the same."""
+    import time
+
+    import redis
+
+    from webhooks import dispatch
+    from webhooks.circuit import KEY_PREFIX
+
+    sub = subscribe(client, tenant, receiver.url("/marked"), ["order.created"])
+    for n in range(2):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    first, second = (str(r.id) for r in sql("SELECT id FROM deliveries ORDER BY id"))
+    broker = redis.Redis.from_url(servers.redis_url)
+    template = dispatch.template(dispatch.DELIVER_TASK)
+    queued = [json.loads(m) for m in broker.lrange(template.queue, 0, -1)]
+    assert {m["headers"][dispatch.CIRCUIT_HEADER] for m in queued} == {"closed"}
+
+    broker.hset(KEY_PREFIX + sub["id"], mapping={"state": "open", "opened_at": time.time()})
+    broker.delete(template.queue)
+    # One at a time, the unmarked one first (the first value of an LPUSH is the first taken).
+    broker.lpush(template.queue, template.render(second), template.render(first, circuit="closed"))
+    start_worker(concurrency=1)
+
+    # The unmarked one, taken first, asked the breaker and parked; the marked one was sent,
+    # its success closed the circuit, and that released the parked one.
+    got = receiver.wait_for("/marked", 2)
+    assert [r.headers["webhook-id"] for r in got] == [first, second]
+    assert sql("SELECT count(*) AS n FROM attempts")[0].n == 2

@@ -213,7 +213,8 @@ def test_a_pick_sends_the_message_celery_would_with_ids_of_its_own(client):
     assert picked.ids == ids and picked.sent
     pushed = [json.loads(m) for m in reversed(client.lrange(template.queue, 0, -1))]
     assert len(pushed) == 2
-    expected = [json.loads(template.render(i)) for i in ids]
+    # A subscription the breaker knows nothing of: its circuit is closed (see the next test).
+    expected = [json.loads(template.render(i, circuit="closed")) for i in ids]
     unique = {"id", "root_id", "correlation_id", "delivery_tag"}
 
     def shape(message):
@@ -242,8 +243,37 @@ def test_a_pick_sends_the_message_celery_would_with_ids_of_its_own(client):
     finish(s, ids[1], "a", "A", "ok", now=NOW + 2)
     s.enqueue([Item("d-10", "a", "A")], now=NOW + 2)
     other = json.loads(client.lrange(template.queue, 0, 0)[0])
-    assert shape(other) == shape(json.loads(template.render("d-10")))
+    assert shape(other) == shape(json.loads(template.render("d-10", circuit="closed")))
     assert json.loads(base64.b64decode(other["body"]))[0] == ["d-10"]
+
+
+def test_a_pick_tells_its_task_whether_the_circuit_was_closed_and_clean(client):
+    """Only a circuit closed with no failure since its last success spares the task a question
+    to the breaker; open, half-open or closed after a recent failure, the task asks."""
+    import json
+
+    from webhooks import dispatch
+    from webhooks.circuit import KEY_PREFIX
+
+    template = dispatch.template(dispatch.DELIVER_TASK)
+    s = make(client, tasks=template, default_slots=10)
+    client.hset(KEY_PREFIX + "healed", mapping={"state": "closed", "failures": "0"})
+    client.hset(KEY_PREFIX + "failing", mapping={"state": "closed", "failures": "1"})
+    client.hset(KEY_PREFIX + "open", mapping={"state": "open", "failures": "5"})
+    client.hset(KEY_PREFIX + "probing", mapping={"state": "half_open", "failures": "5"})
+    subs = ["unknown", "healed", "failing", "open", "probing"]
+    s.enqueue([Item(f"{sub}-1", sub, "A") for sub in subs], now=NOW)
+    pushed = [json.loads(m) for m in reversed(client.lrange(template.queue, 0, -1))]
+    seen = {m["headers"]["argsrepr"]: m["headers"][dispatch.CIRCUIT_HEADER] for m in pushed}
+    assert seen == {
+        "['unknown-1']": "closed",
+        "['healed-1']": "closed",
+        "['failing-1']": "",
+        "['open-1']": "",
+        "['probing-1']": "",
+    }
+    # Python's own sends (the watchdog's, a replay's) say nothing: the task asks.
+    assert json.loads(template.render("x-1"))["headers"][dispatch.CIRCUIT_HEADER] == ""
 
 
 def test_without_a_template_a_pick_sends_nothing(client):
