@@ -45,7 +45,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_send_task_events": True,
+        # Task events (three Redis publishes per task in the worker's main process) only while
+        # someone reads them: Flower turns them on in every worker when it starts, and keeps
+        # them on (its enable_events, every few seconds). See docs/performance.md.
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,11 @@ if _metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     Path(_metrics_dir).mkdir(parents=True, exist_ok=True)
 
 configure_logging()
+# One JSON line per attempt is the service's own (webhooks.delivery, with its IDs and result):
+# Celery's "Received task" and "Task ... succeeded" lines for every task repeat it, at a cost
+# the worker's main process pays per task. Failures are still logged (at ERROR).
+for _name in ("celery.app.trace", "celery.worker.strategy"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 survive_broker_crash()
 settings = get_settings()  # fails fast, with a clear message, on a missing or bad setting
 app = Celery("tasks", include=["tasks.delivery", "tasks.maintenance", "tasks.signals"])

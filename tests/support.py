@@ -9,7 +9,9 @@ import fcntl
 import os
 import pickle
 import re
+import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -256,3 +258,37 @@ def assert_uuid7(value: uuid.UUID, not_before_ms: int, not_after_ms: int) -> Non
     assert value.version == 7, value
     assert value.variant == uuid.RFC_4122, value
     assert not_before_ms <= value.int >> 80 <= not_after_ms, (value, not_before_ms, not_after_ms)
+
+
+class Listener:
+    """A TCP server on loopback for scripted subscribers: each connection is served by
+    `serve(conn)` (a subclass's) in a thread of its own. Set a subclass's own attributes before
+    calling `__init__`: accepting starts there."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family, _, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        self.sock = socket.socket(family)
+        self.sock.bind(address[:2])
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
+from config import get_settings
 from scripts.harness import Reply
 from tests.conftest import reset_settings
 from tests.integration.conftest import FAST_ENV, publish, subscribe
@@ -407,7 +408,10 @@ def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, t
     for n in range(30):
         assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
     # Older than WEBHOOKS_LOST_AFTER_SECONDS, as a long backlog's rows are: still held in Redis.
-    sql("UPDATE deliveries SET dispatched_at = now() - interval '1 hour'")
+    sql(
+        "UPDATE deliveries SET dispatched_at = now() - interval '1 hour',"
+        " next_attempt_at = now() - interval '1 hour'"
+    )
     before = get_scheduler().totals()
     assert before["ready"] + before["in_flight"] == 30
 
@@ -415,6 +419,14 @@ def test_a_backlog_waiting_in_the_scheduler_is_never_handed_over_twice(client, t
 
     assert (report.lost, report.due, report.sent) == (0, 0, [])
     assert get_scheduler().totals() == before
+    # Held a long while: looked at again after as long again, at most RECHECK_FACTOR x
+    # lost_after (not every lost_after, which would make a long backlog a steady load).
+    (later,) = sql(
+        "SELECT min(extract(epoch FROM dispatched_at - now())) AS low,"
+        " max(extract(epoch FROM dispatched_at - now())) AS high FROM deliveries"
+    )
+    most = watchdog.RECHECK_FACTOR * get_settings().lost_after
+    assert most - 5 < later.low <= later.high <= most
     # ... and once Redis has lost them (and they are overdue again: the pass above marked them
     # checked), every one is handed over again, once.
     get_scheduler().client.flushdb()

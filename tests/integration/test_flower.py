@@ -13,6 +13,7 @@ import requests
 
 from scripts.embedded import free_port
 from scripts.harness import BIN, Process, http_status, procfile_line, wait_until
+from tests.integration.conftest import publish, subscribe
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -99,3 +100,23 @@ def test_flower_without_credentials_in_development_listens_on_loopback_only(proc
         assert addresses == {"127.0.0.1"}
     finally:
         proc.stop()
+
+
+def test_flower_turns_task_events_on_and_shows_deliveries(
+    flower, start_worker, client, tenant, receiver
+):
+    # Workers send no task events by default (config/celery.py); Flower turns them on.
+    subscribe(client, tenant, receiver.url("/flower"), ["order.created"])
+    start_worker(concurrency=2, name="watched")
+
+    def delivery_shown() -> dict[str, Any] | None:
+        # One more event each time: those sent before Flower's call reach no one.
+        assert publish(client, tenant, "order.created", {"n": 1}).status_code == 202
+        resp = requests.get(
+            f"{flower}/api/tasks", params={"taskname": "tasks.deliver"}, auth=AUTH, timeout=20
+        )
+        assert resp.status_code == 200, resp.text
+        return resp.json() or None
+
+    tasks = wait_until(delivery_shown, 60, interval=2, message="a delivery task in Flower")
+    assert {t["name"] for t in tasks.values()} == {"tasks.deliver"}

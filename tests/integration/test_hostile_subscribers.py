@@ -11,33 +11,21 @@ import pytest
 
 from scripts.harness import wait_until
 from tests.integration.conftest import publish, subscribe
-from tests.support import delivery
+from tests.support import Listener, delivery
 
 
-class TricklingServer:
+class TricklingServer(Listener):
     """Answers a status line, then one header line every 0.3 s and never finishes."""
 
     def __init__(self, seconds: float) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.until = time.monotonic() + seconds
         self.open = 0
         self.max_open = 0
         self.connections = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with self._lock:
             self.open += 1
             self.connections += 1
@@ -54,9 +42,6 @@ class TricklingServer:
             conn.close()
             with self._lock:
                 self.open -= 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.timing

@@ -13,32 +13,21 @@ from typing import Any
 import pytest
 
 from scripts.harness import Receiver, Reply
+from tests.support import Listener
 from webhooks.http import Client, Response
 from webhooks.models import AttemptResult
 
 
-class Trickler:
+class Trickler(Listener):
     """A server that accepts, reads the request, then sends `prefix` and one byte of `drip`
     every `interval` seconds for `seconds`, and hangs up."""
 
     def __init__(self, prefix: bytes, drip: bytes, interval: float = 0.1, seconds: float = 6):
         self.prefix, self.drip, self.interval, self.seconds = prefix, drip, interval, seconds
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.hung_up_by_client = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         until = time.monotonic() + self.seconds
         try:
             conn.recv(65536)
@@ -52,15 +41,6 @@ class Trickler:
             self.hung_up_by_client.set()
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Trickler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def post(self, timeout: float) -> tuple[Response, float]:
         """Post to it with a client whose deadline is `timeout`; say how long that took."""
@@ -209,7 +189,7 @@ def _certificate(tmp_path: Any, name: str) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-class TLSServer:
+class TLSServer(Listener):
     """Answers each request on a TLS connection with 204, and notes the SNI name it was asked
     for; with `handshake=False` it accepts connections and never answers the ClientHello."""
 
@@ -219,27 +199,14 @@ class TLSServer:
         self.context.load_cert_chain(cert, key)
         self.context.sni_callback = lambda sock, name, ctx: self.names.append(name)
         self.handshake = handshake
-        # Where the client will dial "localhost": its first address (::1 on some hosts).
-        family, _, _, _, address = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0]
-        self.sock = socket.socket(family)
-        self.sock.bind(address[:2])
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        # Where the client will dial "localhost": its first address (::1 on some hosts).
+        super().__init__("localhost")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            if not self.handshake:
-                self.held.append(conn)
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        if not self.handshake:
+            self.held.append(conn)
+            return
         try:
             with self.context.wrap_socket(conn, server_side=True) as tls:
                 tls.settimeout(5)
@@ -257,7 +224,7 @@ class TLSServer:
             pass
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for conn in self.held:
             conn.close()
 

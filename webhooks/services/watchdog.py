@@ -82,6 +82,18 @@ SELECT d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit,
 )
 
 _CHECKED = text("UPDATE deliveries SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))")
+# Rows the scheduler still holds: looked at again after as long as they have waited so far
+# (at most RECHECK_FACTOR x lost_after), not every lost_after. A backlog that takes minutes to
+# drain is then checked a few times, not once per lost_after, each check a statement and a
+# Redis lookup per row that competes with the deliveries themselves. The cost: a row that Redis
+# loses after holding it a long while is found that much later (the scheduler is busy with the
+# rest of the backlog meanwhile).
+_HELD = text(
+    "UPDATE deliveries"
+    " SET dispatched_at = now() + LEAST(now() - next_attempt_at, make_interval(secs => :most))"
+    " WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+RECHECK_FACTOR = 4
 
 # In random order: with more open circuits than one pass takes, each still gets its turn.
 _PARKED_SUBSCRIPTIONS = text(
@@ -229,8 +241,13 @@ def _hand_over_lost(report: Report) -> None:
                 log.warning("watchdog: scheduler unavailable, lost work waits: %s", exc)
                 return
             lost = [r for r, held in zip(rows, known, strict=True) if not held]
-            # Checked now: rows the scheduler still holds leave the candidates for a while.
-            session.execute(_CHECKED, {"ids": [str(r.id) for r in rows]})
+            kept = [str(r.id) for r, held in zip(rows, known, strict=True) if held]
+            # Checked now: they leave the candidates for a while (see _HELD).
+            if lost:
+                session.execute(_CHECKED, {"ids": [str(r.id) for r in lost]})
+            if kept:
+                most = RECHECK_FACTOR * settings.lost_after
+                session.execute(_HELD, {"ids": kept, "most": most})
         if lost:
             scheduling.submit(scheduling.items(lost))
             overdue = sum(1 for r in lost if r.overdue)
