@@ -6,8 +6,6 @@ their own (`T0` and later) instead of sleeping.
 
 from __future__ import annotations
 
-import time
-
 import fakeredis
 import pytest
 
@@ -43,17 +41,16 @@ def test_unknown_subscription_is_closed(breaker):
 
 
 def test_threshold_of_consecutive_failures_opens_the_circuit(breaker):
-    assert breaker.record_failure(SUB) is False
-    assert breaker.record_failure(SUB) is False
-    assert breaker.acquire(SUB).allowed
-    before = time.time()
-    assert breaker.record_failure(SUB) is True
-    decision = breaker.acquire(SUB)
+    assert breaker.record_failure(SUB, now=T0) is False
+    assert breaker.record_failure(SUB, now=T0) is False
+    assert breaker.acquire(SUB, now=T0).allowed
+    assert breaker.record_failure(SUB, now=T0 + 1) is True
+    decision = breaker.acquire(SUB, now=T0 + 1)
     assert (decision.allowed, decision.state) == (False, "open")
-    assert before + COOLDOWN - 0.05 <= decision.retry_at <= time.time() + COOLDOWN + 0.05
+    assert decision.retry_at == pytest.approx(T0 + 1 + COOLDOWN)
     assert breaker.client.scard(OPEN_SET) == 1
     # Further failures while open do not count as opening it again.
-    assert breaker.record_failure(SUB) is False
+    assert breaker.record_failure(SUB, now=T0 + 1) is False
 
 
 def test_success_resets_the_count_of_consecutive_failures(breaker):
@@ -67,9 +64,9 @@ def test_success_resets_the_count_of_consecutive_failures(breaker):
 
 
 def test_circuits_are_per_subscription(breaker):
-    open_circuit(breaker)
-    assert breaker.acquire("sub-2").allowed
-    assert not breaker.acquire(SUB).allowed
+    open_circuit(breaker, now=T0)
+    assert breaker.acquire("sub-2", now=T0).allowed
+    assert not breaker.acquire(SUB, now=T0).allowed
 
 
 def test_after_cooldown_exactly_one_probe_is_let_through(breaker):
