@@ -114,7 +114,9 @@ class Delivery(Timestamped, Base):
         DateTime(timezone=True), server_default=func.now()
     )
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # When a task for it was last put on the broker; the watchdog re-sends lost ones.
+    # When it was last handed to the scheduler; the watchdog hands lost ones over again. For a
+    # row the scheduler still held when the watchdog looked, a time ahead: when to look again
+    # (services/watchdog.py, _HELD). Internal, never shown.
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Waiting in PostgreSQL behind an open circuit; spends no attempts.
     parked: Mapped[bool] = mapped_column(
