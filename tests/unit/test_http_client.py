@@ -56,8 +56,10 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
-def _client(timeout: float = 1.0) -> Client:
-    return Client(timeout=timeout, allow_private=True, body_cap=100)
+def _client(timeout: float = 1.0, cafile: str | None = None) -> Client:
+    """A client for loopback; with `cafile`, trusting that certificate instead of the system's."""
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
+    return Client(timeout=timeout, allow_private=True, body_cap=100, tls=tls)
 
 
 def test_subscriber_trickling_its_headers_is_cut_at_the_deadline_as_a_timeout() -> None:
@@ -234,21 +236,12 @@ def localhost_cert(tmp_path: Any) -> tuple[str, str]:
     return _certificate(tmp_path, "localhost")
 
 
-def _trusting(cafile: str, timeout: float = 2.0) -> Client:
-    return Client(
-        timeout=timeout,
-        allow_private=True,
-        body_cap=100,
-        tls=ssl.create_default_context(cafile=cafile),
-    )
-
-
 def test_https_checks_the_certificate_for_the_urls_host_over_the_checked_address(
     localhost_cert: tuple[str, str],
 ) -> None:
     server = TLSServer(*localhost_cert)
     try:
-        client = _trusting(localhost_cert[0])
+        client = _client(2.0, cafile=localhost_cert[0])
         url = f"https://localhost:{server.port}/tls"
         for _ in range(2):  # the second one on the kept-alive connection
             response = client.post(url, b"{}", {})
@@ -256,7 +249,7 @@ def test_https_checks_the_certificate_for_the_urls_host_over_the_checked_address
             assert response.status_code == 204
         assert server.names == ["localhost"]  # SNI: the URL's name, not the address dialled
         # A certificate nobody vouches for is refused: the system's roots do not know it.
-        untrusted = Client(timeout=2, allow_private=True, body_cap=100).post(url, b"{}", {})
+        untrusted = _client(2.0).post(url, b"{}", {})
         assert untrusted.result is AttemptResult.CONNECTION_ERROR, untrusted
         assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.error or ""), untrusted
     finally:
@@ -267,7 +260,7 @@ def test_https_refuses_a_certificate_for_another_name(tmp_path: Any) -> None:
     cert, key = _certificate(tmp_path, "other.example")
     server = TLSServer(cert, key)
     try:
-        response = _trusting(cert).post(f"https://localhost:{server.port}/tls", b"{}", {})
+        response = _client(2.0, cafile=cert).post(f"https://localhost:{server.port}/tls", b"{}", {})
         assert response.result is AttemptResult.CONNECTION_ERROR, response
         assert "CERTIFICATE_VERIFY_FAILED" in (response.error or ""), response
     finally:
@@ -280,7 +273,7 @@ def test_a_tls_handshake_that_never_answers_is_cut_at_the_deadline(
     server = TLSServer(*localhost_cert, handshake=False)
     try:
         started = time.monotonic()
-        response = _trusting(localhost_cert[0], timeout=0.5).post(
+        response = _client(0.5, cafile=localhost_cert[0]).post(
             f"https://localhost:{server.port}/tls", b"{}", {}
         )
         assert response.result is AttemptResult.TIMEOUT, response

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from sqlalchemy import text
@@ -240,8 +241,13 @@ def _hand_over_lost(report: Report) -> None:
             except redis.RedisError as exc:
                 log.warning("watchdog: scheduler unavailable, lost work waits: %s", exc)
                 return
-            lost = [r for r, held in zip(rows, known, strict=True) if not held]
-            kept = [str(r.id) for r, held in zip(rows, known, strict=True) if held]
+            lost: list[Any] = []
+            kept: list[str] = []
+            for row, held in zip(rows, known, strict=True):
+                if held:
+                    kept.append(str(row.id))
+                else:
+                    lost.append(row)
             # Checked now: they leave the candidates for a while (see _HELD).
             if lost:
                 session.execute(_CHECKED, {"ids": [str(r.id) for r in lost]})
