@@ -27,6 +27,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -208,13 +209,42 @@ class Limits:
     cache_seconds: float
 
     def for_tenant(self, credential: tenants.Credential) -> Limit | None:
-        if credential.rate_limit_per_minute is not None and self.default is not None:
-            return Limit(credential.rate_limit_per_minute, TENANT_WINDOW)
-        return self.default
+        return _tenant_limit(self.default, credential.rate_limit_per_minute)
+
+
+def _tenant_limit(default: Limit | None, per_minute: int | None) -> Limit | None:
+    """A tenant's limit: its own per minute, or the default; none at all if limits are off."""
+    if per_minute is not None and default is not None:
+        return Limit(per_minute, TENANT_WINDOW)
+    return default
 
 
 def _tenant_bucket(credential: tenants.Credential, limit: Limit | None) -> str:
-    return f"t:{credential.tenant_id}:{limit.seconds if limit else 0}"
+    return _bucket_of(credential.tenant_id, limit)
+
+
+def _bucket_of(tenant_id: uuid.UUID, limit: Limit | None) -> str:
+    return f"t:{tenant_id}:{limit.seconds if limit else 0}"
+
+
+def _default_limit() -> Limit | None:
+    return parse_limit("WEBHOOKS_RATE_LIMIT", get_settings().rate_limit)
+
+
+def spend(tenant_id: uuid.UUID, per_minute: int | None, cost: int, force: bool = False) -> State:
+    """Count `cost` against a tenant's API budget outside an API request (the console's and
+    the portal's actions that make events or send deliveries again); `per_minute` is the
+    tenant's own limit, if it has one."""
+    limit = _tenant_limit(_default_limit(), per_minute)
+    return count(_bucket_of(tenant_id, limit), cost, limit, "force" if force else "hit")
+
+
+def remaining(tenant_id: uuid.UUID, per_minute: int | None) -> int | None:
+    """What a tenant may still spend in this window, or None for no limit."""
+    limit = _tenant_limit(_default_limit(), per_minute)
+    if limit is None:
+        return None
+    return count(_bucket_of(tenant_id, limit), 0, limit, "peek").remaining
 
 
 def _address_bucket(limit: Limit | None) -> str:
@@ -299,7 +329,7 @@ def init_rate_limiting(app: Flask) -> Limits:
     """Authenticate and count every /v1 request before its view; return the limits."""
     settings = get_settings()
     limits = Limits(
-        parse_limit("WEBHOOKS_RATE_LIMIT", settings.rate_limit),
+        _default_limit(),
         parse_limit("WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", settings.rate_limit_unauthenticated),
         settings.api_key_cache_seconds,
     )

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.integration.conftest import publish, subscribe
-from tests.support import SCRIPT, add_attempt, csrf_of, set_status
+from tests.support import SCRIPT, add_attempt, csrf_of, set_status, sql
 from webhooks.db import get_engine
 from webhooks.services.stats import _SUBSCRIPTION_STATS
 
@@ -630,3 +630,119 @@ def test_subscription_limits_are_edited_in_the_console_and_shown_with_their_effe
     assert (api["max_in_flight"], api["rate_limit"]) == (2, 7)
     page = client.get(f"/console/subscriptions/{sub['id']}").get_data(as_text=True)
     assert "2 at once, 7/s" in page
+
+
+def test_signing_out_kills_every_copy_of_the_keys_sessions(app: Any, tenant: Any) -> None:
+    """The cookie is the browser's: sign-out must end the session itself, so a copy of the
+    cookie taken before (or the same key signed in elsewhere) opens nothing after it."""
+    client, elsewhere = app.test_client(), app.test_client()
+    token = signed_in(client, tenant)
+    signed_in(elsewhere, tenant)
+    saved = client.get_cookie("webhooks_session").value
+    assert client.post("/console/sign-out", data={"csrf_token": token}).status_code == 302
+    thief = app.test_client()
+    thief.set_cookie("webhooks_session", saved)
+    assert thief.get("/console/").status_code == 302
+    assert elsewhere.get("/console/").status_code == 302
+    signed_in(client, tenant)  # signing in again opens a new session
+    assert client.get("/console/").status_code == 200
+
+
+def test_a_csrf_token_beyond_ascii_is_refused_not_a_crash(client: Any, tenant: Any) -> None:
+    client.get("/console/sign-in")
+    refused = client.post("/console/sign-in", data={"api_key": "x", "csrf_token": "é"})
+    assert refused.status_code == 400
+    signed_in(client, tenant)
+    assert client.post("/console/sign-out", data={"csrf_token": "é"}).status_code == 400
+    assert client.get("/console/").status_code == 200  # still signed in
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fields"),
+    [
+        ("get", "/console/deliveries", {"event_type": "a\x00b"}),
+        ("get", "/console/deliveries", {"consumer": "a\x00b"}),
+        ("post", "/console/subscriptions", {"description": "a\x00b"}),
+        ("post", "/console/subscriptions", {"url": "http://127.0.0.1:9/x\x00"}),
+    ],
+)
+def test_a_nul_character_in_a_query_or_form_is_refused(
+    client: Any, tenant: Any, method: str, path: str, fields: dict[str, str]
+) -> None:
+    token = signed_in(client, tenant)
+    if method == "get":
+        answer = client.get(path, query_string=fields)
+    else:
+        data = {"csrf_token": token, "url": "http://127.0.0.1:9/x", "event_types": "*"}
+        answer = client.post(path, data=data | fields)
+    assert answer.status_code == 400
+    assert "NUL character" in answer.get_data(as_text=True)
+    listed = client.get("/v1/subscriptions", headers=tenant["headers"]).get_json()
+    assert listed["data"] == []
+
+
+def test_a_filter_nested_too_deeply_is_a_form_error(client: Any, tenant: Any) -> None:
+    token = signed_in(client, tenant)
+    data = {
+        "csrf_token": token,
+        "url": "http://127.0.0.1:9/x",
+        "event_types": "*",
+        "filter": "[" * 100_000,
+    }
+    answer = client.post("/console/subscriptions", data=data)
+    assert answer.status_code == 422
+    assert "nested too deeply" in answer.get_data(as_text=True)
+
+
+def test_sign_in_never_returns_to_a_path_a_header_cannot_carry(client: Any, tenant: Any) -> None:
+    for target in ("/console/\r\nX-Evil: 1", "/console/\\\\evil.example"):
+        token = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+        answer = client.post(
+            "/console/sign-in",
+            data={"api_key": tenant["key"], "csrf_token": token, "next": target},
+        )
+        assert answer.status_code == 302
+        assert answer.headers["Location"] == "/console/"
+        assert "X-Evil" not in answer.headers
+
+
+def test_a_page_link_beyond_the_keys_range_starts_from_the_first_page(
+    client: Any, tenant: Any, world: Any
+) -> None:
+    signed_in(client, tenant)
+    sub = world["mine"]["sub"]["id"]
+    for after in ("9" * 40, "-1", str(1 << 63)):
+        assert client.get(f"/console/subscriptions/{sub}?after={after}").status_code == 200
+
+
+def test_test_events_retries_and_replays_spend_the_tenants_api_budget(
+    make_client: Any, tenant: Any
+) -> None:
+    """What the console makes or sends again counts as the API's same requests do."""
+    client = make_client(WEBHOOKS_RATE_LIMIT="8/minute")
+    token = signed_in(client, tenant)
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/hook", ["order.created"])["id"]  # 1
+    for n in range(3):  # 3 more
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    sql("UPDATE deliveries SET status = 'delivered'")
+    replayed = client.post(
+        f"/console/subscriptions/{sub}/replay",
+        data={"csrf_token": token, "since": "2000-01-01T00:00"},
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert "Requeued 3 deliveries." in replayed  # 7 spent
+    answers = [
+        client.post(f"/console/subscriptions/{sub}/test", data={"csrf_token": token}).status_code
+        for _ in range(3)
+    ]
+    assert answers == [302, 429, 429]
+    (events,) = sql("SELECT count(*) FROM events WHERE event_type = 'webhook.test'")[0]
+    assert events == 1
+    delivery = sql("SELECT id FROM deliveries ORDER BY id LIMIT 1")[0][0]
+    refused = client.post(f"/console/deliveries/{delivery}/retry", data={"csrf_token": token})
+    assert refused.status_code == 429 and "retry in" in refused.get_data(as_text=True)
+    again = client.post(
+        f"/console/subscriptions/{sub}/replay",
+        data={"csrf_token": token, "since": "2000-01-01T00:00"},
+    )
+    assert again.status_code == 429

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import SCRIPT, add_attempt, csrf_of, set_status
+from tests.support import SCRIPT, add_attempt, csrf_of, set_status, sql
 from webhooks.db import get_engine
 
 
@@ -327,3 +327,36 @@ def test_the_links_token_never_reaches_the_access_log(
     paths = [getattr(r, "path", "") for r in caplog.records if r.name == "webhooks.access"]
     assert paths == ["/portal/<token>/deliveries"]
     assert token not in caplog.text
+
+
+def test_odd_form_input_is_refused_not_a_crash(client: Any, tenant: Any, shop: Any) -> None:
+    base = shop["alice"]["link"].rstrip("/")
+    sub = shop["alice"]["sub"]["id"]
+    token = csrf_of(client.get(base + "/endpoints/new").get_data(as_text=True))
+    wrong = client.post(f"{base}/endpoints/{sub}/delete", data={"csrf_token": "é"})
+    assert wrong.status_code == 400
+    form = {"csrf_token": token, "url": "http://127.0.0.1:9/x", "event_types": "order.created"}
+    nul = client.post(base + "/endpoints", data=form | {"description": "a\x00b"})
+    assert nul.status_code == 400 and "NUL character" in nul.get_data(as_text=True)
+    assert client.get(f"{base}/endpoints/{sub}").status_code == 200  # nothing deleted
+
+
+def test_a_links_test_events_and_retries_spend_the_tenants_api_budget(
+    make_client: Any, tenant: Any
+) -> None:
+    """A link is in a third party's hands: what it makes counts against the tenant's limit."""
+    client = make_client(WEBHOOKS_RATE_LIMIT="5/minute")
+    consumer(client, tenant, "alice")  # 1
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/a", ["*"], consumer="alice")["id"]  # 2
+    base = link(client, tenant, "alice").rstrip("/")  # 3
+    token = csrf_of(client.get(base + "/endpoints/new").get_data(as_text=True))
+    answers = [
+        client.post(f"{base}/endpoints/{sub}/test", data={"csrf_token": token}).status_code
+        for _ in range(4)
+    ]
+    assert answers == [302, 302, 429, 429]
+    (events,) = sql("SELECT count(*) FROM events")[0]
+    assert events == 2
+    delivery = sql("SELECT id FROM deliveries ORDER BY id LIMIT 1")[0][0]
+    retry = client.post(f"{base}/deliveries/{delivery}/retry", data={"csrf_token": token})
+    assert retry.status_code == 429

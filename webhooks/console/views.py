@@ -27,12 +27,15 @@ from config.pages import get_page_settings
 from webhooks.api.common import db
 from webhooks.console import charts, examples
 from webhooks.console.web import (
+    budget,
     check_csrf,
+    check_storable,
     error_pages,
     flat_errors,
     form_list,
     secure_headers,
     signin_allowed,
+    spend,
 )
 from webhooks.models import DeliveryStatus
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
@@ -63,6 +66,7 @@ def _globals() -> dict[str, Any]:
 @bp.before_request
 def _authenticate() -> Any:
     check_csrf()
+    check_storable()
     if request.endpoint in PUBLIC:
         return None
     key_id = session.get("key_id")
@@ -74,6 +78,8 @@ def _authenticate() -> Any:
             operator = signin.operator(db(), uuid.UUID(key_id))
         except ValueError:
             operator = None
+    if operator is not None and operator.session_generation != session.get("generation"):
+        operator = None  # signed out since this cookie was made: it is dead, even if copied
     if operator is None:
         session.pop("key_id", None)
         if request.method != "GET":
@@ -97,8 +103,10 @@ def _tenant() -> uuid.UUID:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path of the console: never an absolute or protocol-relative URL (open redirect).
-    if target and target.startswith("/console") and not target.startswith("//"):
+    # Only a path of the console: never an absolute or protocol-relative URL (open redirect),
+    # nor one a Location header cannot carry (control characters) or a browser might read
+    # otherwise (backslashes).
+    if target and target.startswith("/console") and target.isprintable() and "\\" not in target:
         return target
     return url_for("console.overview")
 
@@ -118,6 +126,7 @@ def sign_in() -> Any:
                 session.clear()  # a fresh session: nothing from before sign-in carries over
                 session["csrf"] = secrets.token_urlsafe(32)
                 session["key_id"] = str(operator.key_id)
+                session["generation"] = operator.session_generation
                 session["signed_in_at"] = time.time()
                 session.permanent = True
                 return redirect(_safe_next(request.form.get("next")))
@@ -128,6 +137,10 @@ def sign_in() -> Any:
 
 @bp.post("/sign-out")
 def sign_out() -> Any:
+    # The cookie is the browser's: clearing it is not enough against a copy of it. Signing out
+    # ends every console session of this API key (signin.sign_out).
+    signin.sign_out(db(), g.operator.key_id)
+    db().commit()
     session.clear()
     flash("Signed out.")
     return redirect(url_for("console.sign_in"))
@@ -200,6 +213,8 @@ def _subscription_form() -> tuple[dict[str, Any], dict[str, list[str]]]:
             form["filter"] = json.loads(raw_filter)
         except ValueError as exc:
             errors["filter"] = [f"not valid JSON: {exc}"]
+        except RecursionError:
+            errors["filter"] = ["nested too deeply"]
         form["filter_text"] = raw_filter
     return form, errors
 
@@ -308,13 +323,20 @@ def replay(subscription_id: uuid.UUID) -> Any:
     since = _parse_time(request.form.get("since", ""))
     if since is None:
         abort(400, "give the time to replay from, as YYYY-MM-DDTHH:MM (UTC)")
-    count, more = recovery.replay(db(), _tenant(), subscription_id, since, None, None)
+    # One per delivery requeued, from the tenant's API budget, as the API's replay counts.
+    left = budget(_tenant())
+    if left == 0:
+        spend(_tenant())  # refused: says when the budget comes back
+    limit = None if left is None else min(recovery.REPLAY_LIMIT, left)
+    count, more = recovery.replay(db(), _tenant(), subscription_id, since, None, None, limit)
+    spend(_tenant(), count, force=True)
     flash(f"Requeued {count} deliveries." + (" More remain: replay again." if more else ""))
     return redirect(url_for("console.subscription", subscription_id=subscription_id))
 
 
 @bp.post("/subscriptions/<uuid:subscription_id>/test")
 def test_event(subscription_id: uuid.UUID) -> Any:
+    spend(_tenant())
     delivery = send_test_event(db(), _tenant(), subscription_id)
     flash("Test event sent.")
     return redirect(url_for("console.delivery", delivery_id=delivery.id))
@@ -369,6 +391,7 @@ def delivery(delivery_id: uuid.UUID) -> Any:
 
 @bp.post("/deliveries/<uuid:delivery_id>/retry")
 def retry(delivery_id: uuid.UUID) -> Any:
+    spend(_tenant())
     recovery.retry(db(), _tenant(), delivery_id)
     flash("Delivery sent again.")
     return redirect(url_for("console.delivery", delivery_id=delivery_id))
@@ -384,8 +407,11 @@ def dead_letters() -> Any:
 @bp.post("/dead-letters/retry")
 def retry_dead_letters() -> Any:
     chosen = request.form.getlist("all" if request.form.get("scope") == "all" else "id")
+    chosen = chosen[: queries.MAX_PAGE]
+    # Each one sent again costs one, as the API's retry does.
+    spend(_tenant(), len(chosen))
     done, refused = 0, []
-    for raw in chosen[: queries.MAX_PAGE]:
+    for raw in chosen:
         try:
             recovery.retry(db(), _tenant(), uuid.UUID(raw))
             done += 1

@@ -4,7 +4,9 @@ and the security headers of every page."""
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -24,8 +26,9 @@ from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks import ratelimit
+from webhooks.api.common import db
 from webhooks.ratelimit import parse_limit
-from webhooks.services import ServiceError
+from webhooks.services import ServiceError, tenants
 
 CSRF_FIELD = "csrf_token"
 
@@ -84,8 +87,39 @@ def check_csrf(expected: str | None = None) -> None:
         return
     expected = expected if expected is not None else session.get("csrf")
     sent = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not sent or not hmac.compare_digest(sent, expected):
+    # As bytes: compare_digest refuses str holding anything beyond ASCII (a TypeError, a 500).
+    if (
+        not isinstance(expected, str)
+        or not sent
+        or not hmac.compare_digest(sent.encode(), expected.encode())
+    ):
         abort(400, "the form's CSRF token is missing or wrong; reload the page and try again")
+
+
+def check_storable() -> None:
+    """Refuse (400) a request whose query or form holds a NUL character, which no text column
+    of PostgreSQL can store (the API's JSON reader refuses it the same way)."""
+    for values in (request.args, request.form):
+        for key, value in values.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                abort(400, f"the field {key[:40]!r} holds a NUL character, which is not allowed")
+
+
+def spend(tenant_id: uuid.UUID, cost: int = 1, force: bool = False) -> None:
+    """Count an action that makes events or sends deliveries again (a test event, a retry, a
+    replay) against the tenant's rate limit, as the API counts it; refuse it (429) if the
+    tenant's budget is spent. `force` counts it even past the limit (what was done is done)."""
+    if cost <= 0:
+        return
+    state = ratelimit.spend(tenant_id, tenants.rate_limit_of(db(), tenant_id), cost, force)
+    if not state.allowed:
+        wait = max(1, math.ceil(state.reset_in))
+        abort(429, f"too many requests for this tenant (limit {state.limit}); retry in {wait} s")
+
+
+def budget(tenant_id: uuid.UUID) -> int | None:
+    """What the tenant may still spend in this window (None: no limit)."""
+    return ratelimit.remaining(tenant_id, tenants.rate_limit_of(db(), tenant_id))
 
 
 def signin_allowed() -> bool:

@@ -3,7 +3,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, Uuid
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webhooks.db import Base, Timestamped, uuid7
@@ -34,3 +43,8 @@ class ApiKey(Timestamped, Base):
     prefix: Mapped[str] = mapped_column(String(32), nullable=False)
     key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Console sessions hold the generation they began in; signing out moves it on, which ends
+    # them all (services/signin.py).
+    session_generation: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )

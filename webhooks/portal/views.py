@@ -23,7 +23,15 @@ from marshmallow import ValidationError
 
 from config.pages import get_page_settings
 from webhooks.api.common import db
-from webhooks.console.web import check_csrf, error_pages, flat_errors, form_list, secure_headers
+from webhooks.console.web import (
+    check_csrf,
+    check_storable,
+    error_pages,
+    flat_errors,
+    form_list,
+    secure_headers,
+    spend,
+)
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
 from webhooks.services import ServiceError, portal, queries, recovery
 from webhooks.services import subscriptions as subscription_service
@@ -66,6 +74,7 @@ def _open_link() -> None:
     key = get_page_settings().session_key
     g.portal_csrf = hmac.new(key, b"portal csrf " + token.encode(), hashlib.sha256).hexdigest()
     check_csrf(g.portal_csrf)
+    check_storable()
 
 
 @bp.context_processor
@@ -200,6 +209,8 @@ def rotate_secret(subscription_id: uuid.UUID) -> Any:
 @bp.post("/<token>/endpoints/<uuid:subscription_id>/test")
 def test_event(subscription_id: uuid.UUID) -> Any:
     portal.endpoint(db(), _visitor(), subscription_id)
+    # A link is held by a third party: what it makes counts against the tenant's budget.
+    spend(_visitor().tenant_id)
     delivery = send_test_event(db(), _visitor().tenant_id, subscription_id)
     return redirect(url_for("portal.delivery", delivery_id=delivery.id))
 
@@ -220,6 +231,7 @@ def delivery(delivery_id: uuid.UUID) -> Any:
 @bp.post("/<token>/deliveries/<uuid:delivery_id>/retry")
 def retry(delivery_id: uuid.UUID) -> Any:
     portal.delivery(db(), _visitor(), delivery_id)
+    spend(_visitor().tenant_id)
     recovery.retry(db(), _visitor().tenant_id, delivery_id)
     view = portal.delivery(db(), _visitor(), delivery_id)
     return render_template("portal/delivery.html", view=view, notice="Delivery sent again.")

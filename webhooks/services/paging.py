@@ -59,6 +59,14 @@ def keyset(
     return Page(items, getattr(rows[-1][0], key.key) if more and rows else None)
 
 
+def bigint(text: str) -> int:
+    """Read a bigint key (an attempt's ID) from a page link; ValueError beyond its range."""
+    value = int(text)
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{text[:40]} is not a key")
+    return value
+
+
 def _parse(text: str, parse: Callable[[str], Any]) -> Any:
     with contextlib.suppress(ValueError):
         return parse(text) if text else None

@@ -19,7 +19,7 @@ from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, EventType,
 from webhooks.services import NotFound
 from webhooks.services import consumers as consumer_service
 from webhooks.services import subscriptions as subscription_service
-from webhooks.services.paging import MAX_PAGE, Page, keyset
+from webhooks.services.paging import MAX_PAGE, Page, bigint, keyset
 
 __all__ = ["MAX_PAGE", "Page", "keyset"]
 
@@ -151,7 +151,7 @@ def attempts(
     """A subscription's attempts, newest first."""
     subscription = subscription_service.get(session, tenant_id, subscription_id)
     query = select(Attempt).where(Attempt.subscription_id == subscription.id)
-    return keyset(session, query, Attempt.id, after, limit, parse=int)
+    return keyset(session, query, Attempt.id, after, limit, parse=bigint)
 
 
 def event_types(

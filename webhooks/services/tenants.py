@@ -127,6 +127,11 @@ def lookup(session: Session, digest: bytes) -> Credential | None:
     return Credential(row.tenant_id, row.rate_limit_per_minute)
 
 
+def rate_limit_of(session: Session, tenant_id: uuid.UUID) -> int | None:
+    """A tenant's own rate limit per minute, or None for the default."""
+    return session.scalar(select(Tenant.rate_limit_per_minute).where(Tenant.id == tenant_id))
+
+
 def set_rate_limit(session: Session, tenant_id: uuid.UUID, per_minute: int | None) -> bool:
     """Set a tenant's own rate limit (None: the default); return False if there is no such
     tenant. Every API process applies it within a second of the commit."""
