@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tests.conftest import reset_settings
@@ -227,3 +228,53 @@ def test_the_openapi_description_shows_the_callers_catalogue_as_examples(client,
             "content"
         ]["application/json"]
     )
+
+
+def test_a_schema_that_would_check_an_event_for_hours_is_cut_at_its_budget(client, tenant):
+    """A tenant's schema runs in the API's request threads, which every tenant shares."""
+    from webhooks.services.event_types import CHECK_BUDGET_SECONDS
+
+    # A pattern that backtracks without end on 60 characters, and references that fan out at
+    # each of 40 levels (2^40 checks): each would take hours without the budget.
+    backtracking = {"properties": {"s": {"type": "string", "pattern": "^(a|aa)+$"}}}
+    defs: dict[str, Any] = {"a0": {"type": "integer"}}
+    for i in range(1, 41):
+        defs[f"a{i}"] = {"anyOf": [{"$ref": f"#/$defs/a{i - 1}"}] * 2}
+    fan_out = {"$defs": defs, "$ref": "#/$defs/a40"}
+    for name, schema, payload in (
+        ("a.pattern", backtracking, {"s": "a" * 60 + "!"}),
+        ("a.refs", fan_out, "x"),
+    ):
+        assert _type(client, tenant, name, schema=schema).status_code == 201
+        started = time.monotonic()
+        resp = _event(client, tenant, name, payload)
+        assert resp.status_code == 422, resp.get_json()
+        assert "took more than" in resp.get_json()["error"]["message"]
+        assert time.monotonic() - started < CHECK_BUDGET_SECONDS + 5
+        assert (
+            _event(client, tenant, name, {"s": "aaaa"} if name == "a.pattern" else 1).status_code
+            == 202
+        )
+    assert counts("events") == (2,)
+
+
+def test_schemas_and_numbers_beyond_what_a_check_can_take_answer_422(client, tenant):
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(200):
+        deep = {"not": deep}
+    resp = _type(client, tenant, "a.deep", schema=deep)
+    assert resp.status_code == 422 and "nested more than" in str(resp.get_json())
+    # multipleOf with a number too large for a float, in the payload or in the schema.
+    assert _type(client, tenant, "a.half", schema={"multipleOf": 0.5}).status_code == 201
+    assert (
+        _type(client, tenant, "a.huge", schema={"multipleOf": int("1" + "0" * 400)}).status_code
+        == 201
+    )
+    body = b'{"event_type": "a.half", "payload": 1' + b"0" * 400 + b"}"
+    resp = client.post(
+        "/v1/events", data=body, content_type="application/json", headers=tenant["headers"]
+    )
+    assert resp.status_code == 422 and "cannot be applied" in resp.get_json()["error"]["message"]
+    resp = _event(client, tenant, "a.huge", 0.5)
+    assert resp.status_code == 422 and "cannot be applied" in resp.get_json()["error"]["message"]
+    assert counts("events") == (0,)

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Response, g, jsonify, request
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema, ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
@@ -250,6 +250,15 @@ def register_error_handlers(app: Any) -> None:
             if value:
                 response.headers[header] = value
         return response
+
+    @app.errorhandler(DataError)
+    def _value_refused(exc: DataError) -> Response:
+        # PostgreSQL refused a value that got past the checks (a NUL character in a path, a
+        # number beyond a column's range): the request's fault, and nothing was stored.
+        app.logger.warning("value refused by the database: %s", exc.orig)
+        return error_response(
+            400, "invalid_value", "a value in this request cannot be stored or looked up"
+        )
 
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Response:

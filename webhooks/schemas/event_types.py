@@ -7,9 +7,13 @@ from jsonschema.exceptions import SchemaError
 from marshmallow import Schema, ValidationError, fields, validate
 
 from webhooks.schemas.common import StrictBoolean
-from webhooks.schemas.events import event_type_field
+from webhooks.schemas.events import event_type_field, json_depth
 
 MAX_DESCRIPTION = 1000
+# A schema's nesting: twice a payload's (each level of a payload is `properties`, its name and
+# its schema), ample for any real schema, and far from Python's recursion limit, which checking
+# and showing a schema both walk by recursion.
+MAX_SCHEMA_DEPTH = 64
 
 
 def _local_refs_only(node: Any, where: str = "") -> None:
@@ -31,8 +35,12 @@ def check_schema(value: Any) -> None:
     """Raise a ValidationError naming where a JSON Schema (2020-12) is wrong."""
     if not isinstance(value, dict):
         raise ValidationError("must be a JSON Schema object")
+    if json_depth(value, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        raise ValidationError(f"nested more than {MAX_SCHEMA_DEPTH} levels")
     try:
         Draft202012Validator.check_schema(value)
+    except RecursionError:
+        raise ValidationError("nested too deeply to check") from None
     except SchemaError as exc:
         where = "/" + "/".join(str(p) for p in exc.absolute_path)
         raise ValidationError(f"{where}: {exc.message}") from None

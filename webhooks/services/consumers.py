@@ -38,9 +38,16 @@ def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Cons
     return consumer
 
 
-def get(session: Session, tenant_id: uuid.UUID, uid: str) -> Consumer:
-    """Return the tenant's live consumer with this uid, or raise NotFound."""
-    found = session.scalar(select(Consumer).where(live(tenant_id), Consumer.uid == uid))
+def get(session: Session, tenant_id: uuid.UUID, uid: str, *, lock: str | None = None) -> Consumer:
+    """Return the tenant's live consumer with this uid, or raise NotFound. `lock` ("share" or
+    "update") locks its row until the transaction ends; a consumer deleted meanwhile is then
+    not found."""
+    query = select(Consumer).where(live(tenant_id), Consumer.uid == uid)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share", of=Consumer).execution_options(
+            populate_existing=True
+        )
+    found = session.scalar(query)
     if found is None:
         raise NotFound("no such consumer", {"uid": uid})
     return found
@@ -73,7 +80,9 @@ def delete(session: Session, tenant_id: uuid.UUID, uid: str) -> None:
     """Delete a consumer and its subscriptions, as deleting each subscription would."""
     from webhooks.services import subscriptions
 
-    consumer = get(session, tenant_id, uid)
+    # Locked first: a subscription being made for it meanwhile is committed before the list
+    # below is read, or sees the consumer gone (subscriptions._consumer).
+    consumer = get(session, tenant_id, uid, lock="update")
     for subscription in session.scalars(
         select(Subscription).where(
             Subscription.consumer_id == consumer.id, Subscription.deleted_at.is_(None)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError, best_match
 from referencing.exceptions import Unresolvable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,6 +33,69 @@ from webhooks.services import Conflict, Invalid, NotFound, add_unique
 from webhooks.services.paging import Page, keyset
 
 CACHE_SECONDS = 5.0
+# The most time checking one event against its type's schema may take. A tenant's schema runs
+# in the API's request threads, shared by every tenant: a pattern that backtracks without end
+# (`^(a|aa)+$`) or references that fan out at each level (`anyOf` of two `$ref`s to the level
+# below, 2^n checks) must not hold a thread for hours. Ordinary schemas take microseconds.
+CHECK_BUDGET_SECONDS = 0.5
+
+_deadline: ContextVar[float] = ContextVar("schema_check_deadline", default=float("inf"))
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _budgeted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    """A keyword of the validator that first checks the check's deadline: every subschema the
+    check descends into passes here, so a fan-out of references stops at the deadline."""
+
+    def checked(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        if time.monotonic() > _deadline.get():
+            raise _OverBudget
+        return keyword(validator, value, instance, schema)
+
+    return checked
+
+
+def _search(pattern: str, text: str) -> bool:
+    """`re.search` as jsonschema does it, on the `regex` engine, which can stop at a deadline."""
+    remaining = _deadline.get() - time.monotonic()
+    if remaining <= 0:
+        raise _OverBudget
+    try:
+        return regex.search(pattern, text, timeout=min(remaining, 3600.0)) is not None
+    except TimeoutError:
+        raise _OverBudget from None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    {
+        name: _budgeted(keyword)
+        for name, keyword in {
+            **Draft202012Validator.VALIDATORS,
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+        }.items()
+    },
+)
 
 
 @dataclass
@@ -38,18 +103,27 @@ class _Entry:
     archived: bool
     schema: Any
     version: datetime
-    validator: Draft202012Validator | None = field(default=None, repr=False)
+    validator: Any = field(default=None, repr=False)
 
     def check(self, payload: Any) -> tuple[str, str] | None:
         """Return (JSON pointer, message) of the payload's most relevant error, or None."""
         if self.schema is None:
             return None
         if self.validator is None:
-            self.validator = Draft202012Validator(self.schema)
+            self.validator = _Validator(self.schema)
+        started = _deadline.set(time.monotonic() + CHECK_BUDGET_SECONDS)
         try:
             error = best_match(self.validator.iter_errors(payload))
-        except (Unresolvable, RecursionError) as exc:
+        except _OverBudget:
+            return "", (
+                "checking this payload against the schema of its event type took more than "
+                f"{CHECK_BUDGET_SECONDS} s; simplify the schema's patterns and references"
+            )
+        except (Unresolvable, RecursionError, OverflowError, regex.error) as exc:
+            # OverflowError: multipleOf with a number too large for a float.
             return "", f"the schema of this event type cannot be applied: {exc}"
+        finally:
+            _deadline.reset(started)
         if error is None:
             return None
         pointer = "".join(

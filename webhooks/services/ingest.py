@@ -37,7 +37,8 @@ from webhooks.services import Conflict, Invalid, consumers, event_types, lanes, 
 # a subscription gets the event when its type is listed (or `*`, which leaves out the
 # service's own `webhook.` types), it lists no channel or shares one, and its compiled
 # payload filter (services/filters.py) holds. The nil UUID stands for "no consumer" in the
-# join, so that it stays an equality the planner can hash.
+# join, so that it stays an equality the planner can hash. The events are inserted in the order
+# of their idempotency keys (ORDER BY e.key, e.id); answers and deliveries keep ingest order.
 _INSERT = text(
     """
 WITH new_events AS (
@@ -48,6 +49,9 @@ WITH new_events AS (
     FROM jsonb_to_recordset(CAST(:events AS jsonb))
          AS e(id uuid, event_type varchar, payload jsonb, consumer_id uuid, channels varchar[],
               key varchar, hash text, ordering_key varchar)
+   -- Keys are taken in one order by every request: two batches that share keys in other
+   -- orders would otherwise each wait for a key the other holds (a deadlock, one refused).
+   ORDER BY e.key, e.id
       ON CONFLICT ON CONSTRAINT uq_events_tenant_idempotency_key DO NOTHING
   RETURNING id, event_type, payload, consumer_id, channels
 ), targets AS (

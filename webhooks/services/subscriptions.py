@@ -51,7 +51,9 @@ def _consumer(session: Session, tenant_id: uuid.UUID, uid: str | None) -> Consum
     if uid is None:
         return None
     try:
-        return consumers.get(session, tenant_id, uid)
+        # Shared: a concurrent delete of the consumer waits for this transaction, and then
+        # finds the subscription it makes (or this one finds the consumer gone).
+        return consumers.get(session, tenant_id, uid, lock="share")
     except NotFound:
         raise Invalid("no such consumer", {"fields": {"consumer": ["no such consumer"]}}) from None
 
@@ -61,11 +63,16 @@ def live(tenant_id: uuid.UUID) -> ColumnElement[bool]:
     return and_(Subscription.tenant_id == tenant_id, Subscription.deleted_at.is_(None))
 
 
-def get(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
-    """Return one of the tenant's live subscriptions, or raise NotFound."""
-    found = session.scalar(
-        select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
-    )
+def get(
+    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *, for_update: bool = False
+) -> Subscription:
+    """Return one of the tenant's live subscriptions, or raise NotFound. `for_update` locks its
+    row until the transaction ends, and reads it afresh: a change made from what was read
+    (rotating a secret keeps the current one as the previous) must not race another change."""
+    query = select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
+    if for_update:
+        query = query.with_for_update(of=Subscription).execution_options(populate_existing=True)
+    found = session.scalar(query)
     if found is None:
         raise NotFound("no such subscription", {"id": str(subscription_id)})
     return found
@@ -119,7 +126,7 @@ def update_one(
     session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, data: dict[str, Any]
 ) -> Subscription:
     """Change the given fields; re-enabling a subscription closes its circuit."""
-    subscription = get(session, tenant_id, subscription_id)
+    subscription = get(session, tenant_id, subscription_id, for_update=True)
     if "url" in data:
         _check_target(data["url"])
         subscription.url = data["url"]
@@ -164,7 +171,7 @@ def update_one(
 
 def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> None:
     """Delete a subscription; its unfinished deliveries end as failed, its history stays."""
-    remove(session, get(session, tenant_id, subscription_id))
+    remove(session, get(session, tenant_id, subscription_id, for_update=True))
     session.commit()
 
 
@@ -205,7 +212,7 @@ def rotate_secret(
 ) -> tuple[Subscription, str | None]:
     """Make a new secret (or Ed25519 key pair), of `scheme` if given; the old one keeps signing
     too until the grace period ends. Return the new HMAC secret, or None for ed25519."""
-    subscription = get(session, tenant_id, subscription_id)
+    subscription = get(session, tenant_id, subscription_id, for_update=True)
     associated = str(subscription.id).encode()
     scheme = scheme or subscription.signature_scheme
     secret, public_key = new_key_material(scheme)

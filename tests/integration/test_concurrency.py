@@ -1,0 +1,122 @@
+"""Requests that race each other, and odd path values: each ends in a consistent state and a
+clear answer (real PostgreSQL, requests in threads through Flask's test client)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import subscribe
+from tests.support import sql
+
+NOWHERE = "http://127.0.0.1:9/hook"
+
+
+def _at_once(app: Any, calls: list[Callable[[Any], Any]]) -> list[Any]:
+    """Run each call with its own test client, all released together."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[Any], Any]) -> Any:
+        client = app.test_client()
+        barrier.wait()
+        return call(client)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def _secrets(subscription_id: str) -> set[str]:
+    from webhooks.crypto import decrypt_secret
+
+    ((current, previous),) = sql(
+        "SELECT secret_ciphertext, previous_secret_ciphertext FROM subscriptions WHERE id = :id",
+        id=subscription_id,
+    )
+    associated = subscription_id.encode()
+    return {decrypt_secret(c, associated) for c in (current, previous) if c is not None}
+
+
+def test_two_rotations_at_once_each_hand_out_a_secret_that_signs(
+    app: Any, client: Any, tenant: Any
+) -> None:
+    sub = subscribe(client, tenant, NOWHERE, ["a"])["id"]
+
+    def rotate(c: Any) -> str:
+        answer = c.post(f"/v1/subscriptions/{sub}/rotate-secret", headers=tenant["headers"])
+        assert answer.status_code == 200
+        return str(answer.get_json()["secret"])
+
+    for _ in range(10):
+        handed_out = _at_once(app, [rotate, rotate])
+        # One is current, the other previous (signing too during the grace period).
+        assert set(handed_out) == _secrets(sub)
+
+
+def test_a_subscription_made_while_its_consumer_is_deleted_never_outlives_it(
+    app: Any, client: Any, tenant: Any
+) -> None:
+    headers = tenant["headers"]
+    for i in range(15):
+        uid = f"cus_{i}"
+        made = client.post("/v1/consumers", json={"uid": uid, "name": "x"}, headers=headers)
+        assert made.status_code == 201
+        body = {"url": NOWHERE, "event_types": ["*"], "consumer": uid}
+        created, deleted = _at_once(
+            app,
+            [
+                lambda c, b=body: c.post("/v1/subscriptions", json=b, headers=headers),
+                lambda c, u=uid: c.delete(f"/v1/consumers/{u}", headers=headers),
+            ],
+        )
+        assert created.status_code in (201, 422) and deleted.status_code == 204
+    orphans = sql(
+        "SELECT count(*) FROM subscriptions s JOIN consumers c ON c.id = s.consumer_id"
+        " WHERE s.deleted_at IS NULL AND c.deleted_at IS NOT NULL"
+    )[0][0]
+    assert orphans == 0
+
+
+def test_batches_sharing_keys_in_other_orders_are_all_accepted(
+    app: Any, client: Any, tenant: Any
+) -> None:
+    """Each batch takes its keys in one order: no deadlock between two that share keys."""
+    subscribe(client, tenant, NOWHERE, ["a"])
+
+    def batch(keys: list[str]) -> Callable[[Any], Any]:
+        events = [{"event_type": "a", "payload": {"k": k}, "idempotency_key": k} for k in keys]
+        return lambda c: c.post(
+            "/v1/events/batch", json={"events": events}, headers=tenant["headers"]
+        )
+
+    for round_ in range(4):
+        keys = [f"r{round_}-k{i:03}" for i in range(200)]
+        answers = _at_once(app, [batch(keys), batch(keys[::-1])])
+        assert [a.status_code for a in answers] == [202, 202], [a.get_json() for a in answers]
+        first, second = (a.get_json()["data"] for a in answers)
+        # The same event for each key in both answers, each answer in its own order.
+        assert [e["id"] for e in first] == [e["id"] for e in reversed(second)]
+    assert sql("SELECT count(*) FROM events")[0][0] == 800
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/consumers/a%00b"),
+        ("PATCH", "/v1/consumers/a%00b"),
+        ("DELETE", "/v1/consumers/a%00b"),
+        ("GET", "/v1/event-types/a%00b"),
+        ("PATCH", "/v1/event-types/a%00b"),
+        ("POST", "/v1/consumers/a%00b/portal-links"),
+    ],
+)
+def test_a_nul_character_in_a_path_is_a_clear_4xx(
+    client: Any, tenant: Any, method: str, path: str
+) -> None:
+    body = {} if method == "PATCH" else None
+    answer = client.open(path, method=method, json=body, headers=tenant["headers"])
+    assert 400 <= answer.status_code < 500
+    assert answer.get_json()["error"]["code"]
