@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "webhooks/0.1 (+https://www.standardwebhooks.com/)"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_DEFAULT_PORT = {"http": 80, "https": 443}
+# What a request line cannot carry (http.client refuses it).
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+# Headers that frame the request, or are the client's own: never taken from the caller.
+_FRAMING = ("host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade")
 
 # What a tenant is told when a host's addresses are refused: the same words whatever the address
 # and whether the name resolves at all, so that refusals cannot map internal DNS names. The
@@ -158,8 +164,12 @@ def parse_url(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    default_port = 443 if parts.scheme == "https" else 80
-    return Target(parts.scheme, host, port if port is not None else default_port, path)
+    if _UNSENDABLE.search(path):
+        # http.client refuses them at every attempt: refused now, not failed forever after.
+        raise AddressRefused("the URL's path may not hold spaces or control characters")
+    return Target(
+        parts.scheme, host, port if port is not None else _DEFAULT_PORT[parts.scheme], path
+    )
 
 
 # Lookups run on a few threads of their own, so that a resolver that never answers holds the
@@ -362,6 +372,20 @@ _REAPER = _Reaper()
 _current = threading.local()
 
 
+class _Response(http.client.HTTPResponse):
+    """The standard library's response, which skips every informational (1xx) answer before
+    the final one, as RFC 9110 (15.2) asks of a client; it skips only 100 Continue. A 103 Early
+    Hints taken as the answer would fail a delivery that succeeded, and leave the real answer
+    on the connection for the next attempt to read as its own."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200 or status == 101:
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]  # skip its headers
+
+
 class _Connection(http.client.HTTPConnection):
     """A keep-alive connection to an address checked before, under the current attempt's
     deadline; for https, TLS with the URL's own host name (SNI and the certificate check),
@@ -369,6 +393,8 @@ class _Connection(http.client.HTTPConnection):
 
     The standard library's client, not urllib3: its pool, retry and timeout objects around
     the same `http.client` cost more CPU than the request itself (docs/performance.md)."""
+
+    response_class = _Response
 
     def __init__(self, ip: str, port: int, tls_host: str | None, tls: ssl.SSLContext | None):
         super().__init__(ip, port)
@@ -512,7 +538,8 @@ class Client:
         finally:
             _current.watch = None
         cut = watch.finish()
-        if ending == "end" and not cut and not resp.will_close:
+        # Only after a whole final answer: a 101 switched protocols, anything else leaves bytes.
+        if ending == "end" and not cut and not resp.will_close and resp.status >= 200:
             self._checkin(key, connection)
         else:
             connection.close()  # unread bytes make the connection unusable for the next request
@@ -529,15 +556,22 @@ class Client:
     ) -> http.client.HTTPResponse:
         """Connect (or reuse the connection), send, and read the response headers."""
         host_header = target.host if ":" not in target.host else f"[{target.host}]"
-        if target.port not in (80, 443):
+        if target.port != _DEFAULT_PORT[target.scheme]:
             host_header += f":{target.port}"
-        send_headers = {**headers, "host": host_header, "user-agent": USER_AGENT}
+        # One of each name whatever its case (the last given wins), and none of the ones that
+        # frame the request: a second Host, or a Content-Length or Transfer-Encoding beside the
+        # ones http.client writes, would let a stored header change what the subscriber reads.
+        send_headers = {name.lower(): (name, value) for name, value in headers.items()}
+        for name in _FRAMING:
+            send_headers.pop(name, None)
+        send_headers["host"] = ("Host", host_header)
+        send_headers["user-agent"] = ("User-Agent", USER_AGENT)
         # Each socket operation waits at most what is left; the deadline thread cuts the rest.
         remaining = max(deadline - time.monotonic(), 0.001)
         connection.timeout = remaining
         if connection.sock is not None:
             connection.sock.settimeout(remaining)
-        connection.request("POST", target.path, body=body, headers=send_headers)
+        connection.request("POST", target.path, body=body, headers=dict(send_headers.values()))
         return connection.getresponse()
 
     def _read_capped(self, resp: http.client.HTTPResponse, deadline: float) -> tuple[bytes, str]:
@@ -551,7 +585,9 @@ class Client:
                     return b"".join(chunks), "deadline"
                 chunk = resp.read(self.body_cap + 1 - size)
                 if not chunk:
-                    return b"".join(chunks), "end"
+                    # http.client answers an early end of file with no bytes, not an error:
+                    # a Content-Length not met is a body cut short.
+                    return b"".join(chunks), "broken" if resp.length else "end"
                 chunks.append(chunk)
                 size += len(chunk)
         except (http.client.HTTPException, OSError, ValueError):
