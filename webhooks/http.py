@@ -78,6 +78,11 @@ SPECIAL_PURPOSE_V4: tuple[tuple[str, str], ...] = (
 SPECIAL_PURPOSE_V6: tuple[tuple[str, str], ...] = (
     ("::/128", "the unspecified address"),
     ("::1/128", "a loopback address"),
+    # Not in the registry: deprecated forms that embed an IPv4 address (RFC 4291 2.5.5.1, the
+    # "IPv4-compatible" ::a.b.c.d; RFC 2765's "IPv4-translated" ::ffff:0:a.b.c.d). No public
+    # host has one, and a stack or tunnel that still maps them could reach the IPv4 address.
+    ("::/96", "a deprecated IPv4-compatible address"),
+    ("::ffff:0:0:0/96", "a deprecated IPv4-translated address"),
     ("64:ff9b:1::/48", "a local-use NAT64 address"),
     ("100::/64", "a discard-only address"),
     ("100:0:0:1::/64", "a dummy IPv6 prefix address"),

@@ -186,6 +186,9 @@ def test_every_special_purpose_range_is_refused_from_first_to_last_address(netwo
         "::ffff:192.0.0.192",
         "64:ff9b::c000:c0",  # NAT64 form of 192.0.0.192
         "2002:c000:c0::1",  # 6to4 form of 192.0.0.192
+        "::127.0.0.1",  # IPv4-compatible (deprecated) forms
+        "::8.8.8.8",
+        "::ffff:0:7f00:1",  # IPv4-translated (deprecated) form of 127.0.0.1
     ],
 )
 def test_special_purpose_addresses_pythons_tables_miss_are_refused(address):
