@@ -251,6 +251,9 @@ class Settings:
     # Per client address, for requests without a valid API key (each may cost a key lookup).
     rate_limit_unauthenticated: str
     api_key_cache_seconds: float
+    # Proxies in front of the API that each add X-Forwarded-For/-Proto/-Host: the client's
+    # address (rate limits, sign-in limits) and scheme are read from those headers. 0: none.
+    proxy_hops: int
     # The part of a subscriber's answer kept with an attempt.
     max_response_body: int
     retry_after_max: float
@@ -301,6 +304,7 @@ def get_settings() -> Settings:
         "rate_limit": read.text("WEBHOOKS_RATE_LIMIT", "6000/minute"),
         "rate_limit_unauthenticated": read.text("WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", "60/minute"),
         "api_key_cache_seconds": read.seconds("WEBHOOKS_API_KEY_CACHE_SECONDS", 30.0),
+        "proxy_hops": read.whole("WEBHOOKS_PROXY_HOPS", 0, minimum=0),
         "max_response_body": read.whole("WEBHOOKS_MAX_RESPONSE_BODY_BYTES", 4096),
         "retry_after_max": read.seconds("WEBHOOKS_RETRY_AFTER_MAX_SECONDS", 3600.0),
         "lease_margin": read.seconds("WEBHOOKS_LEASE_MARGIN_SECONDS", 20.0, minimum=1.0),

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import get_settings
 from webhooks.logs import configure_logging
@@ -30,6 +31,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
+    if settings.proxy_hops:
+        # Behind proxies, the client is the address they forward: without this every client
+        # would share the proxy's address, and so its per-address limits (WEBHOOKS_PROXY_HOPS
+        # trusts exactly that many: a header a client wrote itself is not believed).
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the schemas' order
 
     from webhooks import console, portal

@@ -746,3 +746,27 @@ def test_test_events_retries_and_replays_spend_the_tenants_api_budget(
         data={"csrf_token": token, "since": "2000-01-01T00:00"},
     )
     assert again.status_code == 429
+
+
+def test_behind_a_proxy_each_client_has_its_own_sign_in_limit(
+    make_client: Any, tenant: Any
+) -> None:
+    """Every request comes from the proxy's address: the limit must count the client it forwards
+    (WEBHOOKS_PROXY_HOPS), and only as many forwarded entries as there are proxies."""
+    client = make_client(WEBHOOKS_PROXY_HOPS="1", WEBHOOKS_CONSOLE_SIGNIN_LIMIT="2/minute")
+
+    def via_proxy(forwarded: str) -> dict[str, Any]:
+        return {
+            "environ_base": {"REMOTE_ADDR": "10.0.0.1"},
+            "headers": {"X-Forwarded-For": forwarded, "X-Forwarded-Proto": "https"},
+        }
+
+    for _ in range(2):
+        assert sign_in(client, "whk_wrong", **via_proxy("198.51.100.7")).status_code == 401
+    assert sign_in(client, tenant["key"], **via_proxy("198.51.100.7")).status_code == 429
+    # A client that writes its own X-Forwarded-For is still counted by what the proxy saw.
+    spoofed = via_proxy("203.0.113.9, 198.51.100.7")
+    assert sign_in(client, tenant["key"], **spoofed).status_code == 429
+    other = sign_in(client, tenant["key"], **via_proxy("198.51.100.8"))
+    assert other.status_code == 302
+    assert "Secure" in other.headers["Set-Cookie"]  # the proxy said the client used https
