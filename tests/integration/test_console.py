@@ -770,3 +770,19 @@ def test_behind_a_proxy_each_client_has_its_own_sign_in_limit(
     other = sign_in(client, tenant["key"], **via_proxy("198.51.100.8"))
     assert other.status_code == 302
     assert "Secure" in other.headers["Set-Cookie"]  # the proxy said the client used https
+
+
+def test_an_ed25519_subscription_shows_its_public_key_and_its_new_one_after_rotation(
+    client: Any, tenant: Any
+) -> None:
+    token = signed_in(client, tenant)
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/hook", ["*"], signature_scheme="ed25519")
+    page = client.get(f"/console/subscriptions/{sub['id']}").get_data(as_text=True)
+    assert sub["public_key"] and sub["public_key"] in page and "Ed25519" in page
+    rotated = client.post(
+        f"/console/subscriptions/{sub['id']}/rotate-secret", data={"csrf_token": token}
+    ).get_data(as_text=True)
+    now = client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()
+    assert now["public_key"] != sub["public_key"]
+    assert "New signing key" in rotated and now["public_key"] in rotated
+    assert "whsk_" not in rotated  # the private key is never shown

@@ -360,3 +360,22 @@ def test_a_links_test_events_and_retries_spend_the_tenants_api_budget(
     delivery = sql("SELECT id FROM deliveries ORDER BY id LIMIT 1")[0][0]
     retry = client.post(f"{base}/deliveries/{delivery}/retry", data={"csrf_token": token})
     assert retry.status_code == 429
+
+
+def test_a_consumer_sees_an_ed25519_endpoints_public_key_and_its_new_one(
+    client: Any, tenant: Any
+) -> None:
+    consumer(client, tenant, "alice")
+    sub = subscribe(
+        client, tenant, "http://127.0.0.1:9/a", ["*"], consumer="alice", signature_scheme="ed25519"
+    )
+    base = link(client, tenant, "alice").rstrip("/")
+    page = client.get(f"{base}/endpoints/{sub['id']}").get_data(as_text=True)
+    assert sub["public_key"] in page
+    token = csrf_of(page)
+    rotated = client.post(
+        f"{base}/endpoints/{sub['id']}/rotate-secret", data={"csrf_token": token}
+    ).get_data(as_text=True)
+    now = client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()
+    assert now["public_key"] != sub["public_key"] and now["public_key"] in rotated
+    assert "New signing key" in rotated and "whsk_" not in rotated

@@ -271,6 +271,7 @@ def _subscription_page(subscription_id: uuid.UUID, status: int = 200, **extra: A
         "errors": {},
         "secret": None,
         "created": False,
+        "rotated": False,
     }
     context.update(extra)
     return render_template("console/subscription.html", **context), status
@@ -314,8 +315,9 @@ def set_status(subscription_id: uuid.UUID) -> Any:
 @bp.post("/subscriptions/<uuid:subscription_id>/rotate-secret")
 def rotate_secret(subscription_id: uuid.UUID) -> Any:
     subscription, secret = subscription_service.rotate_secret(db(), _tenant(), subscription_id)
-    # Rendered in this answer only: never put in the session or a redirect.
-    return _subscription_page(subscription.id, secret=secret)
+    # Rendered in this answer only: never put in the session or a redirect. An Ed25519 key's
+    # private half is never shown; its new public key is on the page.
+    return _subscription_page(subscription.id, secret=secret, rotated=True)
 
 
 @bp.post("/subscriptions/<uuid:subscription_id>/replay")

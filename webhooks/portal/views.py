@@ -203,6 +203,10 @@ def delete_endpoint(subscription_id: uuid.UUID) -> Any:
 def rotate_secret(subscription_id: uuid.UUID) -> Any:
     portal.endpoint(db(), _visitor(), subscription_id)
     _, secret = subscription_service.rotate_secret(db(), _visitor().tenant_id, subscription_id)
+    if secret is None:  # Ed25519: the new public key is on the page, the private one never
+        return _endpoint_page(
+            subscription_id, notice="New signing key: verify with the public key shown."
+        )
     return _endpoint_page(subscription_id, secret=secret)
 
 
