@@ -33,6 +33,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # What a request line cannot carry (http.client refuses it).
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+# How a kept-alive connection that the other side closed fails when it is used again.
+_CLOSED_ON_REUSE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
 # Headers that frame the request, or are the client's own: never taken from the caller.
 _FRAMING = ("host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade")
 
@@ -475,9 +482,10 @@ class Client:
         self._lock = threading.Lock()
         self._idle: OrderedDict[tuple[str, str, int, str], list[_Connection]] = OrderedDict()
 
-    def _checkout(self, key: tuple[str, str, int, str]) -> _Connection:
-        """A kept-alive connection to this target that is still open, or a new one."""
-        while True:
+    def _checkout(self, key: tuple[str, str, int, str], fresh: bool = False) -> _Connection:
+        """A kept-alive connection to this target that is still open, or a new one (always a
+        new one if `fresh`)."""
+        while not fresh:
             with self._lock:
                 idle = self._idle.get(key)
                 connection = idle.pop() if idle else None
@@ -528,20 +536,29 @@ class Client:
         except AddressRefused as exc:
             return Response(AttemptResult.REFUSED, error=str(exc), duration=_since(started))
         key = (target.scheme, str(addresses[0]), target.port, target.host)
-        connection = self._checkout(key)
-        watch = _Watch(deadline)
-        watch.add(connection)
-        _current.watch = watch
-        _REAPER.add(watch)
-        try:
-            resp = self._send(connection, target, body, headers, deadline)
-            raw, ending = self._read_capped(resp, deadline)
-        except Exception as exc:
-            cut = watch.finish()
-            connection.close()
-            return self._failure(exc, cut, started)
-        finally:
-            _current.watch = None
+        for fresh in (False, True):
+            connection = self._checkout(key, fresh)
+            reused = connection.sock is not None
+            watch = _Watch(deadline)
+            watch.add(connection)
+            _current.watch = watch
+            _REAPER.add(watch)
+            try:
+                resp = self._send(connection, target, body, headers, deadline)
+                raw, ending = self._read_capped(resp, deadline)
+            except Exception as exc:
+                cut = watch.finish()
+                connection.close()
+                if reused and not cut and isinstance(exc, _CLOSED_ON_REUSE):
+                    # The subscriber closed the kept-alive connection as it was taken up again
+                    # (its idle timeout), before any answer: once more on a new connection,
+                    # within the same deadline. A request it did read is a duplicate at worst,
+                    # which the same webhook-id lets it drop, as any retry would.
+                    continue
+                return self._failure(exc, cut, started)
+            finally:
+                _current.watch = None
+            break
         cut = watch.finish()
         # Only after a whole final answer: a 101 switched protocols, anything else leaves bytes.
         if ending == "end" and not cut and not resp.will_close and resp.status >= 200:

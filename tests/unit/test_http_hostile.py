@@ -342,3 +342,41 @@ def test_kept_alive_connection_the_subscriber_closed_while_idle_is_not_reused() 
         server.script = honest
         second = client.post(url, b"{}", {})
     assert second.result is AttemptResult.SUCCESS and second.status_code == 204, second
+
+
+def test_a_kept_alive_connection_closed_as_it_is_reused_is_tried_once_more_fresh() -> None:
+    """A subscriber's idle timeout can close the connection just as the next attempt takes it
+    up (after the client's check that it is still open): that attempt goes out once more on a
+    new connection, not down as a connection error."""
+    served: list[int] = []
+
+    def script(conn: socket.socket) -> None:
+        served.append(1)
+        first_connection = len(served) == 1
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        if first_connection:
+            conn.recv(65536)  # the second request arrives on the kept connection...
+            return  # ...and the subscriber hangs up without an answer
+        time.sleep(0.5)
+
+    client = _client(2.0)
+    with Scripted(script) as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        assert client.post(url, b"{}", {}).result is AttemptResult.SUCCESS
+        second = client.post(url, b"{}", {})
+    assert second.result is AttemptResult.SUCCESS and second.status_code == 204, second
+    assert len(served) == 2
+
+
+def test_a_new_connection_that_fails_is_not_tried_again() -> None:
+    served: list[int] = []
+
+    def script(conn: socket.socket) -> None:
+        served.append(1)
+        conn.recv(65536)  # and hangs up without an answer
+
+    with Scripted(script) as server:
+        response = _client(2.0).post(f"http://127.0.0.1:{server.port}/", b"{}", {})
+    assert response.result is AttemptResult.CONNECTION_ERROR, response
+    assert len(served) == 1
