@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -51,6 +52,16 @@ def _at_least(minimum: float) -> validate.Range:
     return validate.Range(min=minimum, error="must be at least {min}")
 
 
+def _between(minimum: float, maximum: float) -> validate.Range:
+    return validate.Range(min=minimum, max=maximum, error="must be from {min} to {max}")
+
+
+# A retry is due within this (a stored due time must stay a date; `nan` or `inf` must not pass).
+MAX_RETRY_DELAY = 7 * 86_400.0
+# A century: "keep everything" in practice, and still a date PostgreSQL can compute.
+MAX_RETENTION_DAYS = 36_500
+
+
 class Reader:
     """Read settings with environs, collecting every bad value; `check` reports them all in one
     ConfigError that names each variable and its value."""
@@ -67,8 +78,9 @@ class Reader:
     def seconds(self, name: str, default: float, minimum: float = 0.0) -> float:
         return cast(float, self.env.number(name, default, validate=_at_least(minimum)))
 
-    def whole(self, name: str, default: int, minimum: int = 0) -> int:
-        return cast(int, self.env.integer(name, default, validate=_at_least(minimum)))
+    def whole(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        check = _at_least(minimum) if maximum is None else _between(minimum, maximum)
+        return cast(int, self.env.integer(name, default, validate=check))
 
     def flag(self, name: str, default: bool) -> bool:
         return cast(bool, self.env.flag(name, default))
@@ -104,6 +116,8 @@ def _delays(raw: str | tuple[float, ...]) -> tuple[float, ...]:
         raise ValidationError("must be comma-separated seconds") from None
     if any(v < 0 for v in values):
         raise ValidationError("may not hold negative delays")
+    if not all(math.isfinite(v) and v <= MAX_RETRY_DELAY for v in values):
+        raise ValidationError(f"may not hold delays over {MAX_RETRY_DELAY:g} s (a week)")
     return values
 
 
@@ -300,7 +314,9 @@ def get_settings() -> Settings:
         "worker_metrics_address": read.text("WEBHOOKS_WORKER_METRICS_ADDRESS", "127.0.0.1"),
         "metrics_cache_seconds": read.seconds("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
         "rotation_grace": read.seconds("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),
-        "retention_days": read.whole("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
+        "retention_days": read.whole(
+            "WEBHOOKS_RETENTION_DAYS", 30, minimum=1, maximum=MAX_RETENTION_DAYS
+        ),
         "rate_limit": read.text("WEBHOOKS_RATE_LIMIT", "6000/minute"),
         "rate_limit_unauthenticated": read.text("WEBHOOKS_RATE_LIMIT_UNAUTHENTICATED", "60/minute"),
         "api_key_cache_seconds": read.seconds("WEBHOOKS_API_KEY_CACHE_SECONDS", 30.0),

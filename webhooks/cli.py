@@ -11,10 +11,12 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from config import MAX_RETENTION_DAYS
 from webhooks.crypto import current_key_id
 from webhooks.db import session_scope
 from webhooks.models import Delivery, Subscription
 from webhooks.services import ServiceError, queries, recovery, retention, secret_keys, tenants
+from webhooks.services.paging import MAX_PAGE
 
 MAX_RATE_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
 
@@ -42,7 +44,7 @@ def _refusals_as_errors() -> Iterator[None]:
 @click.argument("name")
 def create_tenant(name: str) -> None:
     """Create a tenant and print its API key on the last line."""
-    with session_scope() as session:
+    with _refusals_as_errors(), session_scope() as session:
         tenant, key = tenants.create_tenant(session, name)
         tenant_id = tenant.id
     click.echo(f"tenant {tenant_id} ({name}) created; its API key (shown once):")
@@ -53,7 +55,7 @@ def create_tenant(name: str) -> None:
 @click.argument("tenant_id", type=click.UUID)
 def create_key(tenant_id: uuid.UUID) -> None:
     """Issue another API key for a tenant and print it on the last line."""
-    with session_scope() as session:
+    with _refusals_as_errors(), session_scope() as session:
         key = tenants.issue_key(session, tenant_id)
     click.echo(key)
 
@@ -123,7 +125,7 @@ def retry_delivery(delivery_id: uuid.UUID) -> None:
 @click.option("--since", type=click.DateTime(), required=True)
 @click.option("--until", type=click.DateTime(), default=None)
 @click.option("--status", type=click.Choice(["delivered", "failed"]), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="default: 1000")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=None, help="default: 1000")
 def replay(
     subscription_id: uuid.UUID,
     since: datetime,
@@ -150,7 +152,7 @@ def replay(
 
 
 @commands.command("dead-letters")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
 def dead_letters(limit: int) -> None:
     """List the most recent failed deliveries."""
     with session_scope() as session:
@@ -180,7 +182,12 @@ def rotate_secret_key() -> None:
 
 
 @commands.command("purge")
-@click.option("--days", type=int, default=None, help="default: WEBHOOKS_RETENTION_DAYS")
+@click.option(
+    "--days",
+    type=click.IntRange(1, MAX_RETENTION_DAYS),
+    default=None,
+    help="default: WEBHOOKS_RETENTION_DAYS",
+)
 def purge(days: int | None) -> None:
     """Delete events older than the retention period, with their deliveries and attempts."""
     click.echo(f"deleted {retention.purge(days)} events")

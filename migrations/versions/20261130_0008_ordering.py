@@ -62,6 +62,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Deliveries waiting in a lane have no due time; the code before this revision only sends
+    rows that are due, so they become due now, unordered, rather than never."""
+    op.execute(
+        "UPDATE deliveries SET next_attempt_at = now(), dispatched_at = NULL, updated_at = now()"
+        " WHERE lane_id IS NOT NULL AND next_attempt_at IS NULL"
+        " AND status IN ('pending', 'retrying')"
+    )
     op.drop_index("ix_deliveries_lane_holder", table_name="deliveries")
     op.drop_index("ix_deliveries_lane_open", table_name="deliveries")
     op.drop_column("deliveries", "lane_seq")

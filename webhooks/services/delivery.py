@@ -76,6 +76,9 @@ _PARK_READY = text(
     f"""
 UPDATE deliveries SET parked = true, dispatched_at = NULL, updated_at = now()
  WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
+   -- Due ones only: an entry the scheduler still had for a row now waiting in its fifo lane
+   -- (no due time) must not park it, or un-parking would make it a second holder of the lane.
+   AND next_attempt_at IS NOT NULL
 """  # noqa: S608 (status names from the enums, no input)
 )
 

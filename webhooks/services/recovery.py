@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import case, func, null, select, update
 from sqlalchemy.orm import Session
 
-from webhooks.models import Delivery, DeliveryStatus
+from webhooks.models import Delivery, DeliveryStatus, Event
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.scheduler import Item
 from webhooks.services import Conflict, NotFound, lanes, scheduling
@@ -36,7 +36,11 @@ def retry(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Del
     )
     if delivery is None:
         raise NotFound("no such delivery", {"id": str(delivery_id)})
-    subscription = subscription_service.get(session, tenant_id, delivery.subscription_id)
+    # Shared: a disable, delete or change of ordering waits for this restart and then sees it
+    # (else it could miss a row restarted meanwhile and leave it waiting in a lane for good).
+    subscription = subscription_service.get(
+        session, tenant_id, delivery.subscription_id, lock="share"
+    )
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise Conflict("the subscription is disabled; enable it first", {"id": str(delivery_id)})
     moved = _restart(session, [delivery.id])
@@ -63,7 +67,7 @@ def replay(
     `limit` (default REPLAY_LIMIT); return how many and whether more remain. Unfinished ones
     are left alone, so a second call while they are pending requeues nothing."""
     limit = REPLAY_LIMIT if limit is None else limit
-    subscription = subscription_service.get(session, tenant_id, subscription_id)
+    subscription = subscription_service.get(session, tenant_id, subscription_id, lock="share")
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise Conflict(
             "the subscription is disabled; enable it first", {"id": str(subscription_id)}
@@ -103,6 +107,13 @@ def _restart(session: Session, ids: Sequence[uuid.UUID]) -> _Restarted:
     back to its lane, which sends its deliveries lowest number first (services/lanes.py)."""
     if not ids:
         return _Restarted([], [], [])
+    # Their events are kept from retention's purge until this commits (it skips locked ones):
+    # a delivery restarted is unfinished again, and must not go with an event purged as done.
+    session.execute(
+        select(Event.id)
+        .where(Event.id.in_(select(Delivery.event_id).where(Delivery.id.in_(ids))))
+        .with_for_update(read=True, key_share=True)
+    )
     rows = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(ids), Delivery.status.in_(FINAL))

@@ -64,14 +64,23 @@ def live(tenant_id: uuid.UUID) -> ColumnElement[bool]:
 
 
 def get(
-    session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *, for_update: bool = False
+    session: Session,
+    tenant_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    *,
+    lock: str | None = None,
 ) -> Subscription:
-    """Return one of the tenant's live subscriptions, or raise NotFound. `for_update` locks its
-    row until the transaction ends, and reads it afresh: a change made from what was read
-    (rotating a secret keeps the current one as the previous) must not race another change."""
+    """Return one of the tenant's live subscriptions, or raise NotFound.
+
+    `lock` locks its row until the transaction ends, and reads it afresh: "update" for a change
+    made from what was read (rotating a secret keeps the current one as the previous), which
+    must not race another change; "share" for work that must not race a change of it (a retry
+    restarting deliveries must not interleave with a disable, which ends them)."""
     query = select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
-    if for_update:
-        query = query.with_for_update(of=Subscription).execution_options(populate_existing=True)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share", of=Subscription).execution_options(
+            populate_existing=True
+        )
     found = session.scalar(query)
     if found is None:
         raise NotFound("no such subscription", {"id": str(subscription_id)})
@@ -126,7 +135,7 @@ def update_one(
     session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, data: dict[str, Any]
 ) -> Subscription:
     """Change the given fields; re-enabling a subscription closes its circuit."""
-    subscription = get(session, tenant_id, subscription_id, for_update=True)
+    subscription = get(session, tenant_id, subscription_id, lock="update")
     if "url" in data:
         _check_target(data["url"])
         subscription.url = data["url"]
@@ -171,7 +180,7 @@ def update_one(
 
 def delete(session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> None:
     """Delete a subscription; its unfinished deliveries end as failed, its history stays."""
-    remove(session, get(session, tenant_id, subscription_id, for_update=True))
+    remove(session, get(session, tenant_id, subscription_id, lock="update"))
     session.commit()
 
 
@@ -212,7 +221,7 @@ def rotate_secret(
 ) -> tuple[Subscription, str | None]:
     """Make a new secret (or Ed25519 key pair), of `scheme` if given; the old one keeps signing
     too until the grace period ends. Return the new HMAC secret, or None for ed25519."""
-    subscription = get(session, tenant_id, subscription_id, for_update=True)
+    subscription = get(session, tenant_id, subscription_id, lock="update")
     associated = str(subscription.id).encode()
     scheme = scheme or subscription.signature_scheme
     secret, public_key = new_key_material(scheme)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from webhooks.db import affected, uuid7
 from webhooks.models import ApiKey, Tenant
+from webhooks.services import Invalid, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,14 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+MAX_NAME = 200
+
+
 def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
     """Create a tenant with one API key; return both (the key is not stored)."""
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_NAME or not name.isprintable():
+        raise Invalid(f"a tenant's name is 1 to {MAX_NAME} printable characters")
     tenant = Tenant(id=uuid7(), name=name)
     session.add(tenant)
     session.flush()
@@ -95,6 +102,8 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
 
 def issue_key(session: Session, tenant_id: uuid.UUID) -> str:
     """Make a new API key for a tenant and return it; only its hash is kept."""
+    if session.get(Tenant, tenant_id) is None:
+        raise NotFound("no such tenant", {"id": str(tenant_id)})
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(id=uuid7(), tenant_id=tenant_id, prefix=key[:12], key_hash=hash_key(key)))
     session.flush()
