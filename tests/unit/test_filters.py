@@ -59,7 +59,9 @@ def test_empty_filter_matches_everything_and_compiles_to_nothing():
 
 def test_field_names_are_quoted_so_no_name_can_change_the_path():
     compiled = compile_filter({'a" || true || "': 1, "a.b": {"$exists": True}})
-    assert compiled == '(exists($."a\\" || true || \\"" ? (@ == 1)) && exists($."a.b"))'
+    assert compiled == (
+        '(exists($."a\\" || true || \\"" ? (@.type() != "array" && @ == 1)) && exists($."a.b"))'
+    )
 
 
 def test_subscription_schema_reports_the_filter_pointer_under_the_field():

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from webhooks.canonical import canonical_json
 from webhooks.db import uuid7
 from webhooks.models import EventType
 from webhooks.models.event import OPERATIONAL_TYPES
@@ -85,6 +86,22 @@ def _pattern_properties(
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
+def _unique_items(validator: Any, unique: bool, instance: Any, schema: Any) -> Iterator[Any]:
+    """`uniqueItems` in one pass over canonical forms, under the deadline: jsonschema's own
+    compares every pair in one keyword call (4,000 objects: 40 s)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[str] = set()
+    for i, item in enumerate(instance):
+        if i % 256 == 0 and time.monotonic() > _deadline.get():
+            raise _OverBudget
+        key = canonical_json(item)
+        if key in seen:
+            yield ValidationError(f"has non-unique elements (item {i} repeats an earlier one)")
+            return
+        seen.add(key)
+
+
 _Validator = validators.extend(
     Draft202012Validator,
     {
@@ -93,6 +110,7 @@ _Validator = validators.extend(
             **Draft202012Validator.VALIDATORS,
             "pattern": _pattern,
             "patternProperties": _pattern_properties,
+            "uniqueItems": _unique_items,
         }.items()
     },
 )

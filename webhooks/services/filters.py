@@ -14,8 +14,10 @@ The document, as in Outpost's filters: each key of an object is a condition, all
   current field (at the top: on the payload).
 
 Like MongoDB: where a field holds an array, a comparison holds if it holds for one of its
-elements, and a value of another type than the operand never matches (`$neq` and `$nin` are
-the negations of `$eq` and `$in`, so they match it). `$exists: true` also matches null.
+elements (not for elements of arrays nested in it: jsonpath's lax mode would look one level
+deeper, so each test first leaves arrays out), and a value of another type than the operand
+never matches (`$neq` and `$nin` are the negations of `$eq` and `$in`, so they match it).
+`$exists: true` also matches null.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class _Compiler:
             return f"exists({path})" if value else f"!(exists({path}))"
         if op in ("$eq", "$neq"):
             self._scalar(value, where)
-            test = f"exists({path} ? (@ == {_literal(value)}))"
+            test = _any(path, f"@ == {_literal(value)}")
             return test if op == "$eq" else f"!({test})"
         if op in ("$in", "$nin"):
             if not isinstance(value, list) or not value or len(value) > MAX_LIST:
@@ -131,17 +133,17 @@ class _Compiler:
             for i, item in enumerate(value):
                 self._scalar(item, _pointer(where, i))
             anyof = " || ".join(f"@ == {_literal(item)}" for item in value)
-            test = f"exists({path} ? ({anyof}))"
+            test = _any(path, f"({anyof})")
             return test if op == "$in" else f"!({test})"
         if op == "$startsWith":
             if not isinstance(value, str) or len(value) > MAX_STRING:
                 raise FilterError(where, f"takes a string of at most {MAX_STRING} characters")
-            return f"exists({path} ? (@ starts with {_literal(value)}))"
+            return _any(path, f"@ starts with {_literal(value)}")
         # $gt, $gte, $lt, $lte
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise FilterError(where, "takes a number or a string")
         self._scalar(value, where)
-        return f"exists({path} ? (@ {_COMPARISONS[op]} {_literal(value)}))"
+        return _any(path, f"@ {_COMPARISONS[op]} {_literal(value)}")
 
     @staticmethod
     def _scalar(value: Any, where: str) -> None:
@@ -149,3 +151,10 @@ class _Compiler:
             raise FilterError(where, "takes a string, number, boolean or null")
         if isinstance(value, str) and len(value) > MAX_STRING:
             raise FilterError(where, f"strings may be at most {MAX_STRING} characters")
+
+
+def _any(path: str, test: str) -> str:
+    """`test` holds for the value at `path`, or for one element of the array there. In lax
+    mode the filter unwraps an array once and a comparison unwraps an element once more, so
+    arrays are left out by type: `[[3]]` holds no element equal to 3."""
+    return f'exists({path} ? (@.type() != "array" && {test}))'

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from webhooks import metrics
+from webhooks.canonical import canonical_json
 from webhooks.db import uuid7
 from webhooks.scheduler import Item
 from webhooks.services import Conflict, Invalid, consumers, event_types, lanes, scheduling
@@ -158,8 +159,8 @@ def request_hash(
         content += [consumer, sorted(set(channels))]
     if ordering_key is not None:
         content.append(ordering_key)
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).digest()
+    # Numbers in one spelling: a repeat that writes 100 as 100.0 is the same event.
+    return hashlib.sha256(canonical_json(content).encode()).digest()
 
 
 def publish_event(
