@@ -112,6 +112,19 @@ return {state, after}
 )
 
 
+# KEYS: open set. ARGV: hash prefix. Drop the members whose circuit is not open any more (its
+# hash expired or was lost: closed) and return the ones left.
+_OPEN_MEMBERS = """
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local state = redis.call('HGET', ARGV[1] .. m, 'state')
+  if state == 'open' or state == 'half_open' then out[#out + 1] = m
+  else redis.call('SREM', KEYS[1], m) end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the breaker says about sending now."""
@@ -133,6 +146,7 @@ class CircuitBreaker:
         self._acquire = client.register_script(_ACQUIRE)
         self._success = client.register_script(_SUCCESS)
         self._failure = client.register_script(_FAILURE)
+        self._open_members = client.register_script(_OPEN_MEMBERS)
 
     def _keys(self, subscription_id: str) -> list[str]:
         return [KEY_PREFIX + subscription_id, OPEN_SET]
@@ -199,6 +213,11 @@ class CircuitBreaker:
             "probe_at": opened_at + self.cooldown if opened_at and state == "open" else None,
             "probe_until": float(fields["probe_until"]) if "probe_until" in fields else None,
         }
+
+    def open_circuits(self) -> list[str]:
+        """The subscriptions whose circuit is open or half open. Members of the open set whose
+        hash is gone (expired after a week unheard, or lost) are dropped from it on the way."""
+        return [as_text(m) for m in self._open_members(keys=[OPEN_SET], args=[KEY_PREFIX])]
 
     def reset(self, subscription_id: str) -> None:
         """Forget a subscription's circuit (it closes); soft state, so never raise."""

@@ -60,6 +60,13 @@ RATE_SPACING = 1.04
 # The window over which a rate limit is counted at send time: a second, and a margin for the
 # time between the count and the subscriber's receipt.
 ADMIT_WINDOW_SECONDS = 1.05
+# A subscription's or tenant's hash (limits, adaptive state, counts) not written for this long
+# expires: a subscription deleted, or idle for a week, leaves nothing behind. Its limits come
+# back with its next delivery; its adaptive state starts afresh.
+IDLE_TTL_SECONDS = 7 * 86_400
+# Ready deliveries taken out per drain script: a long backlog is drained in steps, so Redis
+# is never held for long by one script.
+DRAIN_CHUNK = 1000
 
 # Outcomes of an attempt, as the scheduler's adaptive limits see them.
 OK = "ok"  # a 2xx: grow the window and the rate
@@ -69,9 +76,16 @@ NONE = "none"  # no attempt was made (stale message, parked, refused by the circ
 RESTART = "restart"  # its circuit just closed: slow start from a window of 1
 
 _LIB = (
-    f"local CIRCUIT = '{CIRCUIT_PREFIX}'\n"
+    f"local CIRCUIT = '{CIRCUIT_PREFIX}'\nlocal IDLE_TTL = {int(IDLE_TTL_SECONDS)}\n"
     + """
 local P = ARGV[1]
+-- Times and rates as text with microseconds (tostring keeps 14 digits: 0.1 ms of a unix time,
+-- which rounds a spacing of 1/7000 s by a third).
+local function fmt(x) return string.format('%.6f', x) end
+local function touch(sub, tenant)
+  redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
+  redis.call('EXPIRE', P .. 't:' .. tenant, IDLE_TTL)
+end
 local function split(s)
   local out = {}
   for part in string.gmatch(s, '[^ ]+') do out[#out + 1] = part end
@@ -91,7 +105,11 @@ end
 -- End an in-flight entry; return its subscription and tenant, or nil if it was not one.
 local function release(id)
   local v = redis.call('HGET', P .. 'if', id)
-  if not v then return nil end
+  if not v then
+    -- its lease may outlive the entry (Redis lost part of its state): never re-read it
+    redis.call('ZREM', P .. 'ifexp', id)
+    return nil
+  end
   local st = split(v)
   redis.call('HDEL', P .. 'if', id)
   redis.call('ZREM', P .. 'ifexp', id)
@@ -101,6 +119,7 @@ local function release(id)
   if tonumber(redis.call('HINCRBY', P .. 't:' .. st[2], 'inflight', -1)) < 0 then
     redis.call('HSET', P .. 't:' .. st[2], 'inflight', 0)
   end
+  touch(st[1], st[2])
   runnable(st[1], st[2])
   return st
 end
@@ -211,10 +230,11 @@ local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, 
         redis.call('DECR', P .. 'ready')
         if redis.call('HEXISTS', P .. 'if', id) == 0 then
           if rate > 0 then
-            redis.call('HSET', sk, 'next_at', tostring(math.max(now, next_at) + spacing / rate))
+            redis.call('HSET', sk, 'next_at', fmt(math.max(now, next_at) + spacing / rate))
           end
           redis.call('HINCRBY', sk, 'inflight', 1)
           redis.call('HINCRBY', P .. 't:' .. t, 'inflight', 1)
+          touch(sub, t)
           redis.call('HSET', P .. 'if', id, sub .. ' ' .. t)
           redis.call('ZADD', P .. 'ifexp', now + lease, id)
           inflight = inflight + 1
@@ -236,7 +256,7 @@ local function next_wake()
     local first = redis.call('ZRANGE', P .. k, 0, 0, 'WITHSCORES')
     if first[2] and (best < 0 or tonumber(first[2]) < best) then best = tonumber(first[2]) end
   end
-  return tostring(best)
+  return fmt(best)
 end
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 local function base64(s)
@@ -309,6 +329,7 @@ for i = 0, n - 1 do
     seen[sub] = true
     redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
                'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
+    redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
   end
   push_ready(id, sub, tenant)
 end
@@ -376,7 +397,7 @@ if outcome ~= 'none' then
     local gap = num(redis.call('HGET', sk, 'gap'), now - last)
     redis.call('HSET', sk, 'gap', tostring(0.8 * gap + 0.2 * (now - last)))
   end
-  redis.call('HSET', sk, 'last_end', tostring(now))
+  redis.call('HSET', sk, 'last_end', fmt(now))
 end
 return pick_and_answer()
 """
@@ -403,12 +424,14 @@ return 1
 """
 )
 
-# ARGV: prefix, subscription. Take every ready delivery of a subscription whose circuit is
-# open out of the scheduler (they go back to PostgreSQL, parked) and return their IDs.
+# ARGV: prefix, subscription, count. Take up to `count` ready deliveries of a subscription
+# whose circuit is open out of the scheduler (they go back to PostgreSQL, parked) and return
+# their IDs, oldest first.
 _DRAIN = """
 local key = ARGV[1] .. 'r:' .. ARGV[2]
-local ids = redis.call('LRANGE', key, 0, -1)
-redis.call('DEL', key)
+local n = tonumber(ARGV[3])
+local ids = redis.call('LRANGE', key, 0, n - 1)
+redis.call('LTRIM', key, n, -1)
 if #ids > 0 then
   redis.call('DECRBY', ARGV[1] .. 'ready', #ids)
   for _, id in ipairs(ids) do redis.call('SREM', ARGV[1] .. 'known', id) end
@@ -446,6 +469,7 @@ _CONFIGURE = (
     + """
 local sk = P .. 's:' .. ARGV[2]
 redis.call('HSET', sk, 'limit', ARGV[3], 'rate', ARGV[4], 'tenant', ARGV[5])
+redis.call('EXPIRE', sk, IDLE_TTL)
 local cwnd = redis.call('HGET', sk, 'cwnd')
 if cwnd and tonumber(cwnd) > tonumber(ARGV[3]) then redis.call('HSET', sk, 'cwnd', ARGV[3]) end
 if redis.call('LLEN', P .. 'r:' .. ARGV[2]) > 0 then runnable(ARGV[2], ARGV[5]) end
@@ -578,9 +602,10 @@ class Scheduler:
         if delivery_ids:
             self._forget(args=[self.prefix, *delivery_ids])
 
-    def drain(self, subscription_id: str) -> list[str]:
-        """Take a subscription's ready deliveries out of the scheduler; return their IDs."""
-        return [as_text(i) for i in self._drain(args=[self.prefix, subscription_id])]
+    def drain(self, subscription_id: str, count: int = DRAIN_CHUNK) -> list[str]:
+        """Take up to `count` of a subscription's ready deliveries out of the scheduler,
+        oldest first; return their IDs (fewer than `count`: none are left)."""
+        return [as_text(i) for i in self._drain(args=[self.prefix, subscription_id, count])]
 
     def known(self, delivery_ids: Sequence[str]) -> list[bool]:
         """Say for each delivery whether the scheduler holds it (ready, delayed or in flight)."""

@@ -85,6 +85,9 @@ UPDATE deliveries SET parked = true, dispatched_at = NULL, updated_at = now()
 # What the breaker says of a closed circuit (see `attempt`).
 _CLOSED = Decision(allowed=True, state="closed")
 
+# The most ready deliveries one park takes out of the scheduler (see `_park`).
+MAX_DRAIN = 50_000
+
 # Results that say the subscriber is overloaded: its adaptive concurrency and rate go down.
 _THROTTLING_STATUS = {429, 503}
 
@@ -328,14 +331,20 @@ def _park(conn: Connection, row: Any) -> Step:
     PostgreSQL, not in Redis, until a probe closes the circuit."""
     conn.execute(_parked(row, row.attempt_count - 1))
     parked = 1
-    try:
-        ready = get_scheduler().drain(str(row.subscription_id))
-    except redis.RedisError as exc:  # they stay ready: each is parked when it is picked
-        log.warning("scheduler unavailable: %s", exc)
-        ready = []
-    if ready:
-        # If this process dies first, the watchdog hands them over again and each one parks.
-        parked += affected(conn.execute(_PARK_READY, {"ids": ready}))
+    # In steps of DRAIN_CHUNK, so that neither Redis nor PostgreSQL is held long by one; at
+    # most MAX_DRAIN per attempt (well inside the task's time limit): what is left is parked
+    # by the next attempt picked from it, which drains again.
+    for _ in range(MAX_DRAIN // scheduler.DRAIN_CHUNK):
+        try:
+            ready = get_scheduler().drain(str(row.subscription_id))
+        except redis.RedisError as exc:  # they stay ready: each is parked when it is picked
+            log.warning("scheduler unavailable: %s", exc)
+            break
+        if ready:
+            # If this process dies first, the watchdog hands them over again and each parks.
+            parked += affected(conn.execute(_PARK_READY, {"ids": ready}))
+        if len(ready) < scheduler.DRAIN_CHUNK:
+            break
     metrics.ATTEMPTS.labels(result="circuit_open").inc()
     metrics.PARKED.inc(parked)
     return _step(row)

@@ -117,6 +117,11 @@ RETURNING d.id
 """
 )
 
+_LIVE_SUBSCRIPTIONS = text(
+    "SELECT id FROM subscriptions WHERE id = ANY(CAST(:ids AS uuid[]))"
+    " AND deleted_at IS NULL AND status = 'active'"
+)
+
 _STILL_PARKED = text(
     "SELECT EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = :subscription_id AND parked)"
 )
@@ -156,6 +161,7 @@ def run() -> Report:
     _take_back_expired(report)
     _hand_over_lost(report)
     _release_probes(report)
+    _forget_dead_circuits()
     if report.expired or report.due or report.lost or report.released or report.probes:
         log.info(
             "watchdog pass",
@@ -266,6 +272,34 @@ def _hand_over_lost(report: Report) -> None:
                 metrics.WATCHDOG_REQUEUED.labels(reason="due").inc(len(lost) - overdue)
         if len(rows) < LOST_BATCH:
             return
+
+
+def _forget_dead_circuits() -> None:
+    """Keep the open circuits (the `webhooks_circuits_open` gauge, the console's count) to live
+    subscriptions: a subscription deleted or disabled has its circuit reset, but attempts that
+    were under way may open it again after, and nothing would ever close it."""
+    breaker = get_breaker()
+    try:
+        members = breaker.open_circuits()
+    except redis.RedisError as exc:
+        log.warning("circuit state unavailable: %s", exc)
+        return
+    ids = [m for m in members if _is_uuid(m)]
+    live: set[str] = set()
+    if ids:
+        with session_scope() as session:
+            live = {str(r[0]) for r in session.execute(_LIVE_SUBSCRIPTIONS, {"ids": ids})}
+    for member in members:
+        if member not in live:
+            breaker.reset(member)
+
+
+def _is_uuid(text_: str) -> bool:
+    try:
+        uuid.UUID(text_)
+    except ValueError:
+        return False
+    return True
 
 
 def _release_probes(report: Report) -> None:
