@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from config import VAR_DIR, Reader
 
@@ -22,11 +23,14 @@ accesslog = None  # the app logs one JSON line per request itself
 
 # Each gunicorn worker writes its metric samples to files here; /metrics sums them all.
 # Set before any worker imports prometheus_client, and emptied at every start.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _dir = VAR_DIR / "metrics" / f"web-{os.getpid()}"
-    shutil.rmtree(_dir, ignore_errors=True)
-    _dir.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
+# A folder the operator set is theirs: made if missing, emptied of old samples, never removed
+# (a second start would find it gone).
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(VAR_DIR / "metrics" / f"web-{os.getpid()}")
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+_metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
 def child_exit(server, worker):
@@ -36,4 +40,5 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -133,9 +133,7 @@ class EmbeddedPostgres(Server):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-        stale = self.datadir / "postmaster.pid"
-        if stale.exists():
-            self._kill_stale(stale)
+        _stop_stale(self.datadir / "postmaster.pid", "postgres", signal.SIGINT)
         log = self.datadir / "server.log"
         args = [
             self._bin("postgres"),
@@ -161,17 +159,6 @@ class EmbeddedPostgres(Server):
         _wait_for_port(self.port, self.proc, "postgres", log)
         self._wait_ready()
         return self.url("postgres")
-
-    def _kill_stale(self, pidfile: Path) -> None:
-        # A server left behind by a killed run holds the folder: stop it before starting ours.
-        try:
-            pid = int(pidfile.read_text().split()[0])
-            os.kill(pid, signal.SIGINT)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-        except (ValueError, ProcessLookupError, PermissionError, IndexError):
-            pass
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -228,9 +215,14 @@ class EmbeddedRedis(Server):
     def start(self) -> str:
         """Start redis-server on loopback; return its URL."""
         self.datadir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.datadir / "redis.pid"
+        # Two servers on one append-only file would corrupt it.
+        _stop_stale(pidfile, "redis-server", signal.SIGTERM)
         log = self.datadir / "redis.log"
         args = [
             self.binary(),
+            "--pidfile",
+            str(pidfile),
             "--port",
             str(self.port),
             "--bind",
@@ -252,3 +244,22 @@ class EmbeddedRedis(Server):
         )
         _wait_for_port(self.port, self.proc, "redis-server", log)
         return self.url
+
+
+def _stop_stale(pidfile: Path, name: str, sig: int) -> None:
+    """Stop a server that a killed run left holding this folder (its pid file says which),
+    before starting ours; only a process that is that server (its PID may be reused)."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if name.encode() not in command:
+        return
+    try:
+        os.kill(pid, sig)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except (ProcessLookupError, PermissionError):
+        pass

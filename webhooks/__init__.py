@@ -20,6 +20,21 @@ _PORTAL_TOKEN = re.compile(r"^/portal/[^/]+/")
 access_log = logging.getLogger("webhooks.access")
 
 
+# Methods a request may name as they are; any other becomes OTHER (answered 405), so that no
+# client can make a new label value of the request metrics, or of the access log, per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _KnownMethods:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") not in METHODS:
+            environ["REQUEST_METHOD"] = "OTHER"
+        return self.app(environ, start_response)
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; every setting comes from the environment (config/)."""
     configure_logging()
@@ -31,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
+    app.wsgi_app = _KnownMethods(app.wsgi_app)  # type: ignore[method-assign]
     if settings.proxy_hops:
         # Behind proxies, the client is the address they forward: without this every client
         # would share the proxy's address, and so its per-address limits (WEBHOOKS_PROXY_HOPS

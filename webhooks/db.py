@@ -101,6 +101,8 @@ def state_engine() -> Engine:
     return _state_engine
 
 
+# How long opening a connection may take (libpq's connect_timeout, whole seconds).
+CONNECT_TIMEOUT_SECONDS = 5
 # A connection unused for longer than this is pinged before it is handed out.
 IDLE_PING_SECONDS = 1.0
 
@@ -130,8 +132,12 @@ def _create(isolation_level: str | None = None, synchronous_commit: bool = True)
     options: dict[str, Any] = {}
     if isolation_level:
         options["isolation_level"] = isolation_level
+    # A server that accepts connections and never answers (frozen, partitioned) must not hold
+    # a new connection for ever: libpq gives up after this.
+    connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     if not synchronous_commit:
-        options["connect_args"] = {"options": "-c synchronous_commit=off"}
+        connect_args["options"] = "-c synchronous_commit=off"
+    options["connect_args"] = connect_args
     settings = get_settings()
     engine = create_engine(
         settings.database_url,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from webhooks.bounded import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,6 @@ _start_at_zero()
 class _Backlog:
     """The last reading of the backlog, shared by every collector of this process."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
     read_at: float = -math.inf
     # (count, unix time of the oldest unfinished delivery or None), or None if unavailable.
     deliveries: tuple[float, float | None] | None = None
@@ -129,6 +129,13 @@ def _read_backlog() -> None:
     except Exception as exc:
         log.warning("circuit metrics unavailable: %s", exc)
         _backlog.circuits = None
+    _backlog.read_at = time.monotonic()
+
+
+# A scrape waits at most this for a reading; past it, it answers with the last one. A reading
+# runs in a thread of its own, one at a time per process (webhooks.bounded).
+READ_TIMEOUT_SECONDS = 2.0
+_reading: SingleFlight[None] = SingleFlight("backlog-metrics")
 
 
 class BacklogCollector(Collector):
@@ -143,11 +150,15 @@ class BacklogCollector(Collector):
         from config import get_settings
 
         max_age = get_settings().metrics_cache_seconds
-        with _backlog.lock:  # one reading at a time; the others wait and share it
-            if time.monotonic() - _backlog.read_at >= max_age:
-                _read_backlog()
-                _backlog.read_at = time.monotonic()
-            deliveries, circuits = _backlog.deliveries, _backlog.circuits
+        if time.monotonic() - _backlog.read_at >= max_age:
+            try:  # one reading at a time; the others wait for it and share it
+                _reading.call(_read_backlog, READ_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "backlog metrics: no reading within %gs, the last one is shown",
+                    READ_TIMEOUT_SECONDS,
+                )
+        deliveries, circuits = _backlog.deliveries, _backlog.circuits
         pending = GaugeMetricFamily(
             "webhooks_pending_deliveries", "Deliveries not yet delivered or failed"
         )

@@ -6,8 +6,14 @@ from marshmallow import Schema, fields
 from sqlalchemy import text
 
 from webhooks.api.common import Blueprint
+from webhooks.bounded import SingleFlight
 from webhooks.db import get_engine
 from webhooks.redis_client import get_redis
+
+# A readiness probe answers within this, whatever the database does (probes usually time out
+# after a few seconds, and a probe that hangs holds a request thread).
+READY_TIMEOUT_SECONDS = 2.0
+_database_check: SingleFlight[None] = SingleFlight("readiness-database")
 
 bp = Blueprint("health", __name__, auth=False, description="Liveness and readiness")
 
@@ -42,9 +48,10 @@ def readyz() -> Any:
     """Readiness: database and Redis reachable"""
     checks: dict[str, str] = {}
     try:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+        _database_check.call(_ping_database, READY_TIMEOUT_SECONDS)
         checks["database"] = "ok"
+    except TimeoutError:
+        checks["database"] = f"unavailable: no answer within {READY_TIMEOUT_SECONDS:g} s"
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
@@ -54,3 +61,8 @@ def readyz() -> Any:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+
+
+def _ping_database() -> None:
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
