@@ -31,6 +31,12 @@ _NOW = "local now = tonumber(ARGV[1])\n"
 # chance (p < 1e-6 per window), so it is retried, not parked behind a cooldown.
 WINDOW = 20
 WINDOW_FAILURE_SHARE = 0.9
+# Or: `threshold` failures in a row that have lasted this long with no success between them.
+# A subscriber that was healthy, then dies while its traffic is low, fails a delivery's retries
+# one by one (2, 4, 8, 16 s apart by default) and never fills the window with failures: this
+# opens its circuit before the delivery spends its last retry. A flaky one (a third failing)
+# at any steady rate has a success within a fraction of a second, so its runs never last.
+FAILING_FOR_SECONDS = 10.0
 _RECORD = (
     "local function remember(bit)\n"
     "  local w = (redis.call('HGET', KEYS[1], 'window') or '') .. bit\n"
@@ -76,13 +82,13 @@ if not state then
 end
 if state == 'closed' and redis.call('HGET', KEYS[1], 'failures') == '0' then return 'closed' end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', '0')
-redis.call('HDEL', KEYS[1], 'opened_at', 'probe_until')
+redis.call('HDEL', KEYS[1], 'opened_at', 'probe_until', 'failing_since')
 redis.call('SREM', KEYS[2], ARGV[1])
 return state
 """
 )
 
-# KEYS: hash, open set. ARGV: now, threshold, member, ttl, failure share.
+# KEYS: hash, open set. ARGV: now, threshold, member, ttl, failure share, failing for (s).
 # Returns {state before, state after}.
 _FAILURE = (
     _NOW
@@ -95,7 +101,10 @@ if state == 'half_open' then
   after = 'open'
 elseif state == 'closed' then
   local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures >= tonumber(ARGV[2]) and failed >= tonumber(ARGV[5]) * seen then
+  if failures == 1 then redis.call('HSET', KEYS[1], 'failing_since', tostring(now)) end
+  local since = tonumber(redis.call('HGET', KEYS[1], 'failing_since') or tostring(now))
+  if failures >= tonumber(ARGV[2])
+     and (failed >= tonumber(ARGV[5]) * seen or now - since >= tonumber(ARGV[6])) then
     after = 'open'
   else
     redis.call('HSET', KEYS[1], 'state', 'closed')
@@ -194,7 +203,14 @@ class CircuitBreaker:
 
     def failure_call(self, subscription_id: str, now: float | None = None) -> ScriptCall[bool]:
         """record_failure as a call to make together with others (redis_client.run_together)."""
-        args = [unix_time(now), self.threshold, subscription_id, TTL_SECONDS, WINDOW_FAILURE_SHARE]
+        args = [
+            unix_time(now),
+            self.threshold,
+            subscription_id,
+            TTL_SECONDS,
+            WINDOW_FAILURE_SHARE,
+            FAILING_FOR_SECONDS,
+        ]
         return ScriptCall(self._failure, self._keys(subscription_id), args, _opened)
 
     def state(self, subscription_id: str) -> dict[str, Any]:

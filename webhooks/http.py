@@ -33,6 +33,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # What a request line cannot carry (http.client refuses it).
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+# Answers whose Retry-After the schedule honours.
+_ASKS_TO_WAIT = frozenset({429, 503})
 # How a kept-alive connection that the other side closed fails when it is used again.
 _CLOSED_ON_REUSE = (
     http.client.RemoteDisconnected,
@@ -665,7 +667,13 @@ class Client:
             duration=duration,
             body=text,
             truncated=truncated,
-            retry_after=parse_retry_after(resp.getheader("retry-after")),
+            # RFC 9110: a wait asked with 429 (rate) and 503 (unavailable); a Retry-After on
+            # any other failure (a 500, a redirect) is not a request to wait.
+            retry_after=(
+                parse_retry_after(resp.getheader("retry-after"))
+                if status in _ASKS_TO_WAIT
+                else None
+            ),
         )
 
 

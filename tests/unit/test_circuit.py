@@ -163,3 +163,33 @@ def test_outcomes_recorded_with_other_calls_in_one_round_trip_count_once(breaker
     assert breaker.state(SUB)["consecutive_failures"] == breaker.threshold
     closed_from, _ = run_together(client, [breaker.success_call(SUB), bump])
     assert closed_from == "open"
+
+
+def test_a_once_healthy_subscriber_failing_for_a_while_opens_at_the_threshold(client):
+    """After a healthy history the window holds successes: failures spread over a delivery's
+    retries (2, 4, 8, 16 s apart) still open the circuit at `threshold` in a row, once they have
+    lasted FAILING_FOR_SECONDS; a burst of the same count within a second does not."""
+    from webhooks.circuit import FAILING_FOR_SECONDS
+
+    breaker = CircuitBreaker(client, threshold=5, cooldown=60, probe_ttl=PROBE_TTL)
+    for _ in range(20):
+        breaker.record_success(SUB)
+    for i, at in enumerate([0.0, 0.1, 0.2, 0.3, 0.4]):  # five in a row, within half a second
+        assert breaker.record_failure(SUB, now=T0 + at) is False, i
+    breaker.record_success(SUB)
+    times = [0.0, 2.0, 6.0, 14.0, 30.0]  # one delivery's attempts at the default delays
+    assert times[-1] - times[0] >= FAILING_FOR_SECONDS
+    opened = [breaker.record_failure(SUB, now=T0 + 100 + at) for at in times]
+    assert opened == [False, False, False, False, True]
+    assert breaker.state(SUB)["state"] == "open"
+
+
+def test_a_success_restarts_how_long_failures_have_lasted(client):
+    breaker = CircuitBreaker(client, threshold=5, cooldown=60, probe_ttl=PROBE_TTL)
+    for _ in range(20):
+        breaker.record_success(SUB)
+    for at in (0.0, 20.0, 40.0):
+        assert breaker.record_failure(SUB, now=T0 + at) is False
+    breaker.record_success(SUB)  # long failing, but not in a row
+    opened = [breaker.record_failure(SUB, now=T0 + 41 + at) for at in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    assert opened == [False] * 5

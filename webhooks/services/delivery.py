@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import func, insert, text, update
+from sqlalchemy import func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 
 from config import get_settings
@@ -38,19 +38,27 @@ log = logging.getLogger("webhooks.delivery")
 
 S = DeliveryStatus
 
-# The common outcome as one prepared statement: the attempt, and the delivery delivered.
+# The common outcome as one prepared statement: the delivery delivered, and its attempt, if
+# this claim still owns the row (a late outcome, after the watchdog took the lease back and
+# recorded the attempt as lease_expired, changes nothing: the row is that retry's now).
 _DELIVERED = f"""
-WITH recorded_attempt AS (
-  INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms, response_body,
-                        response_truncated, url, created_at)
-  VALUES (%(id)s, %(number)s, '{AttemptResult.SUCCESS}', %(status_code)s, %(duration_ms)s,
-          %(response_body)s, %(response_truncated)s, %(url)s, now())
+WITH delivered AS (
+  UPDATE deliveries
+     SET status = '{S.DELIVERED}', lease_expires_at = NULL, last_error = NULL,
+         delivered_at = now(), updated_at = now()
+   WHERE id = %(id)s AND status = '{S.IN_FLIGHT}' AND attempt_count = %(number)s
+  RETURNING id
 )
-UPDATE deliveries
-   SET status = '{S.DELIVERED}', lease_expires_at = NULL, last_error = NULL,
-       delivered_at = now(), updated_at = now()
- WHERE id = %(id)s AND status = '{S.IN_FLIGHT}' AND attempt_count = %(number)s
+INSERT INTO attempts (delivery_id, number, result, status_code, duration_ms, response_body,
+                      response_truncated, url, created_at)
+SELECT id, %(number)s, '{AttemptResult.SUCCESS}', CAST(%(status_code)s AS integer),
+       CAST(%(duration_ms)s AS double precision), CAST(%(response_body)s AS text),
+       CAST(%(response_truncated)s AS boolean), CAST(%(url)s AS varchar), now()
+  FROM delivered
 """  # noqa: S608 (status names from the enums, no input)
+
+# What a claim that failed finds: another attempt holding the row now (a duplicate message).
+_HELD = f"SELECT 1 FROM deliveries WHERE id = %(id)s AND status = '{S.IN_FLIGHT}'"  # noqa: S608
 
 _CLAIM = f"""
 WITH claimed AS (
@@ -118,9 +126,15 @@ class Step:
     circuit_closed: bool = False
     # The outcome still to be recorded with the breaker, if any.
     verdict: Verdict | None = None
+    # Whether the scheduler is to hear of the attempt's end (its slot, its limits). Not when
+    # the slot is another attempt's: a duplicate message found the row held by that attempt,
+    # or the watchdog took the lease back and the row is its retry's now.
+    finish: bool = True
 
 
 DONE = Step()
+# Nothing to tell anyone: the row belongs to another attempt.
+NOT_OURS = Step(finish=False)
 
 
 def envelope(event_id: uuid.UUID, event_type: str, created_at: datetime, payload: Any) -> bytes:
@@ -170,13 +184,23 @@ def attempt(delivery_id: str, circuit_closed: bool = False) -> Step:
         claimed_at = time.monotonic()
         if row is None:
             # Delivered, claimed by another worker, parked, or not yet due: a stale message.
+            # Its pick's slot goes back, unless another attempt holds the row: the slot is
+            # that attempt's then (else its subscription would get one more at once).
+            if run_raw(conn, _HELD, {"id": delivery_id}).fetchone() is not None:
+                return NOT_OURS
             return DONE
         if row.deleted_at is not None or row.subscription_status != SubscriptionStatus.ACTIVE:
             return _in_lane(conn, row, _end_unsendable, conn, row)
         if row.rate_limit:
-            not_before = get_scheduler().admit(
-                str(row.subscription_id), row.rate_limit, str(row.id)
-            )
+            try:
+                not_before = get_scheduler().admit(
+                    str(row.subscription_id), row.rate_limit, str(row.id)
+                )
+            except redis.RedisError as exc:
+                # As the breaker does: Redis is soft state, its absence lets the attempt go
+                # (the picks that led here were spaced already), never strands the claim.
+                log.warning("rate admission unavailable, sending: %s", exc)
+                not_before = None
             if not_before is not None:
                 return _too_soon(conn, row, not_before)
         breaker = get_breaker()
@@ -214,6 +238,8 @@ def conclude(delivery_id: str, step: Step) -> None:
     """End the attempt's turn with the scheduler, which starts the next deliveries, and record
     its outcome with the circuit breaker, in one Redis round trip; then tell of a circuit that
     this outcome opened or closed, and release a closed circuit's parked deliveries."""
+    if not step.finish:
+        return
     verdict, subscription_id = step.verdict, step.subscription_id
     along: ScriptCall[Any] | None = None
     if verdict is not None:
@@ -369,10 +395,11 @@ def _delivered(
 ) -> Step:
     params = _attempt_values(row, response)
     params["id"] = row.id
-    if run_raw(conn, _DELIVERED, params).rowcount:
-        metrics.DELIVERIES.labels(outcome="delivered").inc()
-        latency = datetime.now(UTC) - row.event_created_at
-        metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
+    if not run_raw(conn, _DELIVERED, params).rowcount:
+        return NOT_OURS  # the watchdog took it back meanwhile: its retry decides
+    metrics.DELIVERIES.labels(outcome="delivered").inc()
+    latency = datetime.now(UTC) - row.event_created_at
+    metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
     if not probe:
         # Its circuit was closed: the success is recorded with the scheduler's finish.
         return _step(row, scheduler.OK, verdict=Verdict(success=True))
@@ -385,36 +412,35 @@ def _delivered(
 
 
 def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step:
-    attempt_row = insert(Attempt).values(
-        delivery_id=row.id,
-        result=response.result,
-        error=response.error,
+    attempt = {
+        "delivery_id": row.id,
+        "result": response.result,
+        "error": response.error,
         **_attempt_values(row, response),
-    )
-    # The attempt is inserted by a CTE of the UPDATE, whether or not the UPDATE still owns
-    # the row, as two statements in one transaction would.
-    with_attempt = attempt_row.cte("recorded_attempt")
+    }
     throttled = (
         response.result is AttemptResult.TIMEOUT or response.status_code in _THROTTLING_STATUS
     )
     outcome = scheduler.THROTTLED if throttled else scheduler.FAILED
 
     if response.status_code == 410:
-        return _gone(row, attempt_row)
+        return _gone(row, insert(Attempt).values(**attempt))
     # Recorded with the scheduler's finish (conclude), which also tells if it opened the circuit.
     verdict = Verdict(False, row.event_type, probe, response.error)
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
-        conn.execute(_parked(row, row.attempt_count, response.error).add_cte(with_attempt))
+        if not _record(conn, _parked(row, row.attempt_count, response.error), attempt):
+            return NOT_OURS
         return _step(row, outcome, verdict=verdict)
 
     failures = row.failures + 1
     delay = retry_delay(failures, response.retry_after)
     if delay is None:
         failed = _final(row, S.FAILED, response.error).values(failures=failures)
-        if affected(conn.execute(failed.add_cte(with_attempt))):
-            metrics.DELIVERIES.labels(outcome="failed").inc()
-            operational.deliveries_failed(conn, [row.id])
+        if not _record(conn, failed, attempt):
+            return NOT_OURS
+        metrics.DELIVERIES.labels(outcome="failed").inc()
+        operational.deliveries_failed(conn, [row.id])
         return _step(row, outcome, verdict=verdict)
     moved = _owned(row).values(
         status=S.RETRYING,
@@ -426,9 +452,22 @@ def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step
         dispatched_at=func.now(),
         last_error=response.error,
     )
-    if affected(conn.execute(moved.add_cte(with_attempt))):
-        return _step(row, outcome, retry_at=time.time() + delay, verdict=verdict)
-    return _step(row, outcome, verdict=verdict)
+    if not _record(conn, moved, attempt):
+        return NOT_OURS
+    return _step(row, outcome, retry_at=time.time() + delay, verdict=verdict)
+
+
+def _record(conn: Connection, owned_update: Any, attempt: dict[str, Any]) -> bool:
+    """Apply an UPDATE of this claim's row and, only if it still owned the row, insert the
+    attempt: one statement. False: the watchdog took the lease back meanwhile (and recorded
+    the attempt as lease_expired); this late outcome is not recorded, nor counted."""
+    moved = owned_update.returning(Delivery.id).cte("moved")
+    table = Attempt.__table__
+    names = [name for name in attempt if name != "delivery_id"]
+    columns = [moved.c.id, *(literal(attempt[n], type_=table.c[n].type) for n in names)]
+    recorded = insert(Attempt).from_select(["delivery_id", *names], select(*columns))
+    # RETURNING, not the row count: SQLAlchemy reports -1 for an INSERT ... SELECT.
+    return conn.execute(recorded.returning(Attempt.id)).first() is not None
 
 
 def _gone(row: Any, attempt_row: Any) -> Step:

@@ -282,11 +282,18 @@ def _when(ts: float | None) -> datetime | None:
 
 
 def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: str) -> int:
-    """Disable a subscription and fail its unfinished deliveries; return how many failed."""
-    session.execute(
-        update(Subscription)
-        .where(Subscription.id == subscription_id)
-        .values(status=SubscriptionStatus.DISABLED, disabled_reason=reason)
+    """Disable a subscription and fail its unfinished deliveries; return how many failed.
+    Only the change from active is told (webhook.subscription.disabled): two 410s answered at
+    once, or a 410 after a disable, disable it once."""
+    changed = affected(
+        session.execute(
+            update(Subscription)
+            .where(
+                Subscription.id == subscription_id,
+                Subscription.status == SubscriptionStatus.ACTIVE,
+            )
+            .values(status=SubscriptionStatus.DISABLED, disabled_reason=reason)
+        )
     )
     failed = affected(
         session.execute(
@@ -307,5 +314,6 @@ def disable_subscription(session: Session, subscription_id: uuid.UUID, reason: s
         metrics.DELIVERIES.labels(outcome="failed").inc(failed)
     # Nothing more goes to it: its circuit must not count as open any longer.
     get_breaker().reset(str(subscription_id))
-    operational.subscription_disabled(session, subscription_id, reason)
+    if changed:
+        operational.subscription_disabled(session, subscription_id, reason)
     return failed
