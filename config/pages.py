@@ -26,6 +26,9 @@ class PageSettings:
     """The console's and portal's settings; each default is written once, below."""
 
     session_key: bytes = field(repr=False)
+    # Keys derived from WEBHOOKS_PREVIOUS_SECRET_KEYS: links and cookies they signed are still
+    # accepted while WEBHOOKS_SECRET_KEY is rotated (new ones are signed with session_key).
+    previous_session_keys: tuple[bytes, ...] = field(repr=False)
     session_seconds: int
     signin_limit: str
     portal_link_seconds: int
@@ -41,9 +44,19 @@ def _derived_key(raw: str | None) -> bytes:
         if len(raw) < 32:
             raise ConfigError("WEBHOOKS_CONSOLE_SECRET_KEY must be at least 32 characters")
         return raw.encode()
+    return _derive(get_settings().secret_key)
+
+
+def _derive(secret_key: bytes) -> bytes:
     # A key of its own for cookies and links: one derived from the encryption key, never that
     # key itself, so a leaked session key reveals nothing about the secrets at rest.
-    return hmac.new(get_settings().secret_key, b"webhooks pages v1", hashlib.sha256).digest()
+    return hmac.new(secret_key, b"webhooks pages v1", hashlib.sha256).digest()
+
+
+def _previous_keys(raw: str | None) -> tuple[bytes, ...]:
+    if raw:  # a key of its own, which WEBHOOKS_SECRET_KEY's rotation does not touch
+        return ()
+    return tuple(_derive(key) for key in get_settings().previous_secret_keys)
 
 
 def get_page_settings() -> PageSettings:
@@ -78,6 +91,7 @@ def get_page_settings() -> PageSettings:
             raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
     return PageSettings(
         session_key=_derived_key(key),
+        previous_session_keys=_previous_keys(key),
         session_seconds=session_seconds,
         signin_limit=limit,
         portal_link_seconds=link_seconds,

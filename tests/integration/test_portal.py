@@ -379,3 +379,34 @@ def test_a_consumer_sees_an_ed25519_endpoints_public_key_and_its_new_one(
     now = client.get(f"/v1/subscriptions/{sub['id']}", headers=tenant["headers"]).get_json()
     assert now["public_key"] != sub["public_key"] and now["public_key"] in rotated
     assert "New signing key" in rotated and "whsk_" not in rotated
+
+
+def test_links_and_console_sessions_outlive_the_first_step_of_a_secret_key_rotation(
+    app: Any, client: Any, tenant: Any, make_client: Any
+) -> None:
+    """Step 1 of rotating WEBHOOKS_SECRET_KEY puts the new key in it and the old one in
+    WEBHOOKS_PREVIOUS_SECRET_KEYS: links handed out and console sessions opened before still
+    work (pages signed with the old key are still read), while new ones use the new key."""
+    import base64
+
+    from tests.integration.test_console import signed_in
+
+    old = base64.urlsafe_b64encode(b"o" * 32).decode()
+    new = base64.urlsafe_b64encode(b"n" * 32).decode()
+    before = make_client(WEBHOOKS_SECRET_KEY=old, WEBHOOKS_PREVIOUS_SECRET_KEYS="")
+    consumer(before, tenant, "alice")
+    base = link(before, tenant, "alice").rstrip("/")
+    token = csrf_of(before.get(base + "/endpoints/new").get_data(as_text=True))
+    signed_in(before, tenant)
+    cookie = before.get_cookie("webhooks_session").value
+
+    after = make_client(WEBHOOKS_SECRET_KEY=new, WEBHOOKS_PREVIOUS_SECRET_KEYS=old)
+    assert after.get(base + "/").status_code == 200  # the link still opens
+    form = {"csrf_token": token, "url": "http://127.0.0.1:9/a", "event_types": "order.created"}
+    assert after.post(base + "/endpoints", data=form).status_code == 200  # a page rendered before
+    after.set_cookie("webhooks_session", cookie)
+    assert after.get("/console/").status_code == 200  # the session opened before
+    fresh = link(after, tenant, "alice").rstrip("/")
+    only_new = make_client(WEBHOOKS_SECRET_KEY=new, WEBHOOKS_PREVIOUS_SECRET_KEYS="")
+    assert only_new.get(fresh + "/").status_code == 200  # signed with the new key
+    assert only_new.get(base + "/").status_code == 403  # the old key is gone: so is its link

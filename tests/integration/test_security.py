@@ -932,3 +932,20 @@ def test_bodies_over_the_limit_answer_413_and_other_bad_bodies_400_or_415(
     )
     assert_error(client.post("/v1/events", json=["a"], headers=headers), 422, "validation_error")
     assert publish(client, tenant, "a", _nested(20)).status_code == 202
+
+
+def test_api_answers_are_never_cached_secrets_least_of_all(client, tenant):
+    created = client.post(
+        "/v1/subscriptions",
+        json={"url": "http://127.0.0.1:9/x", "event_types": ["*"]},
+        headers=tenant["headers"],
+    )
+    assert created.status_code == 201 and created.get_json()["secret"]
+    assert created.headers["Cache-Control"] == "no-store"
+    sub = created.get_json()["id"]
+    rotated = client.post(f"/v1/subscriptions/{sub}/rotate-secret", headers=tenant["headers"])
+    assert rotated.headers["Cache-Control"] == "no-store"
+    assert (
+        client.get("/v1/subscriptions", headers=tenant["headers"]).headers["Cache-Control"]
+        == "no-store"
+    )

@@ -233,6 +233,14 @@ def page(found: Page[Any], key: Any = None) -> dict[str, Any]:
 
 
 def register_error_handlers(app: Any) -> None:
+    @app.after_request
+    def _no_store(response: Response) -> Response:
+        # The API's answers are a tenant's data, secrets among them (a subscription's signing
+        # secret, once): no shared or browser cache keeps them.
+        if request.path.startswith("/v1/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.details)

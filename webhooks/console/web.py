@@ -58,6 +58,8 @@ def init_pages(app: Flask) -> None:
     """Give the app its session cookie settings (read now, so bad values stop the start)."""
     settings = get_page_settings()
     app.secret_key = settings.session_key
+    # Cookies signed before WEBHOOKS_SECRET_KEY was rotated stay valid (Flask 3.1).
+    app.config["SECRET_KEY_FALLBACKS"] = list(settings.previous_session_keys)
     app.session_interface = PageSessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME="webhooks_session",
@@ -81,18 +83,15 @@ def csrf_token() -> str:
     return token
 
 
-def check_csrf(expected: str | None = None) -> None:
-    """Refuse (400) a POST whose form does not carry the expected token."""
+def check_csrf(expected: str | None = None, *also: str) -> None:
+    """Refuse (400) a POST whose form does not carry the expected token (or one of `also`)."""
     if request.method != "POST":
         return
     expected = expected if expected is not None else session.get("csrf")
-    sent = request.form.get(CSRF_FIELD, "")
+    sent = request.form.get(CSRF_FIELD, "").encode()
     # As bytes: compare_digest refuses str holding anything beyond ASCII (a TypeError, a 500).
-    if (
-        not isinstance(expected, str)
-        or not sent
-        or not hmac.compare_digest(sent.encode(), expected.encode())
-    ):
+    tokens = [t.encode() for t in (expected, *also) if isinstance(t, str)]
+    if not sent or not any([hmac.compare_digest(sent, token) for token in tokens]):
         abort(400, "the form's CSRF token is missing or wrong; reload the page and try again")
 
 

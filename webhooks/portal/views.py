@@ -71,10 +71,16 @@ def _open_link() -> None:
     g.tenant_id = g.visitor.tenant_id
     # The link is the credential, and an attacker's page cannot read it: a token derived from
     # it proves a form came from a page of this portal.
-    key = get_page_settings().session_key
-    g.portal_csrf = hmac.new(key, b"portal csrf " + token.encode(), hashlib.sha256).hexdigest()
-    check_csrf(g.portal_csrf)
+    settings = get_page_settings()
+    g.portal_csrf = _csrf_of(settings.session_key, token)
+    # A page rendered before WEBHOOKS_SECRET_KEY was rotated carries one of a previous key.
+    previous = [_csrf_of(key, token) for key in settings.previous_session_keys]
+    check_csrf(g.portal_csrf, *previous)
     check_storable()
+
+
+def _csrf_of(key: bytes, token: str) -> str:
+    return hmac.new(key, b"portal csrf " + token.encode(), hashlib.sha256).hexdigest()
 
 
 @bp.context_processor

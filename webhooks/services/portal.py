@@ -44,7 +44,10 @@ class Visitor:
 
 
 def _serializer() -> URLSafeSerializer:
-    return URLSafeSerializer(get_page_settings().session_key, salt=SALT)
+    settings = get_page_settings()
+    # Signs with the current key; reads links signed with a previous one too (newest last).
+    keys = [*settings.previous_session_keys, settings.session_key]
+    return URLSafeSerializer(keys, salt=SALT)
 
 
 def issue_link(session: Session, tenant_id: uuid.UUID, uid: str) -> tuple[str, datetime]:
