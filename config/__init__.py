@@ -310,7 +310,9 @@ def get_settings() -> Settings:
         "allow_private_targets": read.flag("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False),
         "strict_event_types": read.flag("WEBHOOKS_STRICT_EVENT_TYPES", False),
         "max_payload_bytes": read.whole("WEBHOOKS_MAX_PAYLOAD_BYTES", 262_144, minimum=1),
-        "worker_metrics_port": read.whole("WEBHOOKS_WORKER_METRICS_PORT", 9808),
+        "worker_metrics_port": read.whole(
+            "WEBHOOKS_WORKER_METRICS_PORT", 9808, minimum=0, maximum=65535
+        ),
         "worker_metrics_address": read.text("WEBHOOKS_WORKER_METRICS_ADDRESS", "127.0.0.1"),
         "metrics_cache_seconds": read.seconds("WEBHOOKS_METRICS_CACHE_SECONDS", 5.0),
         "rotation_grace": read.seconds("WEBHOOKS_SECRET_ROTATION_GRACE_SECONDS", 86_400.0),

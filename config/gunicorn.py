@@ -10,7 +10,7 @@ from config import VAR_DIR, Reader
 
 _read = Reader()
 _host = _read.text("HOST", "0.0.0.0")  # noqa: S104 - a container's port is published on purpose
-_port = _read.whole("PORT", 8000, minimum=1)
+_port = _read.whole("PORT", 8000, minimum=1, maximum=65535)
 workers = _read.whole("WEB_CONCURRENCY", 2, minimum=1)
 threads = _read.whole("WEB_THREADS", 4, minimum=1)
 _read.check()

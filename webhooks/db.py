@@ -185,7 +185,9 @@ def run_raw(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     transactions stay SQLAlchemy's. psycopg prepares the statement after a few uses.
 
     A connection that PostgreSQL dropped raises `Disconnected`, after the Connection is
-    invalidated, so that its next use checks out a new one."""
+    invalidated, so that its next use checks out a new one. Its pool's other connections are
+    dropped too, as SQLAlchemy does on a disconnect it sees itself: a restart killed them all,
+    and one used a moment ago would be handed out again unpinged."""
     raw = conn.connection.driver_connection
     cursor = raw.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
     try:
@@ -193,6 +195,7 @@ def run_raw(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     except psycopg.OperationalError as error:
         if raw.closed or raw.broken:  # type: ignore[union-attr]
             conn.invalidate()
+            conn.engine.dispose(close=False)  # a fresh pool; the dead ones are let go
             raise Disconnected(str(error)) from error
         raise
     return cursor

@@ -8,6 +8,7 @@ needs worker processes (crashes, restarts, two workers racing) is in test_reliab
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.conftest import reset_settings
 from tests.integration.conftest import FAST_ENV, publish, subscribe
 from tests.support import sql
 from webhooks import scheduler
+from webhooks.db import state_engine
 from webhooks.runtime import get_breaker, get_scheduler
 from webhooks.services import delivery, watchdog
 
@@ -447,14 +449,37 @@ def _kill_other_backends() -> int:
     )
 
 
-def test_an_attempt_on_a_pooled_connection_that_died_still_delivers(client, tenant, receiver):
+@pytest.fixture
+def fresh_pools() -> Iterator[None]:
+    """Let the next test start without the connections a test here killed (the API's pool
+    would hand one used a moment ago out again, unpinged)."""
+    yield
+    from webhooks.db import get_engine, state_engine
+
+    get_engine().dispose()
+    state_engine().dispose()
+
+
+def test_an_attempt_on_a_pooled_connection_that_died_still_delivers(
+    client, tenant, receiver, fresh_pools
+):
+    """After a PostgreSQL restart every pooled connection is dead, several of them used a moment
+    ago (not pinged): the claim made again after the first dead one must get a live one."""
     subscribe(client, tenant, receiver.url("/pooled"))
     for n in range(3):
         assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
     ids = [str(r.id) for r in sql("SELECT id FROM deliveries ORDER BY id")]
     run(ids[0])  # leaves a connection of the delivery pool behind
+    with (  # and three more, as attempts at once leave them
+        state_engine().connect() as a,
+        state_engine().connect() as b,
+        state_engine().connect() as c,
+    ):
+        for conn in (a, b, c):
+            conn.exec_driver_sql("SELECT 1")
 
-    # Killed a moment after its last use (no ping then): the claim finds it dead.
+    # Killed a moment after their last use (no ping then): the claim finds one dead, and the
+    # claim made again must not be handed another.
     assert _kill_other_backends() >= 1
     run(ids[1])
     # Killed after sitting idle: the ping on checkout finds it dead.

@@ -107,11 +107,12 @@ def publish_batch(data: dict[str, Any]) -> Any:
     """Publish up to 500 events at once
 
     All or nothing, in one transaction. Each event may carry its own `idempotency_key`
-    (distinct within the batch): an event whose key was used before with the same event_type
-    and payload is answered as then and creates nothing (`replayed: true`); a key used with
-    another event rejects the whole batch with 409 naming its index. A bad event answers 422
-    naming `events.<index>.<field>`. The body may be max(WEBHOOKS_MAX_PAYLOAD_BYTES, 1 MiB),
-    each event in it at most WEBHOOKS_MAX_PAYLOAD_BYTES (413 naming its index).
+    (distinct within the batch): an event whose key was used before with the same event
+    (event_type, payload, consumer, channels, ordering_key) is answered as then and creates
+    nothing (`replayed: true`); a key used with another event rejects the whole batch with 409
+    naming its index. A bad event answers 422 naming `events.<index>.<field>`. The body may be
+    max(WEBHOOKS_MAX_PAYLOAD_BYTES, 1 MiB), each event in it at most WEBHOOKS_MAX_PAYLOAD_BYTES
+    (413 naming its index).
     """
     limit = get_settings().max_payload_bytes
     # Only a body over the limit can hold an event over it: measure each one then, as its own

@@ -61,13 +61,13 @@ def get(subscription_id: uuid.UUID) -> Any:
 
 @bp.patch("/<uuid:subscription_id>")
 @bp.arguments(schemas.SubscriptionUpdateSchema(partial=True))
-@bp.alt_response(200, schema=schemas.SubscriptionSchema, success=True)
+@bp.alt_response(200, schema=schemas.SubscriptionWithSecretSchema, success=True)
 def patch(data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
     """Change a subscription
 
     Only the given fields change. `status: active` re-enables a disabled subscription and
     closes its circuit. A new `signature_scheme` is new key material, made as rotate-secret
-    makes it: the answer then holds the new `secret`.
+    makes it: the answer then holds the new `secret` (an HMAC one); otherwise `secret` is null.
     """
     tenant_id = tenant()
     scheme = data.pop("signature_scheme", None)
@@ -77,7 +77,7 @@ def patch(data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
         # signing during the grace period); the answer holds the new secret as rotation's does.
         subscription, secret = service.rotate_secret(db(), tenant_id, subscription_id, scheme)
         return _with_secret(subscription, secret)
-    return subscription_schema.dump(subscription)
+    return _with_secret(subscription, None)
 
 
 @bp.delete("/<uuid:subscription_id>")

@@ -197,6 +197,8 @@ def _take_back_expired(report: Report) -> None:
         return
     scheduling.submit(next_in_lanes)
     report.expired = len(rows)
+    # Each is an attempt recorded (lease_expired), and counted as the worker would have.
+    metrics.ATTEMPTS.labels(result="lease_expired").inc(len(rows))
     breaker = get_breaker()
     now = time.time()
     retried = 0
