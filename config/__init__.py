@@ -265,7 +265,7 @@ class Settings:
     # Per client address, for requests without a valid API key (each may cost a key lookup).
     rate_limit_unauthenticated: str
     api_key_cache_seconds: float
-    # Proxies in front of the API that each add X-Forwarded-For/-Proto/-Host: the client's
+    # Proxies in front of the API that each add X-Forwarded-For and -Proto: the client's
     # address (rate limits, sign-in limits) and scheme are read from those headers. 0: none.
     proxy_hops: int
     # The part of a subscriber's answer kept with an attempt.

@@ -51,8 +51,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Behind proxies, the client is the address they forward: without this every client
         # would share the proxy's address, and so its per-address limits (WEBHOOKS_PROXY_HOPS
         # trusts exactly that many: a header a client wrote itself is not believed).
+        # X-Forwarded-Host is not read: many proxies pass a client's own through unchanged
+        # (portal links take their host from WEBHOOKS_PUBLIC_URL behind a proxy).
         hops = settings.proxy_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the schemas' order
 
     from webhooks import console, portal

@@ -31,12 +31,23 @@ _NOW = "local now = tonumber(ARGV[1])\n"
 # chance (p < 1e-6 per window), so it is retried, not parked behind a cooldown.
 WINDOW = 20
 WINDOW_FAILURE_SHARE = 0.9
-# Or: `threshold` failures in a row that have lasted this long with no success between them.
-# A subscriber that was healthy, then dies while its traffic is low, fails a delivery's retries
-# one by one (2, 4, 8, 16 s apart by default) and never fills the window with failures: this
-# opens its circuit before the delivery spends its last retry. A flaky one (a third failing)
-# at any steady rate has a success within a fraction of a second, so its runs never last.
-FAILING_FOR_SECONDS = 10.0
+# Or: `threshold` failures in a row that have lasted as long as one delivery's retries up to the
+# threshold (`failing_for`: the sum of the first threshold - 1 retry delays, 30 s by default),
+# with no success between them. A subscriber that was healthy, then dies while its traffic is
+# low, fails one delivery's attempts one by one and never fills the window with failures: this
+# opens its circuit at the threshold-th, before that delivery spends its last retry. A flaky one
+# (a third failing) at a request a second or more has a success within seconds, so its runs
+# never last that long; at a request every few seconds a run of five failures lasting 30 s takes
+# seven or more in a row (about one in 2,000), and parks it for one cooldown.
+DEFAULT_FAILING_FOR_SECONDS = 30.0
+
+
+def failing_for(retry_delays: tuple[float, ...], threshold: int) -> float:
+    """How long `threshold` failures in a row must have lasted to open a circuit whatever the
+    window says: as long as one delivery's first threshold - 1 retries wait (at least 1 s)."""
+    return max(1.0, sum(retry_delays[: max(0, threshold - 1)]))
+
+
 _RECORD = (
     "local function remember(bit)\n"
     "  local w = (redis.call('HGET', KEYS[1], 'window') or '') .. bit\n"
@@ -147,9 +158,17 @@ class Decision:
 
 
 class CircuitBreaker:
-    def __init__(self, client: redis.Redis, threshold: int, cooldown: float, probe_ttl: float):
+    def __init__(
+        self,
+        client: redis.Redis,
+        threshold: int,
+        cooldown: float,
+        probe_ttl: float,
+        failing_for: float = DEFAULT_FAILING_FOR_SECONDS,
+    ):
         self.client = client
         self.threshold = threshold
+        self.failing_for = failing_for
         self.cooldown = cooldown
         self.probe_ttl = probe_ttl
         self._acquire = client.register_script(_ACQUIRE)
@@ -209,7 +228,7 @@ class CircuitBreaker:
             subscription_id,
             TTL_SECONDS,
             WINDOW_FAILURE_SHARE,
-            FAILING_FOR_SECONDS,
+            self.failing_for,
         ]
         return ScriptCall(self._failure, self._keys(subscription_id), args, _opened)
 

@@ -134,7 +134,15 @@ def _create(isolation_level: str | None = None, synchronous_commit: bool = True)
         options["isolation_level"] = isolation_level
     # A server that accepts connections and never answers (frozen, partitioned) must not hold
     # a new connection for ever: libpq gives up after this.
-    connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    connect_args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        # And a connection whose peer went away (a partition, a failover) fails within about a
+        # minute, not when TCP gives up (minutes to hours): a read blocked on it ends then.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
     if not synchronous_commit:
         connect_args["options"] = "-c synchronous_commit=off"
     options["connect_args"] = connect_args
@@ -195,7 +203,8 @@ def run_raw(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     except psycopg.OperationalError as error:
         if raw.closed or raw.broken:  # type: ignore[union-attr]
             conn.invalidate()
-            conn.engine.dispose(close=False)  # a fresh pool; the dead ones are let go
+            # A fresh pool; the idle ones are closed (connections in use elsewhere are not).
+            conn.engine.dispose()
             raise Disconnected(str(error)) from error
         raise
     return cursor

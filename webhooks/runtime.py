@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from config import Settings, get_settings
 from webhooks import dispatch
-from webhooks.circuit import CircuitBreaker
+from webhooks.circuit import CircuitBreaker, failing_for
 from webhooks.http import Client
 from webhooks.redis_client import get_redis
 from webhooks.scheduler import Scheduler
@@ -37,6 +37,7 @@ def get_breaker(settings: Settings) -> CircuitBreaker:
         threshold=settings.circuit_failure_threshold,
         cooldown=settings.circuit_cooldown,
         probe_ttl=settings.lease_seconds,
+        failing_for=failing_for(settings.retry_delays, settings.circuit_failure_threshold),
     )
 
 

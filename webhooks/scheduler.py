@@ -399,6 +399,8 @@ if outcome ~= 'none' then
   end
   redis.call('HSET', sk, 'last_end', fmt(now))
 end
+-- written above even when its in-flight entry was gone (release did not touch it then)
+if sub ~= '' then redis.call('EXPIRE', sk, IDLE_TTL) end
 return pick_and_answer()
 """
 )

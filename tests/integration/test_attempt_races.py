@@ -180,13 +180,12 @@ def test_an_outage_of_a_once_healthy_subscriber_parks_before_the_retries_are_spe
 ):
     """reliability.md: with threshold <= retries (defaults 5 and 5) the circuit opens before any
     delivery spends its retries, so outages do not fail deliveries. After a few successes the
-    90 %-of-20 window keeps it closed: a delivery spends all six attempts and fails."""
-    from webhooks import circuit
-
-    monkeypatch.setenv("WEBHOOKS_RETRY_DELAYS", "0.01,0.01,0.01,0.01,0.01")
+    90 %-of-20 window alone kept it closed: a delivery spent all six attempts and failed. Now
+    failures in a row that lasted as long as the retries wait open it too."""
+    # Short delays (the run must last 4 x 0.3 s, or 1 s at least), and the test waits them.
+    monkeypatch.setenv("WEBHOOKS_RETRY_DELAYS", "0.3,0.3,0.3,0.3,0.3")
+    monkeypatch.setenv("WEBHOOKS_RETRY_JITTER", "0")
     monkeypatch.setenv("WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD", "5")
-    # The delays here are 0.01 s, not 2 to 32 s: how long failing lasts, scaled alike.
-    monkeypatch.setattr(circuit, "FAILING_FOR_SECONDS", 0.02)
     reset_settings()
     sub = subscribe(client, tenant, receiver.url("/dies"))
     for n in range(3):  # healthy: three deliveries
@@ -196,7 +195,9 @@ def test_an_outage_of_a_once_healthy_subscriber_parks_before_the_retries_are_spe
     receiver.plan("/dies", then=Reply(500))  # the subscriber goes down
     assert publish(client, tenant, "order.created", {"n": 9}).status_code == 202
     last = _ids(sub["id"])[-1]
-    for _ in range(6):
+    for attempt in range(6):
+        if attempt:
+            time.sleep(0.3)  # the retry's delay
         sql("UPDATE deliveries SET next_attempt_at = now() WHERE id = :id", id=last)
         run(last)
     (row,) = sql("SELECT status, parked, failures FROM deliveries WHERE id = :id", id=last)

@@ -4,6 +4,7 @@ clear answer (real PostgreSQL, requests in threads through Flask's test client).
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -120,3 +121,21 @@ def test_a_nul_character_in_a_path_is_a_clear_4xx(
     answer = client.open(path, method=method, json=body, headers=tenant["headers"])
     assert 400 <= answer.status_code < 500
     assert answer.get_json()["error"]["code"]
+
+
+def test_a_change_under_way_does_not_hold_up_ingest(app: Any, client: Any, tenant: Any) -> None:
+    """A change locks its subscription FOR NO KEY UPDATE: ingest, whose new deliveries hold the
+    row only through their foreign key, goes on meanwhile (FOR UPDATE would make it wait)."""
+    from webhooks.db import session_scope
+    from webhooks.services import subscriptions
+
+    sub = subscribe(client, tenant, NOWHERE, ["a"])["id"]
+    with session_scope() as session, ThreadPoolExecutor(1) as pool:
+        subscriptions.get(session, tenant["id"], uuid.UUID(sub), lock="update")
+        publishing = pool.submit(
+            lambda: app.test_client().post(
+                "/v1/events", json={"event_type": "a", "payload": {}}, headers=tenant["headers"]
+            )
+        )
+        answer = publishing.result(timeout=10)  # while the lock is held
+    assert answer.status_code == 202 and answer.get_json()["deliveries"] == 1

@@ -169,3 +169,12 @@ def test_a_deleted_subscription_is_not_counted_as_an_open_circuit(
     watchdog.run()
     assert not r.sismember(OPEN_SET, sub["id"])
     assert get_breaker().state(sub["id"])["state"] == "closed"
+
+
+def test_a_finish_after_its_entry_was_lost_leaves_no_hash_for_good(r: redis_lib.Redis) -> None:
+    s = make(r)
+    s.enqueue([Item("d-1", "sub-x", "t-x")], now=NOW)
+    r.flushdb()  # Redis lost everything, the attempt still ends
+    finish(s, "d-1", "sub-x", "t-x", "ok", now=NOW + 1)
+    assert r.exists("wh:q:s:sub-x")  # its adaptive state, written again...
+    assert 0 < r.ttl("wh:q:s:sub-x") <= IDLE_TTL_SECONDS  # ...with its expiry

@@ -168,9 +168,11 @@ def test_outcomes_recorded_with_other_calls_in_one_round_trip_count_once(breaker
 def test_a_once_healthy_subscriber_failing_for_a_while_opens_at_the_threshold(client):
     """After a healthy history the window holds successes: failures spread over a delivery's
     retries (2, 4, 8, 16 s apart) still open the circuit at `threshold` in a row, once they have
-    lasted FAILING_FOR_SECONDS; a burst of the same count within a second does not."""
-    from webhooks.circuit import FAILING_FOR_SECONDS
+    lasted as long as those retries wait; a burst of the same count within a second does not."""
+    from webhooks.circuit import failing_for
 
+    lasting = failing_for((2.0, 4.0, 8.0, 16.0, 32.0), 5)
+    assert lasting == 30.0
     breaker = CircuitBreaker(client, threshold=5, cooldown=60, probe_ttl=PROBE_TTL)
     for _ in range(20):
         breaker.record_success(SUB)
@@ -178,7 +180,7 @@ def test_a_once_healthy_subscriber_failing_for_a_while_opens_at_the_threshold(cl
         assert breaker.record_failure(SUB, now=T0 + at) is False, i
     breaker.record_success(SUB)
     times = [0.0, 2.0, 6.0, 14.0, 30.0]  # one delivery's attempts at the default delays
-    assert times[-1] - times[0] >= FAILING_FOR_SECONDS
+    assert times[-1] - times[0] >= lasting
     opened = [breaker.record_failure(SUB, now=T0 + 100 + at) for at in times]
     assert opened == [False, False, False, False, True]
     assert breaker.state(SUB)["state"] == "open"

@@ -44,9 +44,11 @@ def get(session: Session, tenant_id: uuid.UUID, uid: str, *, lock: str | None = 
     not found."""
     query = select(Consumer).where(live(tenant_id), Consumer.uid == uid)
     if lock is not None:
-        query = query.with_for_update(read=lock == "share", of=Consumer).execution_options(
-            populate_existing=True
-        )
+        # "update" is FOR NO KEY UPDATE: it waits for "share", not for ingest's foreign keys.
+        share = lock == "share"
+        query = query.with_for_update(
+            read=share, key_share=not share, of=Consumer
+        ).execution_options(populate_existing=True)
     found = session.scalar(query)
     if found is None:
         raise NotFound("no such consumer", {"uid": uid})

@@ -75,12 +75,15 @@ def get(
     `lock` locks its row until the transaction ends, and reads it afresh: "update" for a change
     made from what was read (rotating a secret keeps the current one as the previous), which
     must not race another change; "share" for work that must not race a change of it (a retry
-    restarting deliveries must not interleave with a disable, which ends them)."""
+    restarting deliveries must not interleave with a disable, which ends them). "update" is
+    FOR NO KEY UPDATE: it waits for those, but not for ingest, whose new deliveries hold the
+    row only by their foreign key (FOR KEY SHARE)."""
     query = select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
     if lock is not None:
-        query = query.with_for_update(read=lock == "share", of=Subscription).execution_options(
-            populate_existing=True
-        )
+        share = lock == "share"
+        query = query.with_for_update(
+            read=share, key_share=not share, of=Subscription
+        ).execution_options(populate_existing=True)
     found = session.scalar(query)
     if found is None:
         raise NotFound("no such subscription", {"id": str(subscription_id)})
@@ -135,9 +138,10 @@ def update_one(
     session: Session, tenant_id: uuid.UUID, subscription_id: uuid.UUID, data: dict[str, Any]
 ) -> Subscription:
     """Change the given fields; re-enabling a subscription closes its circuit."""
+    if "url" in data:
+        _check_target(data["url"])  # a DNS lookup: before the row is locked, not under it
     subscription = get(session, tenant_id, subscription_id, lock="update")
     if "url" in data:
-        _check_target(data["url"])
         subscription.url = data["url"]
     if "event_types" in data:
         event_types.check_subscribable(session, tenant_id, data["event_types"])
