@@ -82,14 +82,20 @@ def test_a_stale_message_leaves_the_slot_of_the_attempt_in_flight(client, tenant
         worker.join()
 
 
+@pytest.mark.parametrize("status", [500, 410])
 def test_a_late_failure_after_the_lease_was_taken_back_is_not_recorded_or_counted(
-    client, tenant, receiver
+    client, tenant, receiver, status
 ):
     """The watchdog takes back an expired lease (a lease_expired attempt, one breaker failure).
-    The original worker's late outcome is then "ignored" (docs) - but it is counted by the
-    breaker a second time and recorded as a second attempt with the same number."""
+    The original worker's late outcome is then ignored (docs): not recorded as a second attempt
+    of the same number, not counted by the breaker or the attempts metric. A late 410 still
+    disables the subscription (the answer is the subscriber's)."""
+    from webhooks import metrics
+
+    counted = metrics.ATTEMPTS.labels(result="http_error")
+    before = counted._value.get()
     release = threading.Event()
-    receiver.plan("/late", then=lambda item: (release.wait(10), Reply(500))[1])
+    receiver.plan("/late", then=lambda item: (release.wait(10), Reply(status))[1])
     sub = subscribe(client, tenant, receiver.url("/late"))
     assert publish(client, tenant, "order.created", {"n": 1}).status_code == 202
     (delivery_id,) = _ids(sub["id"])
@@ -114,7 +120,12 @@ def test_a_late_failure_after_the_lease_was_taken_back_is_not_recorded_or_counte
         )
     ]
     failures = get_breaker().state(sub["id"])["consecutive_failures"]
-    assert (numbers, failures) == ([(1, "lease_expired")], 1), (numbers, failures)
+    # (A 410 disabled the subscription, which resets its circuit.)
+    expected = 0 if status == 410 else 1
+    assert (numbers, failures) == ([(1, "lease_expired")], expected), (numbers, failures)
+    assert counted._value.get() == before
+    (subscription,) = sql("SELECT status FROM subscriptions WHERE id = :id", id=sub["id"])
+    assert subscription.status == ("disabled" if status == 410 else "active")
 
 
 def test_two_410s_in_flight_tell_subscription_disabled_once(client, tenant, receiver):

@@ -305,7 +305,8 @@ def _send(row: Any) -> Response:
             error=f"internal error: {type(exc).__name__}",
             duration=time.monotonic() - started,
         )
-    metrics.ATTEMPTS.labels(result=response.result.value).inc()
+    # Counted in webhooks_delivery_attempts_total once recorded (`_counted`): a late outcome,
+    # whose lease the watchdog took back and counted as lease_expired, is neither.
     metrics.ATTEMPT_DURATION.observe(response.duration)
     log.info(
         "attempt",
@@ -397,6 +398,7 @@ def _delivered(
     params["id"] = row.id
     if not run_raw(conn, _DELIVERED, params).rowcount:
         return NOT_OURS  # the watchdog took it back meanwhile: its retry decides
+    _counted(response)
     metrics.DELIVERIES.labels(outcome="delivered").inc()
     latency = datetime.now(UTC) - row.event_created_at
     metrics.END_TO_END.observe(max(0.0, latency.total_seconds()))
@@ -424,13 +426,14 @@ def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step
     outcome = scheduler.THROTTLED if throttled else scheduler.FAILED
 
     if response.status_code == 410:
-        return _gone(row, insert(Attempt).values(**attempt))
+        return _gone(row, insert(Attempt).values(**attempt), response)
     # Recorded with the scheduler's finish (conclude), which also tells if it opened the circuit.
     verdict = Verdict(False, row.event_type, probe, response.error)
     if probe:
         # A failed probe says the circuit stays open; the delivery waits again, unspent.
         if not _record(conn, _parked(row, row.attempt_count, response.error), attempt):
             return NOT_OURS
+        _counted(response)
         return _step(row, outcome, verdict=verdict)
 
     failures = row.failures + 1
@@ -439,6 +442,7 @@ def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step
         failed = _final(row, S.FAILED, response.error).values(failures=failures)
         if not _record(conn, failed, attempt):
             return NOT_OURS
+        _counted(response)
         metrics.DELIVERIES.labels(outcome="failed").inc()
         operational.deliveries_failed(conn, [row.id])
         return _step(row, outcome, verdict=verdict)
@@ -454,7 +458,12 @@ def _failed(conn: Connection, row: Any, response: Response, probe: bool) -> Step
     )
     if not _record(conn, moved, attempt):
         return NOT_OURS
+    _counted(response)
     return _step(row, outcome, retry_at=time.time() + delay, verdict=verdict)
+
+
+def _counted(response: Response) -> None:
+    metrics.ATTEMPTS.labels(result=response.result.value).inc()
 
 
 def _record(conn: Connection, owned_update: Any, attempt: dict[str, Any]) -> bool:
@@ -470,15 +479,21 @@ def _record(conn: Connection, owned_update: Any, attempt: dict[str, Any]) -> boo
     return conn.execute(recorded.returning(Attempt.id)).first() is not None
 
 
-def _gone(row: Any, attempt_row: Any) -> Step:
+def _gone(row: Any, attempt_row: Any, response: Response) -> Step:
     """The subscriber says this endpoint is gone for good: stop sending to it. Rare, and
-    several statements: one ordinary transaction."""
+    several statements: one ordinary transaction. The subscription is disabled even when the
+    watchdog took this claim back meanwhile (the answer is still the subscriber's); the
+    attempt is recorded and the delivery ended only while the claim is this attempt's."""
     from webhooks.services.subscriptions import disable_subscription
 
     with session_scope() as session:
-        session.execute(attempt_row)
-        session.execute(_final(row, S.FAILED, "410 Gone: subscription disabled"))
+        owned = affected(session.execute(_final(row, S.FAILED, "410 Gone: subscription disabled")))
+        if owned:
+            session.execute(attempt_row)
         disable_subscription(session, row.subscription_id, "the endpoint answered 410 Gone")
+    if not owned:
+        return NOT_OURS
+    _counted(response)
     metrics.DELIVERIES.labels(outcome="failed").inc()
     return _step(row, scheduler.FAILED)
 
