@@ -61,6 +61,15 @@ UNDOCUMENTED_ENDPOINTS = {"static", "openapi.static", "openapi.docs_init"}
 PAGE_BLUEPRINTS = {"console", "portal"}
 
 
+# What every authenticated /v1 answer carries (webhooks/ratelimit.py, from the counting call).
+RATE_LIMIT_HEADERS = {
+    "X-RateLimit-Limit": "Requests (or events) this tenant may make in the window",
+    "X-RateLimit-Remaining": "What is left of it in this window",
+    "X-RateLimit-Reset": "When the window ends, in unix seconds",
+}
+_RATE_LIMIT_REFS = {name: name for name in RATE_LIMIT_HEADERS}
+
+
 class Api(SmorestApi):
     ERROR_SCHEMA = ErrorSchema
     DEFAULT_ERROR_RESPONSE_NAME = None  # each operation lists its own error statuses
@@ -71,13 +80,17 @@ class Api(SmorestApi):
             "Retry-After",
             {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}},
         )
+        for name, description in RATE_LIMIT_HEADERS.items():
+            self.spec.components.header(
+                name, {"description": description, "schema": {"type": "integer", "minimum": 0}}
+            )
         for status, description in ERRORS.items():
             response: dict[str, Any] = {
                 "description": description,
                 "content": {"application/json": {"schema": ErrorSchema}},
             }
             if status == 429:
-                response["headers"] = {"Retry-After": "Retry-After"}
+                response["headers"] = {"Retry-After": "Retry-After", **_RATE_LIMIT_REFS}
             self.spec.components.response(http.HTTPStatus(status).name, response)
 
 
@@ -128,6 +141,13 @@ def _refine(out: dict[str, Any]) -> None:
             for status, response in responses.items():
                 if status.startswith("2"):
                     _referenced(response, outputs)
+                    if operation.get("security") != []:
+                        response["headers"] = {
+                            **response.get("headers", {}),
+                            **{
+                                n: {"$ref": f"#/components/headers/{n}"} for n in RATE_LIMIT_HEADERS
+                            },
+                        }
                     if response.get("description") == http.HTTPStatus(int(status)).phrase:
                         response["description"] = operation["summary"]
             for param in operation.get("parameters", []):

@@ -334,3 +334,14 @@ def test_out_of_range_port_stops_the_process_at_start(monkeypatch) -> None:
     reset_settings()
     with pytest.raises(ConfigError):
         get_settings()
+
+
+def test_rate_limit_headers_are_described_where_they_are_sent(client, tenant) -> None:
+    spec = client.get("/openapi.json").get_json()
+    resp = client.get("/v1/subscriptions", headers=tenant["headers"])
+    described = spec["paths"]["/v1/subscriptions"]["get"]["responses"]["200"]["headers"]
+    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        assert name in resp.headers and name in described
+    too_many = spec["components"]["responses"]["TOO_MANY_REQUESTS"]["headers"]
+    assert {"Retry-After", "X-RateLimit-Limit"} <= set(too_many)
+    assert "headers" not in spec["paths"]["/healthz"]["get"]["responses"]["200"]
