@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from tests.conftest import reset_settings
 from tests.integration.conftest import FAST_ENV, subscribe
 from tests.support import sql
+from webhooks.db import session_scope
 from webhooks.services import delivery, lanes, watchdog
 
 
@@ -179,3 +182,48 @@ def test_a_park_never_makes_a_delivery_waiting_in_its_lane_a_second_holder(
     got = sorted(receiver.at("/o"), key=lambda r: r.at)
     overlap = len(got) >= 2 and got[1].at < got[0].ended
     assert due == {b2}, f"lane b has {len(due)} holders; overlapping requests: {overlap}"
+
+
+def test_retention_removes_idle_lanes_and_a_replay_of_their_deliveries_still_goes_out(
+    client, tenant, receiver
+):
+    """A lane numbers one ordering key for good; with keys such as order IDs there are as many
+    lanes as orders. Retention removes a lane idle for its period with no unfinished delivery;
+    a delivery of a removed lane that is replayed later goes out unordered, not stranded."""
+    from webhooks.services import recovery, retention
+
+    sub = subscribe(client, tenant, receiver.url("/o"), ["order.updated"], ordering="fifo")
+    for key in ("old", "busy", "fresh"):
+        post(client, tenant, key, 1)
+    rows = {
+        r.key: r
+        for r in sql(
+            "SELECT e.ordering_key AS key, d.id, d.lane_id FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id"
+        )
+    }
+    sql("UPDATE deliveries SET status = 'delivered' WHERE id <> :busy", busy=rows["busy"].id)
+    # Two lanes idle for longer than the period; one of them still has its delivery unfinished.
+    sql(
+        "UPDATE lanes SET updated_at = now() - interval '40 days' WHERE id IN (:a, :b)",
+        a=rows["old"].lane_id,
+        b=rows["busy"].lane_id,
+    )
+    retention.purge(days=30)
+    left = {r.id for r in sql("SELECT id FROM lanes")}
+    assert left == {rows["busy"].lane_id, rows["fresh"].lane_id}
+
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+    with session_scope() as session:
+        requeued, _ = recovery.replay(
+            session, tenant["id"], uuid.UUID(sub["id"]), since, None, None
+        )
+    assert requeued == 2  # "old" (lane gone) and "fresh" (delivered, lane kept)
+    (old,) = sql(
+        "SELECT status, lane_id, next_attempt_at FROM deliveries WHERE id = :id", id=rows["old"].id
+    )
+    assert old.status == "pending" and old.lane_id is None and old.next_attempt_at is not None
+    (fresh,) = sql(
+        "SELECT lane_id, next_attempt_at FROM deliveries WHERE id = :id", id=rows["fresh"].id
+    )
+    assert fresh.lane_id == rows["fresh"].lane_id and fresh.next_attempt_at is not None

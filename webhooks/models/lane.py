@@ -1,8 +1,19 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, String, UniqueConstraint, Uuid, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    String,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webhooks.db import Base
@@ -32,3 +43,8 @@ class Lane(Base):
     ordering_key: Mapped[str] = mapped_column(String(200), nullable=False)
     # The sequence number given to the lane's latest delivery (0: none yet).
     last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    # When it last numbered a delivery: retention removes a lane idle for its period with no
+    # unfinished delivery (services/retention.py).
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

@@ -38,7 +38,7 @@ from webhooks.models.lane import NO_KEY
 from webhooks.scheduler import Item
 
 S = DeliveryStatus
-_OPEN = f"('{S.PENDING}', '{S.RETRYING}', '{S.IN_FLIGHT}')"
+OPEN_STATUSES = f"('{S.PENDING}', '{S.RETRYING}', '{S.IN_FLIGHT}')"
 
 # Number new deliveries in their lanes: one upsert per lane, in lock order, then the rows.
 _ASSIGN = text(
@@ -52,7 +52,7 @@ WITH d AS (
   INSERT INTO lanes (subscription_id, ordering_key, last_seq)
   SELECT sub, key, n FROM counts ORDER BY sub, key
       ON CONFLICT ON CONSTRAINT uq_lanes_subscription_key
-      DO UPDATE SET last_seq = lanes.last_seq + EXCLUDED.last_seq
+      DO UPDATE SET last_seq = lanes.last_seq + EXCLUDED.last_seq, updated_at = now()
   RETURNING id, subscription_id, ordering_key, last_seq
 ), numbered AS (
   SELECT d.id, up.id AS lane_id,
@@ -83,13 +83,13 @@ UPDATE deliveries d
   JOIN subscriptions s ON s.id = l.subscription_id
   CROSS JOIN LATERAL (
     SELECT o.id FROM deliveries o
-     WHERE o.lane_id = l.id AND o.status IN {_OPEN}
+     WHERE o.lane_id = l.id AND o.status IN {OPEN_STATUSES}
      ORDER BY o.lane_seq LIMIT 1) head
  WHERE l.id = ANY(CAST(:lanes AS bigint[]))
    AND d.id = head.id AND d.next_attempt_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM deliveries h
                     WHERE h.subscription_id = l.subscription_id AND h.lane_id = l.id
-                      AND h.next_attempt_at IS NOT NULL AND h.status IN {_OPEN})
+                      AND h.next_attempt_at IS NOT NULL AND h.status IN {OPEN_STATUSES})
 RETURNING d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit
 """  # noqa: S608 (status names from the enums, no input)
 )
@@ -102,7 +102,7 @@ UPDATE deliveries
    SET lane_id = NULL,
        dispatched_at = CASE WHEN next_attempt_at IS NULL THEN NULL ELSE dispatched_at END,
        next_attempt_at = coalesce(next_attempt_at, now()), updated_at = now()
- WHERE subscription_id = :subscription_id AND lane_id IS NOT NULL AND status IN {_OPEN}
+ WHERE subscription_id = :subscription_id AND lane_id IS NOT NULL AND status IN {OPEN_STATUSES}
 """  # noqa: S608 (status names from the enums, no input)
 )
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, null, select, update
+from sqlalchemy import case, exists, func, null, select, update
 from sqlalchemy.orm import Session
 
 from webhooks.models import Delivery, DeliveryStatus, Event
+from webhooks.models.lane import Lane
 from webhooks.models.subscription import SubscriptionStatus
 from webhooks.scheduler import Item
 from webhooks.services import Conflict, NotFound, lanes, scheduling
@@ -104,7 +105,9 @@ class _Restarted:
 
 def _restart(session: Session, ids: Sequence[uuid.UUID]) -> _Restarted:
     """Give finished deliveries a fresh start. An unordered one is due now; a fifo one goes
-    back to its lane, which sends its deliveries lowest number first (services/lanes.py)."""
+    back to its lane, which sends its deliveries lowest number first (services/lanes.py). One
+    whose lane retention has removed (idle for the period) goes out unordered: there is no
+    lane left to order it in."""
     if not ids:
         return _Restarted([], [], [])
     # Their events are kept from retention's purge until this commits (it skips locked ones):
@@ -114,13 +117,22 @@ def _restart(session: Session, ids: Sequence[uuid.UUID]) -> _Restarted:
         .where(Event.id.in_(select(Delivery.event_id).where(Delivery.id.in_(ids))))
         .with_for_update(read=True, key_share=True)
     )
+    # Their lanes too: retention skips a locked lane, and one it removed first is gone by the
+    # time the UPDATE below looks.
+    session.execute(
+        select(Lane.id)
+        .where(Lane.id.in_(select(Delivery.lane_id).where(Delivery.id.in_(ids))))
+        .with_for_update(read=True, key_share=True)
+    )
+    in_lane = exists(select(Lane.id).where(Lane.id == Delivery.lane_id))
     rows = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(ids), Delivery.status.in_(FINAL))
         .values(
             **_FRESH_START,
-            next_attempt_at=case((Delivery.lane_id.is_(None), func.now()), else_=null()),
-            dispatched_at=case((Delivery.lane_id.is_(None), func.now()), else_=null()),
+            next_attempt_at=case((in_lane, null()), else_=func.now()),
+            dispatched_at=case((in_lane, null()), else_=func.now()),
+            lane_id=case((in_lane, Delivery.lane_id), else_=null()),
         )
         .returning(Delivery.id, Delivery.lane_id)
         .execution_options(synchronize_session=False)
