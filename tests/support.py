@@ -292,3 +292,23 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_attempt(delivery_id: Any) -> Any:
+    """What the delivery task does: one attempt, then its end with the scheduler and the
+    breaker; return the attempt's Step."""
+    from webhooks.services import delivery
+
+    step = delivery.attempt(str(delivery_id))
+    delivery.conclude(str(delivery_id), step)
+    return step
+
+
+def delivery_ids(subscription_id: str) -> list[str]:
+    """A subscription's deliveries, in the order of their events."""
+    rows = sql(
+        "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.subscription_id = :s ORDER BY e.created_at, d.id",
+        s=subscription_id,
+    )
+    return [str(r.id) for r in rows]

@@ -180,6 +180,19 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+def locking(query: Any, entity: Any, lock: str | None) -> Any:
+    """`query` locking the rows of `entity` it reads until the transaction ends, and reading
+    them afresh (not from the session's identity map): "share" (FOR SHARE) for work that must
+    not race a change of them; "update" (FOR NO KEY UPDATE) for a change, which waits for
+    "share" but not for inserts that only reference the rows (FOR KEY SHARE, foreign keys)."""
+    if lock is None:
+        return query
+    share = lock == "share"
+    return query.with_for_update(read=share, key_share=not share, of=entity).execution_options(
+        populate_existing=True
+    )
+
+
 def affected(result: Result[Any]) -> int:
     """Return how many rows an UPDATE or DELETE changed."""
     return int(cast(CursorResult[Any], result).rowcount or 0)

@@ -25,6 +25,16 @@ FAST_ENV = {
     "WEBHOOKS_WORKER_METRICS_PORT": "0",
 }
 
+
+@pytest.fixture
+def fast_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test process runs the attempts itself (tests.support.run_attempt): give it the
+    workers' short retry waits and timeout."""
+    for name, value in FAST_ENV.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+
+
 pytestmark = pytest.mark.integration
 
 

@@ -14,33 +14,17 @@ import redis
 
 from scripts.harness import Reply
 from tests.conftest import reset_settings
-from tests.integration.conftest import FAST_ENV, publish, subscribe
-from tests.support import sql
+from tests.integration.conftest import publish, subscribe
+from tests.support import delivery_ids, run_attempt, sql
 from webhooks import scheduler as scheduler_module
 from webhooks.runtime import get_breaker, get_redis, get_scheduler
 from webhooks.services import delivery, watchdog
 
-
-@pytest.fixture(autouse=True)
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in FAST_ENV.items():
-        monkeypatch.setenv(name, value)
-    reset_settings()
+pytestmark = pytest.mark.usefixtures("fast_attempts")
+run = run_attempt
 
 
-def run(delivery_id: Any) -> delivery.Step:
-    step = delivery.attempt(str(delivery_id))
-    delivery.conclude(str(delivery_id), step)
-    return step
-
-
-def _ids(subscription_id: str) -> list[str]:
-    rows = sql(
-        "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.subscription_id = :s ORDER BY e.created_at, d.id",
-        s=subscription_id,
-    )
-    return [str(r.id) for r in rows]
+_ids = delivery_ids
 
 
 def _wait(cond: Any, timeout: float = 10.0) -> None:

@@ -17,27 +17,15 @@ from standardwebhooks import Webhook
 from config import get_settings
 from scripts.harness import Reply
 from tests.conftest import reset_settings
-from tests.integration.conftest import FAST_ENV, publish, subscribe
-from tests.support import sql
+from tests.integration.conftest import publish, subscribe
+from tests.support import delivery_ids, run_attempt, sql
 from webhooks import scheduler
 from webhooks.db import state_engine
 from webhooks.runtime import get_breaker, get_scheduler
 from webhooks.services import delivery, watchdog
 
-
-@pytest.fixture(autouse=True)
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process runs the attempts: give it the workers' short retry waits and timeout."""
-    for name, value in FAST_ENV.items():
-        monkeypatch.setenv(name, value)
-    reset_settings()
-
-
-def run(delivery_id: Any) -> delivery.Step:
-    """What the task does: one attempt, then its end with the scheduler and the breaker."""
-    step = delivery.attempt(str(delivery_id))
-    delivery.conclude(str(delivery_id), step)
-    return step
+pytestmark = pytest.mark.usefixtures("fast_attempts")
+run = run_attempt
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, **env: Any) -> None:
@@ -46,13 +34,7 @@ def _settings(monkeypatch: pytest.MonkeyPatch, **env: Any) -> None:
     reset_settings()
 
 
-def _ids(subscription_id: str) -> list[str]:
-    rows = sql(
-        "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.subscription_id = :s ORDER BY e.created_at, d.id",
-        s=subscription_id,
-    )
-    return [str(r.id) for r in rows]
+_ids = delivery_ids
 
 
 def _row(delivery_id: str) -> Any:

@@ -13,23 +13,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import reset_settings
-from tests.integration.conftest import FAST_ENV, subscribe
-from tests.support import sql
+from tests.integration.conftest import subscribe
+from tests.support import run_attempt, sql
 from webhooks.db import session_scope
-from webhooks.services import delivery, lanes, watchdog
+from webhooks.services import lanes, watchdog
 
-
-@pytest.fixture(autouse=True)
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in FAST_ENV.items():
-        monkeypatch.setenv(name, value)
-    reset_settings()
-
-
-def run(delivery_id: Any) -> delivery.Step:
-    step = delivery.attempt(str(delivery_id))
-    delivery.conclude(str(delivery_id), step)
-    return step
+pytestmark = pytest.mark.usefixtures("fast_attempts")
+run = run_attempt
 
 
 def lane_rows(sub_id: str) -> list[Any]:

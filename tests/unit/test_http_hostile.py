@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -228,18 +229,25 @@ def test_stale_bytes_after_a_kept_alive_answer_are_never_the_next_answer() -> No
         conn.sendall(b"HTTP/1.1 500 X\r\nContent-Length: 8\r\n\r\nsmuggled")  # later
         time.sleep(2)
 
-    def honest(conn: socket.socket) -> None:
-        while conn.recv(65536):
-            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    second = _then_an_honest_answer(script)
+    assert second.result is AttemptResult.SUCCESS and second.status_code == 204, second
 
+
+def _honest(conn: socket.socket) -> None:
+    while conn.recv(65536):
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+
+def _then_an_honest_answer(script: Callable[[socket.socket], None]) -> Any:
+    """One attempt served by `script` on a connection kept alive, then a second attempt after
+    the server turned honest: return the second's response."""
     client = _client(1.0)
     with Scripted(script) as server:
         url = f"http://127.0.0.1:{server.port}/"
         assert client.post(url, b"{}", {}).result is AttemptResult.SUCCESS
         time.sleep(0.3)
-        server.script = honest
-        second = client.post(url, b"{}", {})
-    assert second.result is AttemptResult.SUCCESS and second.status_code == 204, second
+        server.script = _honest
+        return client.post(url, b"{}", {})
 
 
 class HeaderCatcher(Listener):
@@ -330,17 +338,7 @@ def test_kept_alive_connection_the_subscriber_closed_while_idle_is_not_reused() 
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         time.sleep(0.1)  # then hangs up (Scripted closes it)
 
-    def honest(conn: socket.socket) -> None:
-        while conn.recv(65536):
-            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
-
-    client = _client(1.0)
-    with Scripted(script) as server:
-        url = f"http://127.0.0.1:{server.port}/"
-        assert client.post(url, b"{}", {}).result is AttemptResult.SUCCESS
-        time.sleep(0.3)
-        server.script = honest
-        second = client.post(url, b"{}", {})
+    second = _then_an_honest_answer(script)
     assert second.result is AttemptResult.SUCCESS and second.status_code == 204, second
 
 

@@ -23,15 +23,7 @@ from marshmallow import ValidationError
 
 from config.pages import get_page_settings
 from webhooks.api.common import db
-from webhooks.console.web import (
-    check_csrf,
-    check_storable,
-    error_pages,
-    flat_errors,
-    form_list,
-    secure_headers,
-    spend,
-)
+from webhooks.console import web
 from webhooks.schemas import SubscriptionCreateSchema, SubscriptionUpdateSchema
 from webhooks.services import ServiceError, portal, queries, recovery
 from webhooks.services import subscriptions as subscription_service
@@ -75,8 +67,8 @@ def _open_link() -> None:
     g.portal_csrf = _csrf_of(settings.session_key, token)
     # A page rendered before WEBHOOKS_SECRET_KEY was rotated carries one of a previous key.
     previous = [_csrf_of(key, token) for key in settings.previous_session_keys]
-    check_csrf(g.portal_csrf, *previous)
-    check_storable()
+    web.check_csrf(g.portal_csrf, *previous)
+    web.check_storable()
 
 
 def _csrf_of(key: bytes, token: str) -> str:
@@ -94,10 +86,10 @@ def _headers(response: Response) -> Response:
     settings = get_page_settings()
     logo = urlsplit(settings.portal_logo_url)
     img = f"{logo.scheme}://{logo.netloc}" if settings.portal_logo_url else ""
-    return secure_headers(response, frame_ancestors=settings.portal_frame_ancestors, img=img)
+    return web.secure_headers(response, frame_ancestors=settings.portal_frame_ancestors, img=img)
 
 
-error_pages(bp, "portal/error.html")
+web.error_pages(bp, "portal/error.html")
 
 
 def _visitor() -> portal.Visitor:
@@ -120,7 +112,7 @@ def endpoints() -> Any:
 
 
 def _form() -> dict[str, Any]:
-    chosen = request.form.getlist("event_type") + form_list(request.form.get("event_types", ""))
+    chosen = request.form.getlist("event_type") + web.form_list(request.form.get("event_types", ""))
     return {
         "url": request.form.get("url", "").strip(),
         "event_types": sorted(set(chosen)),
@@ -147,13 +139,13 @@ def create_endpoint() -> Any:
         data = create_schema.load(form)
     except ValidationError as exc:
         return _form_page(
-            "portal/endpoint_new.html", 422, form=form, errors=flat_errors(exc.messages)
+            "portal/endpoint_new.html", 422, form=form, errors=web.flat_errors(exc.messages)
         )
     data["consumer"] = _visitor().uid
     try:
         subscription, secret = subscription_service.create(db(), _visitor().tenant_id, data)
     except ServiceError as exc:  # the address guard refused the URL
-        errors = flat_errors(exc.details.get("fields") or {"": [exc.message]})
+        errors = web.flat_errors(exc.details.get("fields") or {"": [exc.message]})
         return _form_page("portal/endpoint_new.html", 422, form=form, errors=errors)
     return _endpoint_page(subscription.id, secret=secret, created=True)
 
@@ -189,11 +181,11 @@ def edit_endpoint(subscription_id: uuid.UUID) -> Any:
         data = update_schema.load(form, partial=True)
         subscription_service.update_one(db(), _visitor().tenant_id, subscription_id, data)
     except ValidationError as exc:
-        return _endpoint_page(subscription_id, 422, form=form, errors=flat_errors(exc.messages))
+        return _endpoint_page(subscription_id, 422, form=form, errors=web.flat_errors(exc.messages))
     except ServiceError as exc:
         if exc.status == 404:
             raise
-        errors = flat_errors(exc.details.get("fields") or {"": [exc.message]})
+        errors = web.flat_errors(exc.details.get("fields") or {"": [exc.message]})
         return _endpoint_page(subscription_id, 422, form=form, errors=errors)
     return _endpoint_page(subscription_id, notice="Endpoint saved.")
 
@@ -220,7 +212,7 @@ def rotate_secret(subscription_id: uuid.UUID) -> Any:
 def test_event(subscription_id: uuid.UUID) -> Any:
     portal.endpoint(db(), _visitor(), subscription_id)
     # A link is held by a third party: what it makes counts against the tenant's budget.
-    spend(_visitor().tenant_id)
+    web.spend(_visitor().tenant_id)
     delivery = send_test_event(db(), _visitor().tenant_id, subscription_id)
     return redirect(url_for("portal.delivery", delivery_id=delivery.id))
 
@@ -241,7 +233,7 @@ def delivery(delivery_id: uuid.UUID) -> Any:
 @bp.post("/<token>/deliveries/<uuid:delivery_id>/retry")
 def retry(delivery_id: uuid.UUID) -> Any:
     portal.delivery(db(), _visitor(), delivery_id)
-    spend(_visitor().tenant_id)
+    web.spend(_visitor().tenant_id)
     recovery.retry(db(), _visitor().tenant_id, delivery_id)
     view = portal.delivery(db(), _visitor(), delivery_id)
     return render_template("portal/delivery.html", view=view, notice="Delivery sent again.")

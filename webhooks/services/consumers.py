@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, select
 from sqlalchemy.orm import Session
 
-from webhooks.db import uuid7
+from webhooks.db import locking, uuid7
 from webhooks.models import Consumer, Subscription
 from webhooks.services import Conflict, NotFound, add_unique
 from webhooks.services.paging import Page, keyset
@@ -40,15 +40,9 @@ def create(session: Session, tenant_id: uuid.UUID, data: dict[str, Any]) -> Cons
 
 def get(session: Session, tenant_id: uuid.UUID, uid: str, *, lock: str | None = None) -> Consumer:
     """Return the tenant's live consumer with this uid, or raise NotFound. `lock` ("share" or
-    "update") locks its row until the transaction ends; a consumer deleted meanwhile is then
-    not found."""
-    query = select(Consumer).where(live(tenant_id), Consumer.uid == uid)
-    if lock is not None:
-        # "update" is FOR NO KEY UPDATE: it waits for "share", not for ingest's foreign keys.
-        share = lock == "share"
-        query = query.with_for_update(
-            read=share, key_share=not share, of=Consumer
-        ).execution_options(populate_existing=True)
+    "update", db.locking) locks its row until the transaction ends; a consumer deleted
+    meanwhile is then not found."""
+    query = locking(select(Consumer).where(live(tenant_id), Consumer.uid == uid), Consumer, lock)
     found = session.scalar(query)
     if found is None:
         raise NotFound("no such consumer", {"uid": uid})

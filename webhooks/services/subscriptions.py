@@ -18,7 +18,7 @@ from webhooks.crypto import (
     encrypt_secret,
     redacted,
 )
-from webhooks.db import affected, uuid7
+from webhooks.db import affected, locking, uuid7
 from webhooks.http import AddressRefused, check_url
 from webhooks.models import Consumer, Delivery, DeliveryStatus, Subscription
 from webhooks.models.lane import ORDERING_FIFO, ORDERING_NONE
@@ -72,18 +72,12 @@ def get(
 ) -> Subscription:
     """Return one of the tenant's live subscriptions, or raise NotFound.
 
-    `lock` locks its row until the transaction ends, and reads it afresh: "update" for a change
-    made from what was read (rotating a secret keeps the current one as the previous), which
-    must not race another change; "share" for work that must not race a change of it (a retry
-    restarting deliveries must not interleave with a disable, which ends them). "update" is
-    FOR NO KEY UPDATE: it waits for those, but not for ingest, whose new deliveries hold the
-    row only by their foreign key (FOR KEY SHARE)."""
+    `lock` (db.locking): "update" for a change made from what was read (rotating a secret keeps
+    the current one as the previous), which must not race another change; "share" for work
+    that must not race a change of it (a retry restarting deliveries must not interleave with a
+    disable, which ends them). Neither waits for ingest."""
     query = select(Subscription).where(live(tenant_id), Subscription.id == subscription_id)
-    if lock is not None:
-        share = lock == "share"
-        query = query.with_for_update(
-            read=share, key_share=not share, of=Subscription
-        ).execution_options(populate_existing=True)
+    query = locking(query, Subscription, lock)
     found = session.scalar(query)
     if found is None:
         raise NotFound("no such subscription", {"id": str(subscription_id)})
