@@ -312,3 +312,28 @@ def delivery_ids(subscription_id: str) -> list[str]:
         s=subscription_id,
     )
     return [str(r.id) for r in rows]
+
+
+@contextlib.contextmanager
+def scratch_database(servers: Any, name: str) -> Iterator[Any]:
+    """An empty database of the embedded PostgreSQL (skipped without it), as an engine without
+    a pool; dropped afterwards, whatever its connections."""
+    import psycopg
+    from sqlalchemy import create_engine, pool
+
+    from config import normalize_database_url
+
+    if servers.pg is None:
+        import pytest
+
+        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
+    url = servers.pg.create_database(name)
+    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:  # one left by an interrupted run starts empty too
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

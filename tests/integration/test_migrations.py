@@ -210,17 +210,12 @@ def test_an_existing_database_upgrades_and_its_data_routes_as_before(servers, mo
 
 def test_stored_filters_are_compiled_again_to_leave_nested_arrays_out(servers):
     """0010: filters saved before it match as the compiler now does (nested arrays left out)."""
-    if servers.pg is None:
-        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
     import uuid
 
-    name = "webhooks_filters_0010"
-    url = servers.pg.create_database(name)
-    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
+    from tests.support import scratch_database
+
     tenant_id, sub_id = uuid.uuid4(), uuid.uuid4()
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    with scratch_database(servers, "webhooks_filters_0010") as engine:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "20261130_0009")
         with engine.begin() as conn:
@@ -243,9 +238,3 @@ def test_stored_filters_are_compiled_again_to_leave_nested_arrays_out(servers):
             assert conn.execute(nested).scalar_one() is False
             flat = text("SELECT CAST('{\"v\": [1, 3]}' AS jsonb) @@ filter_path FROM subscriptions")
             assert conn.execute(flat).scalar_one() is True
-    finally:
-        engine.dispose()
-        import psycopg
-
-        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')

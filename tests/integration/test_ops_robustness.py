@@ -165,28 +165,6 @@ def test_retention_never_deletes_a_delivery_a_concurrent_replay_requeued(client,
 # --- 5. migrations ----------------------------------------------------------------------------
 
 
-def _scratch(servers, name):
-    from sqlalchemy import create_engine, pool
-
-    from config import normalize_database_url
-
-    if servers.pg is None:
-        pytest.skip("needs the embedded PostgreSQL")
-    url = servers.pg.create_database(name)
-    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    return engine
-
-
-def _drop(servers, engine, name):
-    import psycopg
-
-    engine.dispose()
-    with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 _SEED = """
 INSERT INTO tenants (id, name) VALUES ('01900000-0000-7000-8000-000000000001', 't');
 INSERT INTO subscriptions (id, tenant_id, url, event_types, status, secret_ciphertext {extra_cols})
@@ -205,11 +183,9 @@ def test_downgrade_below_ordering_does_not_strand_fifo_deliveries(servers):
     subscriptions that would stop being delivered; this one accepts silently."""
     from alembic import command
 
-    from tests.support import alembic_config
+    from tests.support import alembic_config, scratch_database
 
-    name = "review_ordering_down"
-    engine = _scratch(servers, name)
-    try:
+    with scratch_database(servers, "review_ordering_down") as engine:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "head")
         with engine.begin() as conn:
@@ -245,5 +221,3 @@ def test_downgrade_below_ordering_does_not_strand_fifo_deliveries(servers):
                 )
             ).scalar()
         assert stranded == 0, f"{stranded} deliveries can never become due after the downgrade"
-    finally:
-        _drop(servers, engine, name)

@@ -138,7 +138,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def _unstorable(value: Any) -> str | None:
+def unstorable(value: Any) -> str | None:
     """Say why PostgreSQL cannot store a string somewhere in this JSON value, or None."""
     stack = [value]
     while stack:
@@ -164,7 +164,7 @@ def _check_storable(data: Any) -> None:
         return
     problems: dict[str, list[str]] = {}
     for key, value in data.items():
-        reason = _unstorable(key) or _unstorable(value)
+        reason = unstorable(key) or unstorable(value)
         if reason:
             problems[key] = [reason]
     if problems:

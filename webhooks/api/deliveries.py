@@ -8,6 +8,7 @@ from webhooks.schemas import DeliveryDetailSchema, DeliveryListQuery, DeliverySc
 from webhooks.schemas.common import page_schema
 from webhooks.schemas.deliveries import NESTED_LIMIT, AttemptSchema
 from webhooks.services import queries, recovery
+from webhooks.services.paging import bigint
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries", description="Follow deliveries")
 
@@ -56,14 +57,15 @@ def attempts_(args: dict[str, Any], delivery_id: uuid.UUID) -> Any:
     after = None
     if args["cursor"] is not None:
         # The cursor holds the last attempt's ID (a bigint) in a UUID's 128 bits.
-        after = args["cursor"].int
-        if after >= 1 << 63:
+        try:
+            after = bigint(str(args["cursor"].int))
+        except ValueError:
             raise ApiError(
                 422,
                 "validation_error",
                 "some query parameters are invalid",
                 {"fields": {"cursor": ["not a cursor returned by this API"]}},
-            )
+            ) from None
     found = queries.delivery_attempts(session, delivery, after, args["limit"])
     return page(found, key=lambda last: uuid.UUID(int=last))
 

@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from config.pages import get_page_settings
 from webhooks import ratelimit
-from webhooks.api.common import db
+from webhooks.api.common import db, unstorable
 from webhooks.ratelimit import parse_limit
 from webhooks.services import ServiceError, tenants
 
@@ -96,12 +96,13 @@ def check_csrf(expected: str | None = None, *also: str) -> None:
 
 
 def check_storable() -> None:
-    """Refuse (400) a request whose query or form holds a NUL character, which no text column
-    of PostgreSQL can store (the API's JSON reader refuses it the same way)."""
+    """Refuse (400) a request whose query or form holds text no text column of PostgreSQL can
+    store (a NUL character), as the API's JSON reader refuses it (api.common.unstorable)."""
     for values in (request.args, request.form):
         for key, value in values.items(multi=True):
-            if "\x00" in key or "\x00" in value:
-                abort(400, f"the field {key[:40]!r} holds a NUL character, which is not allowed")
+            reason = unstorable([key, value])
+            if reason:
+                abort(400, f"the field {key[:40]!r}: {reason}")
 
 
 def spend(tenant_id: uuid.UUID, cost: int = 1, force: bool = False) -> None:
