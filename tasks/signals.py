@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from multiprocessing.sharedctypes import RawValue
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
@@ -25,6 +26,21 @@ ANNOUNCE_SECONDS = 5.0
 
 _pump_stop = threading.Event()
 _pump_name: str | None = None
+# Whether this worker sends task events now (Flower turns them on by remote control, in the
+# main process): kept here by the main process's pump, read by its pool processes, which are
+# forked after this module is imported and so share it. A delivery task reports the
+# deliveries it goes on with to Flower only then (tasks/delivery.py).
+_task_events = RawValue("b", 0)
+
+
+def task_events_on() -> bool:
+    return bool(_task_events.value)
+
+
+def _follow_task_events(consumer: Any) -> None:
+    events = getattr(consumer, "event_dispatcher", None)
+    on = events is not None and events.enabled and (not events.groups or "task" in events.groups)
+    _task_events.value = bool(on)
 
 
 @worker_init.connect
@@ -61,11 +77,11 @@ def _start_pump(sender: Any = None, **_: object) -> None:
     _pump_name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
     _pump_stop.clear()
     threading.Thread(
-        target=_pump, args=(_pump_name, slots), name="scheduler-pump", daemon=True
+        target=_pump, args=(_pump_name, slots, sender), name="scheduler-pump", daemon=True
     ).start()
 
 
-def _pump(name: str, slots: int) -> None:
+def _pump(name: str, slots: int, consumer: Any = None) -> None:
     from webhooks.runtime import get_scheduler
     from webhooks.services import scheduling
 
@@ -73,6 +89,7 @@ def _pump(name: str, slots: int) -> None:
     while not _pump_stop.is_set():
         wait = PUMP_IDLE_SECONDS
         try:
+            _follow_task_events(consumer)
             if time.monotonic() - announced >= ANNOUNCE_SECONDS:
                 get_scheduler().announce(name, slots)
                 announced = time.monotonic()

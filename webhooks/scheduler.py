@@ -5,8 +5,8 @@ delivery IDs; tenants with work and, within a tenant, subscriptions with work ta
 (round robin over two sorted sets whose score is a global sequence). A delivery becomes a Celery
 task only when it is picked, and a pick respects, all at once and atomically (Lua):
 
-- the window: as many tasks in flight as the live workers have pool processes, plus a little
-  so none waits for the next pick (workers announce their slots with a heartbeat);
+- the window: as many tasks in flight as the live workers have pool processes (workers
+  announce their slots with a heartbeat);
 - the tenant cap, WEBHOOKS_TENANT_MAX_IN_FLIGHT (a number, or a share of the slots);
 - the subscription's `max_in_flight` and its adaptive concurrency window (AIMD: halved on
   429, 503 and timeouts, grown by successes, restarted at 1 after its circuit closes);
@@ -17,7 +17,8 @@ A blocked subscription leaves its tenant's turn: it comes back when one of its a
 with a backlog delays another tenant's delivery by at most one pick.
 
 Picks happen where capacity frees or work arrives: after ingest commits, after every attempt
-(in the same script that records its end), and in each worker's pump thread, which also moves
+(in the same script that records its end; the process that ended the attempt may keep the pick
+and attempt it itself, see `finish_call`), and in each worker's pump thread, which also moves
 due retries and rate timers along. Nothing here lives in one process's memory.
 
 Redis may lose all of this: PostgreSQL still has every delivery, and the watchdog re-sends the
@@ -52,8 +53,10 @@ PREFIX = "wh:q:"
 WORKER_TTL_SECONDS = 15.0
 # With no worker announced yet (starting up, API alone), the window is this many tasks.
 DEFAULT_SLOTS = 4
-# Tasks dispatched beyond the slots, so a pool process finds its next task waiting.
-WINDOW_FACTOR = 1.5
+# Tasks in flight per slot. One: a pool process that ends an attempt goes on with the next
+# delivery its slot is given (tasks/delivery.py), so none need wait queued for it; a task sent
+# beyond the slots would only wait in the queue behind processes that go on.
+WINDOW_FACTOR = 1.0
 # Rate limits are spaced a little wider than 1/rate: what a subscriber receives in any one
 # second then stays within its limit, even though the time from pick to send varies.
 RATE_SPACING = 1.04
@@ -304,12 +307,20 @@ local function push_tasks(ids, circuits, now)
 end
 -- What every picking script ends with: a pick with the common arguments (ARGV[2] to [9]),
 -- its tasks sent (ARGV[10] to [15]), answered as {picked ids, blocked counts, next wake-up,
--- 1 if the tasks were sent}.
-local function pick_and_answer()
+-- 1 if the tasks were sent, the kept id or '', its circuit}. `keep`: the first pick is not
+-- sent as a task but answered as kept, for the caller to attempt itself (a finishing attempt's
+-- process goes on with the delivery that its freed slot was given).
+local function pick_and_answer(keep)
   local now = tonumber(ARGV[2])
   local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                  tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
-  return {r[1], r[2], next_wake(), push_tasks(r[1], r[3], now)}
+  local ids, circuits = r[1], r[3]
+  local kept, kept_circuit = '', ''
+  if keep and #ids > 0 then
+    kept = table.remove(ids, 1)
+    kept_circuit = table.remove(circuits, 1)
+  end
+  return {ids, r[2], next_wake(), push_tasks(ids, circuits, now), kept, kept_circuit}
 end
 """
 )
@@ -338,7 +349,7 @@ return pick_and_answer()
 )
 
 # ARGV: the common ones (Scheduler._common), id, subscription, tenant, outcome,
-# retry_at (or '').
+# retry_at (or ''), keep ('1': answer the first pick as kept instead of sending its task).
 _FINISH = (
     _LIB
     + """
@@ -401,7 +412,7 @@ if outcome ~= 'none' then
 end
 -- written above even when its in-flight entry was gone (release did not touch it then)
 if sub ~= '' then redis.call('EXPIRE', sk, IDLE_TTL) end
-return pick_and_answer()
+return pick_and_answer(ARGV[21] == '1')
 """
 )
 
@@ -502,6 +513,10 @@ class Picked:
     wake_at: float | None
     # Their Celery tasks were sent by the same script (the scheduler has a message template).
     sent: bool = False
+    # A pick kept for the caller to attempt itself, not in `ids` and sent as no task
+    # (`finish_call(keep=True)`), and whether its circuit was seen closed (see `circuit`).
+    kept: str | None = None
+    kept_closed: bool = False
 
     @classmethod
     def empty(cls) -> Picked:
@@ -582,9 +597,12 @@ class Scheduler:
         retry_at: float | None = None,
         now: float | None = None,
         max_picks: int = 100,
+        keep: bool = False,
     ) -> ScriptCall[Picked]:
         """End a delivery's turn (or schedule its retry at `retry_at`) and hand out the next:
-        a call to make on its own (`.run()`) or with others (redis_client.run_together)."""
+        a call to make on its own (`.run()`) or with others (redis_client.run_together).
+        `keep`: the first delivery picked is answered as `Picked.kept`, its task not sent:
+        the caller attempts it itself, in the slot this attempt frees."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
@@ -592,6 +610,7 @@ class Scheduler:
             tenant_id,
             outcome,
             "" if retry_at is None else repr(retry_at),
+            "1" if keep else "0",
         ]
         return ScriptCall(self._finish, [], args, _picked)
 
@@ -685,11 +704,13 @@ class Scheduler:
 
 
 def _picked(raw: Any) -> Picked:
-    ids, blocked, wake, sent = raw
+    ids, blocked, wake, sent, kept, kept_circuit = raw
     wake_at = float(as_text(wake))
     return Picked(
         [as_text(i) for i in ids],
         {reason: int(n) for reason, n in zip(BLOCK_REASONS, blocked, strict=True) if int(n)},
         wake_at if wake_at >= 0 else None,
         bool(int(sent)),
+        as_text(kept) or None,
+        as_text(kept_circuit) == "closed",
     )

@@ -472,3 +472,69 @@ def test_an_attempt_on_a_pooled_connection_that_died_still_delivers(
     statuses = sql("SELECT status FROM deliveries ORDER BY id")
     assert [s.status for s in statuses] == ["delivered"] * 3
     assert len(receiver.at("/pooled")) == 3
+
+
+@pytest.mark.parametrize("continue_seconds", [30.0, 0.0])
+def test_a_task_goes_on_with_the_deliveries_its_slot_is_given_while_its_time_lasts(
+    client, tenant, receiver, monkeypatch, continue_seconds
+):
+    """The delivery task attempts its delivery, then those the scheduler gives its freed slot
+    (fairly, within every limit), without a Celery message each, while CONTINUE_SECONDS last;
+    past them the next is sent as a task, as before."""
+    import tasks.delivery as task_module
+    from config.celery import QUEUE
+
+    monkeypatch.setattr(task_module, "CONTINUE_SECONDS", continue_seconds)
+    get_scheduler().announce("one-slot", 1)  # a window of 2, a tenant cap of 1
+    sub = subscribe(client, tenant, receiver.url("/run"))
+    for n in range(6):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    ids = _ids(sub["id"])
+    r = get_scheduler().client
+    assert r.llen(QUEUE) == 1  # ingest sent the first one's task; five wait in the scheduler
+
+    attempted = task_module.deliver.run(ids[0])
+
+    if continue_seconds:
+        assert attempted == ids  # one task, every delivery, in order
+        assert sorted(got.webhook_id for got in receiver.at("/run")) == sorted(ids)
+        assert r.llen(QUEUE) == 1  # nothing more sent
+        assert get_scheduler().totals() == {"ready": 0, "delayed": 0, "in_flight": 0}
+    else:
+        assert attempted == ids[:1]
+        assert [got.webhook_id for got in receiver.at("/run")] == ids[:1]
+        assert r.llen(QUEUE) == 2  # the next one went out as a task
+    delivered = sql("SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'")[0].n
+    assert delivered == len(attempted)
+
+
+def test_a_kept_delivery_whose_process_dies_before_its_claim_is_handed_over_again(
+    client, tenant, receiver
+):
+    """The pick a finishing attempt keeps is in flight in the scheduler with a lease, as a
+    sent task is: if its process dies before attempting it, the lease ends, the scheduler
+    forgets it, and the watchdog hands the row (still due in PostgreSQL) over again."""
+    get_scheduler().announce("one-slot", 1)  # a tenant cap of 1: the second waits
+    sub = subscribe(client, tenant, receiver.url("/kept"))
+    for n in range(2):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    first, second = _ids(sub["id"])
+
+    kept = delivery.conclude(first, delivery.attempt(first), keep=True)
+
+    assert kept == delivery.Kept(second, circuit_closed=True)
+    # ... and its process dies here: nothing claimed, nothing sent.
+    assert (_row(second).status, get_scheduler().known([second])) == ("pending", [True])
+    assert get_scheduler().totals()["in_flight"] == 1
+    overdue = "UPDATE deliveries SET dispatched_at = now() - interval '1 hour' WHERE id = :i"
+    sql(overdue, i=second)  # the watchdog looks at it: held by the scheduler, not sent twice
+    assert watchdog.run().sent == []
+
+    # Its lease in the scheduler ends; the watchdog's next look (lost_after later) finds it.
+    get_scheduler().pump(now=time.time() + get_scheduler().lease + 1)
+    assert get_scheduler().known([second]) == [False]
+    sql(overdue, i=second)
+    assert watchdog.run().sent == [second]
+    run(second)
+    assert sorted(got.webhook_id for got in receiver.at("/kept")) == sorted([first, second])
+    assert _row(second).status == "delivered"

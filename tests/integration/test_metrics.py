@@ -223,9 +223,10 @@ def _mixed_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ru
 
         # The Procfile's own worker line, through sh as honcho runs it: it must give the
         # worker its metrics folder before celery starts. Pool processes are replaced as they
-        # go (--max-tasks-per-child): their samples must still add up.
+        # go (--max-tasks-per-child; one, since a task goes on with the next deliveries of a
+        # backlog, so few tasks make many attempts): their samples must still add up.
         worker = Process(
-            ["sh", "-c", procfile_line("worker") + " --max-tasks-per-child=6 -n metrics@%h"],
+            ["sh", "-c", procfile_line("worker") + " --max-tasks-per-child=1 -n metrics@%h"],
             env
             | {
                 "WEBHOOKS_WORKER_METRICS_PORT": str(worker_port),

@@ -281,3 +281,40 @@ def test_without_a_template_a_pick_sends_nothing(client):
     picked = s.enqueue(items("A", "a", 2), now=NOW)
     assert picked.ids == ["a-0", "a-1"] and not picked.sent
     assert client.keys("webhooks") == []
+
+
+def test_a_finish_may_keep_its_first_pick_for_itself_instead_of_sending_it(client):
+    """The process that ends an attempt goes on with the next delivery of its freed slot: the
+    pick is answered as kept, in flight and known as any pick, and only the others are sent."""
+    import json
+
+    from webhooks import dispatch
+    from webhooks.circuit import KEY_PREFIX
+
+    template = dispatch.template(dispatch.DELIVER_TASK)
+    s = make(client, tasks=template, default_slots=2)
+    client.hset(KEY_PREFIX + "b", mapping={"state": "closed", "failures": "1"})
+    s.enqueue(items("A", "a", 3), now=NOW)
+    s.enqueue(items("B", "b", 3), now=NOW)  # the window (2) is full: B's wait
+    client.delete(template.queue)
+    s.announce("w", 3, now=NOW)  # a third slot: the next finish picks two
+    picked = finish(s, "a-0", "a", "A", "ok", now=NOW + 0.1, keep=True)
+    # B's turn first (fairness holds for kept picks); its circuit had a failure: not "closed"
+    assert (picked.kept, picked.kept_closed) == ("b-0", False)
+    assert picked.ids == ["a-2"] and picked.sent
+    sent = [json.loads(m)["headers"]["argsrepr"] for m in client.lrange(template.queue, 0, -1)]
+    assert sent == ["['a-2']"]
+    assert s.known(["b-0", "a-2"]) == [True, True]
+    assert s.totals()["in_flight"] == 3  # a-1, b-0 (kept) and a-2
+    # without keep, the pick is sent as before
+    picked = finish(s, "b-0", "b", "B", "ok", now=NOW + 0.2)
+    assert (picked.kept, picked.ids) == (None, ["b-1"])
+    assert s.known(["b-0"]) == [False]
+    client.hset(KEY_PREFIX + "b", mapping={"state": "closed", "failures": "0"})
+    picked = finish(s, "a-1", "a", "A", "ok", now=NOW + 0.3, keep=True)
+    assert (picked.kept, picked.kept_closed, picked.ids) == ("b-2", True, [])
+    # with nothing left to pick, nothing is kept
+    for done in ("a-2", "b-1", "b-2"):
+        tenant = done[0].upper()
+        assert finish(s, done, done[0], tenant, "ok", now=NOW + 0.4, keep=True).kept is None
+    assert s.totals() == {"ready": 0, "delayed": 0, "in_flight": 0}

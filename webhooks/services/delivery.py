@@ -234,12 +234,27 @@ def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: An
     return step
 
 
-def conclude(delivery_id: str, step: Step) -> None:
+@dataclass(frozen=True)
+class Kept:
+    """The delivery that the scheduler gave the slot an attempt freed, kept by the process
+    that ends the attempt (no Celery message): it attempts it next."""
+
+    delivery_id: str
+    # As the task's circuit header: the scheduler saw its circuit closed (see `attempt`).
+    circuit_closed: bool
+
+
+def conclude(delivery_id: str, step: Step, keep: bool = False) -> Kept | None:
     """End the attempt's turn with the scheduler, which starts the next deliveries, and record
     its outcome with the circuit breaker, in one Redis round trip; then tell of a circuit that
-    this outcome opened or closed, and release a closed circuit's parked deliveries."""
+    this outcome opened or closed, and release a closed circuit's parked deliveries.
+
+    `keep`: the caller goes on with the next delivery the scheduler picks in this round trip
+    (returned), instead of sending it as a task. The scheduler counts it in flight from the
+    pick, with a lease, as a task sent: if the caller dies before attempting it, the lease
+    ends and the watchdog hands it over again."""
     if not step.finish:
-        return
+        return None
     verdict, subscription_id = step.verdict, step.subscription_id
     along: ScriptCall[Any] | None = None
     if verdict is not None:
@@ -251,11 +266,17 @@ def conclude(delivery_id: str, step: Step) -> None:
         )
     # The row is already in its next state (a retry's due time included): if Redis loses
     # this, its slot comes back with its lease and the watchdog hands the row over again.
-    changed = scheduling.finish(
-        delivery_id, subscription_id, step.tenant_id, step.outcome, step.retry_at, along
+    changed, picked = scheduling.finish(
+        delivery_id, subscription_id, step.tenant_id, step.outcome, step.retry_at, along, keep
     )
+    kept = None if picked is None or picked.kept is None else Kept(picked.kept, picked.kept_closed)
     closed = step.circuit_closed
     if verdict is not None and changed:
+        if kept is not None:
+            # Rare (the circuit changed), and what follows may fail: the kept delivery goes
+            # out as a task instead, so that nothing here can leave it to its lease.
+            scheduling.start(scheduler.Picked([kept.delivery_id], {}, None))
+            kept = None
         tenant_id, subscription = uuid.UUID(step.tenant_id), uuid.UUID(subscription_id)
         with state_engine().connect() as conn:
             if verdict.success:
@@ -272,6 +293,7 @@ def conclude(delivery_id: str, step: Step) -> None:
                 )
     if closed:
         dispatch.send(dispatch.RELEASE_TASK, [subscription_id])
+    return kept
 
 
 def _claim(conn: Connection, delivery_id: str) -> Any:

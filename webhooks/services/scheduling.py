@@ -73,15 +73,17 @@ def finish(
     outcome: str,
     retry_at: float | None,
     along: ScriptCall[T] | None = None,
-) -> T | None:
+    keep: bool = False,
+) -> tuple[T | None, Picked | None]:
     """Tell the scheduler an attempt ended (and when it is due again); start the next ones.
 
     `along` (the circuit breaker's record of the attempt) is made first, in the same round
-    trip; its answer is returned (None if Redis did not answer).
+    trip. Returns its answer, and the pick (None if Redis did not answer). With `keep`, the
+    pick's first delivery is not started but kept (`Picked.kept`), for the caller to attempt.
     """
     scheduler = get_scheduler()
     call = scheduler.finish_call(
-        delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at
+        delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at, keep=keep
     )
     answer: T | None = None
     try:
@@ -98,9 +100,9 @@ def finish(
         # Its slot comes back when its lease in Redis ends; a retry is found by the watchdog.
         # (The breaker misses this outcome, as it does when Redis is down.)
         log.warning("scheduler unavailable after an attempt: %s", exc)
-        return None
+        return None, None
     start(picked)
-    return answer
+    return answer, picked
 
 
 def pump() -> float | None:
