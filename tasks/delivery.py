@@ -25,8 +25,9 @@ HARD_TIME_LIMIT = _settings.http_timeout + _settings.lease_margin / 2
 # A task goes on with the next delivery its freed slot is given (in the same round trip that
 # ends the attempt) while it has run for less than this: the deliveries of a backlog then skip
 # the broker and the worker's main process, where a task costs about two thirds of what the
-# attempt itself does (docs/scheduling.md, docs/performance.md). Short, so that a task waiting in the queue waits little, and one
-# more attempt begun just before it ends still ends well inside HARD_TIME_LIMIT.
+# attempt itself does (docs/scheduling.md, docs/performance.md). Short, so that a task waiting
+# in the queue waits little, and one more attempt begun just before it ends still ends well
+# inside HARD_TIME_LIMIT.
 CONTINUE_SECONDS = min(0.5, _settings.lease_margin / 8)
 
 

@@ -230,7 +230,9 @@ def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: An
         step = outcome(*args)
         # A retry keeps the lane; anything else (delivered, failed, parked) may free it.
         ready = [] if step.retry_at is not None else lanes.advance(conn, [row.lane_id])
-    scheduling.submit(ready)
+    # Picked by this attempt's finish (conclude), which follows at once and may keep the
+    # lane's next delivery for this task; when no finish follows, picked now.
+    scheduling.submit(ready, pick=not step.finish)
     return step
 
 

@@ -42,12 +42,14 @@ def items(rows: Iterable[Any]) -> list[Item]:
     ]
 
 
-def submit(ready: Sequence[Item]) -> bool:
-    """Queue ready deliveries with the scheduler and start what may start now."""
+def submit(ready: Sequence[Item], pick: bool = True) -> bool:
+    """Queue ready deliveries with the scheduler and start what may start now (or, with
+    `pick` false, leave them to the next pick: the finish of the attempt under way, which may
+    keep one for its own process)."""
     if not ready:
         return True
     try:
-        picked = get_scheduler().enqueue(ready)
+        picked = get_scheduler().enqueue(ready, max_picks=1000 if pick else 0)
     except redis.RedisError as exc:
         log.warning(
             "scheduler unavailable, %d delivery(ies) left to the watchdog: %s", len(ready), exc
