@@ -15,7 +15,8 @@ from tests.support import Listener, delivery
 
 
 class TricklingServer(Listener):
-    """Answers a status line, then one header line every 0.3 s and never finishes."""
+    """Answers a status line, then one header line every 0.05 s and never finishes (often
+    enough that it sees a hang-up within 0.1 s, well before the retry 0.5 s later)."""
 
     def __init__(self, seconds: float) -> None:
         self.until = time.monotonic() + seconds
@@ -35,7 +36,7 @@ class TricklingServer(Listener):
             conn.sendall(b"HTTP/1.1 200 OK\r\n")
             while time.monotonic() < self.until:
                 conn.sendall(b"x-slow: 1\r\n")
-                time.sleep(0.3)
+                time.sleep(0.05)
         except OSError:
             pass  # the sender hung up: what a deadline looks like from here
         finally:
@@ -51,8 +52,8 @@ def test_trickling_subscriber_is_cut_at_the_deadline_as_a_timeout_and_the_breake
     server = TricklingServer(seconds=30)
     try:
         sub = subscribe(client, tenant, f"http://127.0.0.1:{server.port}/trickle")
-        # urllib3's timeouts bound each socket read only: a header line every 0.3 s never trips
-        # them. The client's own deadline ends each attempt at 1 s, well inside its lease, so no
+        # Timeouts that bound each socket read only would never trip on a header line every
+        # 0.05 s. The client's own deadline ends each attempt at 1 s, well inside its lease, so no
         # attempt is lost to the lease and none runs twice at once.
         start_worker(
             concurrency=2, WEBHOOKS_HTTP_TIMEOUT_SECONDS=1, WEBHOOKS_LEASE_MARGIN_SECONDS=2
