@@ -305,6 +305,23 @@ local function push_tasks(ids, circuits, now)
   end
   return 1
 end
+-- Add ready deliveries given as ARGV[at] (a count), then per item: id, subscription, tenant,
+-- limit, rate (0 = none). A subscription's limits are written with its first item.
+local function add_items(at)
+  local n = tonumber(ARGV[at] or '0')
+  local seen = {}
+  for i = 0, n - 1 do
+    local b = at + 1 + i * 5
+    local id, sub, tenant = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+    if not seen[sub] then
+      seen[sub] = true
+      redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
+                 'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
+      redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
+    end
+    push_ready(id, sub, tenant)
+  end
+end
 -- What every picking script ends with: a pick with the common arguments (ARGV[2] to [9]),
 -- its tasks sent (ARGV[10] to [15]), answered as {picked ids, blocked counts, next wake-up,
 -- 1 if the tasks were sent, the kept id or '', its circuit}. `keep`: the first pick is not
@@ -319,37 +336,28 @@ local function pick_and_answer(keep)
   if keep and #ids > 0 then
     kept = table.remove(ids, 1)
     kept_circuit = table.remove(circuits, 1)
+    -- Its in-flight entry names the finished delivery whose process keeps it: should this
+    -- answer be lost, that process sends its task after all (see _UNKEEP).
+    local entry = split(redis.call('HGET', P .. 'if', kept))
+    redis.call('HSET', P .. 'if', kept, entry[1] .. ' ' .. entry[2] .. ' ' .. ARGV[16])
   end
   return {ids, r[2], next_wake(), push_tasks(ids, circuits, now), kept, kept_circuit}
 end
 """
 )
 
-# ARGV: the common ones (Scheduler._common), n_items,
-# then per item: id, subscription, tenant, limit, rate (0 = none).
+# ARGV: the common ones (Scheduler._common), then the items (see add_items).
 _ENQUEUE = (
     _LIB
     + """
-local now = tonumber(ARGV[2])
-local n = tonumber(ARGV[16])
-local seen = {}
-for i = 0, n - 1 do
-  local b = 17 + i * 5
-  local id, sub, tenant = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  if not seen[sub] then
-    seen[sub] = true
-    redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
-               'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
-    redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
-  end
-  push_ready(id, sub, tenant)
-end
+add_items(16)
 return pick_and_answer()
 """
 )
 
 # ARGV: the common ones (Scheduler._common), id, subscription, tenant, outcome,
-# retry_at (or ''), keep ('1': answer the first pick as kept instead of sending its task).
+# retry_at (or ''), keep ('1': answer the first pick as kept instead of sending its task),
+# then ready deliveries to add before the pick (see add_items: an ordered lane's next).
 _FINISH = (
     _LIB
     + """
@@ -412,6 +420,7 @@ if outcome ~= 'none' then
 end
 -- written above even when its in-flight entry was gone (release did not touch it then)
 if sub ~= '' then redis.call('EXPIRE', sk, IDLE_TTL) end
+add_items(22)
 return pick_and_answer(ARGV[21] == '1')
 """
 )
@@ -434,6 +443,27 @@ for i = 2, #ARGV do
   redis.call('SREM', P .. 'known', ARGV[i])
 end
 return 1
+"""
+)
+
+# ARGV: the common ones (Scheduler._common), then the ID of a finished delivery whose finish
+# kept a pick but whose answer was lost (its process cannot know whether the script ran).
+# Sends the task of every delivery in flight that a finish of it kept, as the pick would have.
+_UNKEEP = (
+    _LIB
+    + """
+local by = ARGV[16]
+local ids, circuits = {}, {}
+local all = redis.call('HGETALL', P .. 'if')
+for i = 1, #all, 2 do
+  local f = split(all[i + 1])
+  if f[3] == by then
+    ids[#ids + 1] = all[i]
+    circuits[#circuits + 1] = ''
+    redis.call('HSET', P .. 'if', all[i], f[1] .. ' ' .. f[2])
+  end
+end
+return {ids, {0, 0, 0}, next_wake(), push_tasks(ids, circuits, tonumber(ARGV[2])), '', ''}
 """
 )
 
@@ -556,6 +586,7 @@ class Scheduler:
         self._configure = client.register_script(_CONFIGURE)
         self._admit = client.register_script(_ADMIT)
         self._forget = client.register_script(_FORGET)
+        self._unkeep = client.register_script(_UNKEEP)
         self._drain = client.register_script(_DRAIN)
 
     def _common(self, now: float | None, max_picks: int) -> list[Any]:
@@ -576,16 +607,7 @@ class Scheduler:
         self, items: Sequence[Item], now: float | None = None, max_picks: int = 1000
     ) -> Picked:
         """Add ready deliveries (in this order) and hand out what may start now."""
-        args = self._common(now, max_picks)
-        args.append(len(items))
-        for item in items:
-            args += [
-                item.delivery_id,
-                item.subscription_id,
-                item.tenant_id,
-                item.max_in_flight,
-                item.rate_limit or 0,
-            ]
+        args = self._common(now, max_picks) + _items(items)
         return _picked(self._enqueue(args=args))
 
     def finish_call(
@@ -598,11 +620,13 @@ class Scheduler:
         now: float | None = None,
         max_picks: int = 100,
         keep: bool = False,
+        ready: Sequence[Item] = (),
     ) -> ScriptCall[Picked]:
         """End a delivery's turn (or schedule its retry at `retry_at`) and hand out the next:
         a call to make on its own (`.run()`) or with others (redis_client.run_together).
         `keep`: the first delivery picked is answered as `Picked.kept`, its task not sent:
-        the caller attempts it itself, in the slot this attempt frees."""
+        the caller attempts it itself, in the slot this attempt frees. `ready`: deliveries
+        to add first, as `enqueue` does (the next of an ordered lane that this attempt freed)."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
@@ -611,12 +635,18 @@ class Scheduler:
             outcome,
             "" if retry_at is None else repr(retry_at),
             "1" if keep else "0",
+            *_items(ready),
         ]
         return ScriptCall(self._finish, [], args, _picked)
 
     def pump(self, now: float | None = None, max_picks: int = 1000) -> Picked:
         """Move due retries and timers along and hand out what may start now."""
         return _picked(self._pump(args=self._common(now, max_picks)))
+
+    def unkeep(self, finished_id: str, now: float | None = None) -> Picked:
+        """After a `finish_call(keep=True)` of `finished_id` whose answer was lost: hand out
+        the delivery it kept (if the script ran) as a task after all; return it."""
+        return _picked(self._unkeep(args=[*self._common(now, 0), finished_id]))
 
     def forget(self, delivery_ids: Sequence[str]) -> None:
         """Free the slots of picked deliveries whose tasks were never sent, and forget them."""
@@ -701,6 +731,20 @@ class Scheduler:
             "delayed": int(delayed),
             "in_flight": int(inflight),
         }
+
+
+def _items(items: Sequence[Item]) -> list[Any]:
+    """Items as the scripts take them (add_items): a count, then five fields each."""
+    args: list[Any] = [len(items)]
+    for item in items:
+        args += [
+            item.delivery_id,
+            item.subscription_id,
+            item.tenant_id,
+            item.max_in_flight,
+            item.rate_limit or 0,
+        ]
+    return args
 
 
 def _picked(raw: Any) -> Picked:

@@ -198,3 +198,51 @@ def test_an_outage_of_a_once_healthy_subscriber_parks_before_the_retries_are_spe
     (row,) = sql("SELECT status, parked, failures FROM deliveries WHERE id = :id", id=last)
     state = get_breaker().state(sub["id"])
     assert (row.status, state["state"]) != ("failed", "closed"), (row, state)
+
+
+def test_a_finish_whose_answer_is_lost_strands_no_kept_delivery(
+    client, tenant, receiver, monkeypatch
+):
+    """The finish script keeps its first pick for the finishing task (in flight, no Celery
+    message) and says so only in its answer. If the script ran but its answer is lost (Redis
+    slower than the socket timeout, a reset), the kept delivery had no process and no message,
+    and held its slot, its max_in_flight and its tenant's cap until its lease in Redis ended
+    (40 s by default). Its task is now sent after all. (From an outside review.)"""
+    import redis.client
+
+    import tasks.delivery as task_module
+    from config.celery import QUEUE
+
+    monkeypatch.setattr(task_module, "CONTINUE_SECONDS", 30.0)
+    get_scheduler().announce("one-slot", 1)  # a window of 1, a tenant cap of 1
+    sub = subscribe(client, tenant, receiver.url("/lost-answer"))
+    for n in range(3):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    ids = _ids(sub["id"])
+    r = get_scheduler().client
+    assert r.llen(QUEUE) == 1  # the first one's task; two wait in the scheduler
+
+    # Loaded, so that the first pipeline runs them (else it only finds them missing).
+    finish_sha = r.script_load(get_scheduler()._finish.script)
+    r.script_load(get_breaker()._success.script)
+    real = redis.client.Pipeline._execute_pipeline
+    lost: list[object] = []
+
+    def answer_lost_once(self, connection, commands, raise_on_error):
+        answers = real(self, connection, commands, raise_on_error)
+        if not lost and any(finish_sha in [str(a) for a in args] for args, _ in commands):
+            assert not any(isinstance(a, Exception) for a in answers), answers
+            lost.append(answers)  # the script ran; its answer never reaches the caller
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return answers
+
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_pipeline", answer_lost_once)
+
+    attempted = task_module.deliver.run(ids[0])
+
+    assert lost, "the finish's answer was not lost: the test did not exercise the path"
+    assert attempted == ids[:1]  # the task could not know what it kept: it ended
+    # Every delivery the scheduler counts in flight has a task in the queue.
+    assert get_scheduler().totals()["in_flight"] == r.llen(QUEUE) - 1 == 1
+    message = r.lindex(QUEUE, 0)
+    assert ids[1] in message.decode()

@@ -485,7 +485,7 @@ def test_a_task_goes_on_with_the_deliveries_its_slot_is_given_while_its_time_las
     from config.celery import QUEUE
 
     monkeypatch.setattr(task_module, "CONTINUE_SECONDS", continue_seconds)
-    get_scheduler().announce("one-slot", 1)  # a window of 2, a tenant cap of 1
+    get_scheduler().announce("one-slot", 1)  # a window of 1, a tenant cap of 1
     sub = subscribe(client, tenant, receiver.url("/run"))
     for n in range(6):
         assert publish(client, tenant, "order.created", {"n": n}).status_code == 202

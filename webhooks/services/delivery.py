@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -130,6 +130,9 @@ class Step:
     # the slot is another attempt's: a duplicate message found the row held by that attempt,
     # or the watchdog took the lease back and the row is its retry's now.
     finish: bool = True
+    # Deliveries that this attempt made ready (its ordered lane's next), for the scheduler
+    # with its finish.
+    ready: tuple[scheduler.Item, ...] = ()
 
 
 DONE = Step()
@@ -230,9 +233,11 @@ def _in_lane(conn: Connection, row: Any, outcome: Callable[..., Step], *args: An
         step = outcome(*args)
         # A retry keeps the lane; anything else (delivered, failed, parked) may free it.
         ready = [] if step.retry_at is not None else lanes.advance(conn, [row.lane_id])
-    # Picked by this attempt's finish (conclude), which follows at once and may keep the
-    # lane's next delivery for this task; when no finish follows, picked now.
-    scheduling.submit(ready, pick=not step.finish)
+    if step.finish:
+        # Queued by this attempt's finish (conclude), in its round trip, which may then keep
+        # the lane's next delivery for this task.
+        return replace(step, ready=tuple(ready))
+    scheduling.submit(ready)
     return step
 
 
@@ -269,7 +274,14 @@ def conclude(delivery_id: str, step: Step, keep: bool = False) -> Kept | None:
     # The row is already in its next state (a retry's due time included): if Redis loses
     # this, its slot comes back with its lease and the watchdog hands the row over again.
     changed, picked = scheduling.finish(
-        delivery_id, subscription_id, step.tenant_id, step.outcome, step.retry_at, along, keep
+        delivery_id,
+        subscription_id,
+        step.tenant_id,
+        step.outcome,
+        step.retry_at,
+        along,
+        keep,
+        step.ready,
     )
     kept = None if picked is None or picked.kept is None else Kept(picked.kept, picked.kept_closed)
     closed = step.circuit_closed

@@ -42,14 +42,12 @@ def items(rows: Iterable[Any]) -> list[Item]:
     ]
 
 
-def submit(ready: Sequence[Item], pick: bool = True) -> bool:
-    """Queue ready deliveries with the scheduler and start what may start now (or, with
-    `pick` false, leave them to the next pick: the finish of the attempt under way, which may
-    keep one for its own process)."""
+def submit(ready: Sequence[Item]) -> bool:
+    """Queue ready deliveries with the scheduler and start what may start now."""
     if not ready:
         return True
     try:
-        picked = get_scheduler().enqueue(ready, max_picks=1000 if pick else 0)
+        picked = get_scheduler().enqueue(ready)
     except redis.RedisError as exc:
         log.warning(
             "scheduler unavailable, %d delivery(ies) left to the watchdog: %s", len(ready), exc
@@ -76,16 +74,24 @@ def finish(
     retry_at: float | None,
     along: ScriptCall[T] | None = None,
     keep: bool = False,
+    ready: Sequence[Item] = (),
 ) -> tuple[T | None, Picked | None]:
     """Tell the scheduler an attempt ended (and when it is due again); start the next ones.
 
     `along` (the circuit breaker's record of the attempt) is made first, in the same round
     trip. Returns its answer, and the pick (None if Redis did not answer). With `keep`, the
     pick's first delivery is not started but kept (`Picked.kept`), for the caller to attempt.
+    `ready`: deliveries to queue first (an ordered lane's next, see delivery._in_lane).
     """
     scheduler = get_scheduler()
     call = scheduler.finish_call(
-        delivery_id, subscription_id, tenant_id, outcome, retry_at=retry_at, keep=keep
+        delivery_id,
+        subscription_id,
+        tenant_id,
+        outcome,
+        retry_at=retry_at,
+        keep=keep,
+        ready=ready,
     )
     answer: T | None = None
     try:
@@ -99,12 +105,26 @@ def finish(
                 log.warning("circuit state unavailable: %s", answer)
                 answer = None
     except redis.RedisError as exc:
-        # Its slot comes back when its lease in Redis ends; a retry is found by the watchdog.
-        # (The breaker misses this outcome, as it does when Redis is down.)
+        # Its slot comes back when its lease in Redis ends; a retry, and `ready`, are found by
+        # the watchdog. (The breaker misses this outcome, as it does when Redis is down.)
         log.warning("scheduler unavailable after an attempt: %s", exc)
+        if ready:
+            metrics.ENQUEUE_FAILURES.inc(len(ready))
+        if keep:
+            _unkeep(delivery_id)
         return None, None
     start(picked)
     return answer, picked
+
+
+def _unkeep(delivery_id: str) -> None:
+    """The script may have run and kept a pick whose answer was lost: if so, its task goes out
+    now (else it would hold its slot until its lease in Redis ends). Best effort: if Redis
+    does not answer this either, the lease it is."""
+    try:
+        start(get_scheduler().unkeep(delivery_id))
+    except redis.RedisError as exc:
+        log.warning("scheduler unavailable: %s", exc)
 
 
 def pump() -> float | None:
