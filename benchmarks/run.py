@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -502,9 +503,11 @@ class Bench:
         quiet = self.stack.receiver_stats(latencies=True)["/lat-b"]["latencies"]
         self.stack.reset_data()
 
-        drain: dict[bool, float] = {}
+        drain: dict[bool, list[float]] = {False: [], True: []}
         during: list[float] = []
-        for with_b in (False, True):
+        # A alone, with B, with B, A alone: a machine that speeds up or slows down over the run
+        # (it is shared) then weighs on both sides alike.
+        for with_b in (False, True, True, False):
             self.subscribe(web_port, "/fa", ["fair.a"])
             if with_b:
                 subscribe_b()
@@ -516,10 +519,10 @@ class Bench:
                     check_stop()
                     run_paced(web_port, request_b, 4, 5)
             last = self.wait_received(["/fa"], n, timeout=900)
-            drain[with_b] = n / (last - started)
+            drain[with_b].append(n / (last - started))
             if with_b:
                 stats = self.stack.receiver_stats(latencies=True)
-                during = stats["/lat-b"]["latencies"]
+                during += stats["/lat-b"]["latencies"]
             self.stack.reset_data()
         self.stack.kill(worker)
         quiet_p99 = percentile(quiet, 99)
@@ -538,17 +541,19 @@ class Bench:
                 {"b_events": len(during), "b_p50_ms": percentile(during, 50) * 1000},
             )
         )
-        ratio = drain[True] / drain[False]
+        with_b, alone = statistics.mean(drain[True]), statistics.mean(drain[False])
+        ratio = with_b / alone
         self.add(
             Figure(
                 "tenant A drain rate, with tenant B",
-                drain[True],
+                with_b,
                 "deliveries/s",
-                drain[False],
+                alone,
                 "tenant A alone",
                 ratio,
                 ">= 0.9",
                 ratio >= 0.9,
+                {"with_b": drain[True], "alone": drain[False]},
             )
         )
 
