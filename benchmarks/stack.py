@@ -167,7 +167,6 @@ class Stack:
         from sqlalchemy import text
 
         from webhooks.db import get_engine
-
         from webhooks.scheduler import PREFIX
 
         with get_engine().begin() as conn:
