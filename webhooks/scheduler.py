@@ -306,27 +306,30 @@ local function push_tasks(ids, circuits, now)
   return 1
 end
 -- Add ready deliveries given as ARGV[at] (a count), then per item: id, subscription, tenant,
--- limit, rate (0 = none). A subscription's limits are written with its first item.
-local function add_items(at)
+-- limit, rate (0 = none). A subscription's limits are written with its first item. With
+-- `unknown_only`, only those the scheduler does not hold already.
+local function add_items(at, unknown_only)
   local n = tonumber(ARGV[at] or '0')
   local seen = {}
   for i = 0, n - 1 do
     local b = at + 1 + i * 5
     local id, sub, tenant = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-    if not seen[sub] then
-      seen[sub] = true
-      redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
-                 'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
-      redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
+    if not (unknown_only and redis.call('SISMEMBER', P .. 'known', id) == 1) then
+      if not seen[sub] then
+        seen[sub] = true
+        redis.call('HSET', P .. 's:' .. sub, 'tenant', tenant,
+                   'limit', ARGV[b + 3], 'rate', ARGV[b + 4])
+        redis.call('EXPIRE', P .. 's:' .. sub, IDLE_TTL)
+      end
+      push_ready(id, sub, tenant)
     end
-    push_ready(id, sub, tenant)
   end
 end
 -- What every picking script ends with: a pick with the common arguments (ARGV[2] to [9]),
 -- its tasks sent (ARGV[10] to [15]), answered as {picked ids, blocked counts, next wake-up,
--- 1 if the tasks were sent, the kept id or '', its circuit}. `keep`: the first pick is not
--- sent as a task but answered as kept, for the caller to attempt itself (a finishing attempt's
--- process goes on with the delivery that its freed slot was given).
+-- 1 if the tasks were sent, the kept id or '', its circuit}. `keep` (a token, or nil): the
+-- first pick is not sent as a task but answered as kept, for the caller to attempt itself (a
+-- finishing attempt's process goes on with the delivery that its freed slot was given).
 local function pick_and_answer(keep)
   local now = tonumber(ARGV[2])
   local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
@@ -336,10 +339,10 @@ local function pick_and_answer(keep)
   if keep and #ids > 0 then
     kept = table.remove(ids, 1)
     kept_circuit = table.remove(circuits, 1)
-    -- Its in-flight entry names the finished delivery whose process keeps it: should this
-    -- answer be lost, that process sends its task after all (see _UNKEEP).
+    -- Its in-flight entry carries the keep's token (one per finish): should this answer be
+    -- lost, the process that asked sends its task after all (see _UNKEEP).
     local entry = split(redis.call('HGET', P .. 'if', kept))
-    redis.call('HSET', P .. 'if', kept, entry[1] .. ' ' .. entry[2] .. ' ' .. ARGV[16])
+    redis.call('HSET', P .. 'if', kept, entry[1] .. ' ' .. entry[2] .. ' ' .. keep)
   end
   return {ids, r[2], next_wake(), push_tasks(ids, circuits, now), kept, kept_circuit}
 end
@@ -356,8 +359,9 @@ return pick_and_answer()
 )
 
 # ARGV: the common ones (Scheduler._common), id, subscription, tenant, outcome,
-# retry_at (or ''), keep ('1': answer the first pick as kept instead of sending its task),
-# then ready deliveries to add before the pick (see add_items: an ordered lane's next).
+# retry_at (or ''), keep (a token, unique to this call: answer the first pick as kept instead
+# of sending its task; '' not to), then ready deliveries to add before the pick (add_items:
+# an ordered lane's next).
 _FINISH = (
     _LIB
     + """
@@ -421,7 +425,8 @@ end
 -- written above even when its in-flight entry was gone (release did not touch it then)
 if sub ~= '' then redis.call('EXPIRE', sk, IDLE_TTL) end
 add_items(22)
-return pick_and_answer(ARGV[21] == '1')
+if ARGV[21] == '' then return pick_and_answer() end
+return pick_and_answer(ARGV[21])
 """
 )
 
@@ -446,24 +451,33 @@ return 1
 """
 )
 
-# ARGV: the common ones (Scheduler._common), then the ID of a finished delivery whose finish
-# kept a pick but whose answer was lost (its process cannot know whether the script ran).
-# Sends the task of every delivery in flight that a finish of it kept, as the pick would have.
+# ARGV: the common ones (Scheduler._common), the keep token of a finish whose answer was lost
+# (or ''), then the ready deliveries it was to add (add_items). Its caller cannot know whether
+# that script ran: this adds those ready deliveries the scheduler does not hold (it did not
+# run), sends the task of the pick it kept with that token (it ran), and picks as usual.
 _UNKEEP = (
     _LIB
     + """
-local by = ARGV[16]
+local token = ARGV[16]
+add_items(17, true)
 local ids, circuits = {}, {}
-local all = redis.call('HGETALL', P .. 'if')
-for i = 1, #all, 2 do
-  local f = split(all[i + 1])
-  if f[3] == by then
-    ids[#ids + 1] = all[i]
-    circuits[#circuits + 1] = ''
-    redis.call('HSET', P .. 'if', all[i], f[1] .. ' ' .. f[2])
+if token ~= '' then
+  local all = redis.call('HGETALL', P .. 'if')
+  for i = 1, #all, 2 do
+    local f = split(all[i + 1])
+    if f[3] == token then
+      ids[#ids + 1] = all[i]
+      circuits[#circuits + 1] = ''
+      redis.call('HSET', P .. 'if', all[i], f[1] .. ' ' .. f[2])
+    end
   end
 end
-return {ids, {0, 0, 0}, next_wake(), push_tasks(ids, circuits, tonumber(ARGV[2])), '', ''}
+push_tasks(ids, circuits, tonumber(ARGV[2]))
+local r = pick_and_answer()
+for _, id in ipairs(r[1]) do ids[#ids + 1] = id end
+local sent = 0
+if ARGV[11] ~= '' and #ids > 0 then sent = 1 end
+return {ids, r[2], r[3], sent, '', ''}
 """
 )
 
@@ -544,7 +558,7 @@ class Picked:
     # Their Celery tasks were sent by the same script (the scheduler has a message template).
     sent: bool = False
     # A pick kept for the caller to attempt itself, not in `ids` and sent as no task
-    # (`finish_call(keep=True)`), and whether its circuit was seen closed (see `circuit`).
+    # (`finish_call(keep=token)`), and whether its circuit was seen closed (see `circuit`).
     kept: str | None = None
     kept_closed: bool = False
 
@@ -619,14 +633,16 @@ class Scheduler:
         retry_at: float | None = None,
         now: float | None = None,
         max_picks: int = 100,
-        keep: bool = False,
+        keep: str = "",
         ready: Sequence[Item] = (),
     ) -> ScriptCall[Picked]:
         """End a delivery's turn (or schedule its retry at `retry_at`) and hand out the next:
         a call to make on its own (`.run()`) or with others (redis_client.run_together).
-        `keep`: the first delivery picked is answered as `Picked.kept`, its task not sent:
-        the caller attempts it itself, in the slot this attempt frees. `ready`: deliveries
-        to add first, as `enqueue` does (the next of an ordered lane that this attempt freed)."""
+        `keep`, a token unique to this call (or ""): the first delivery picked is answered as
+        `Picked.kept`, its task not sent: the caller attempts it itself, in the slot this
+        attempt frees. If the answer is lost, `unkeep(token)` sends that task after all.
+        `ready`: deliveries to add first, as `enqueue` does (the next of an ordered lane that
+        this attempt freed)."""
         args = self._common(now, max_picks)
         args += [
             delivery_id,
@@ -634,7 +650,7 @@ class Scheduler:
             tenant_id,
             outcome,
             "" if retry_at is None else repr(retry_at),
-            "1" if keep else "0",
+            keep,
             *_items(ready),
         ]
         return ScriptCall(self._finish, [], args, _picked)
@@ -643,10 +659,12 @@ class Scheduler:
         """Move due retries and timers along and hand out what may start now."""
         return _picked(self._pump(args=self._common(now, max_picks)))
 
-    def unkeep(self, finished_id: str, now: float | None = None) -> Picked:
-        """After a `finish_call(keep=True)` of `finished_id` whose answer was lost: hand out
-        the delivery it kept (if the script ran) as a task after all; return it."""
-        return _picked(self._unkeep(args=[*self._common(now, 0), finished_id]))
+    def unkeep(self, token: str, ready: Sequence[Item] = (), now: float | None = None) -> Picked:
+        """After a `finish_call` whose answer was lost (it may or may not have run): send the
+        task of the delivery it kept with `token` (it ran), add its `ready` deliveries that the
+        scheduler does not hold (it did not run), and pick as usual."""
+        args = [*self._common(now, 100), token, *_items(ready)]
+        return _picked(self._unkeep(args=args))
 
     def forget(self, delivery_ids: Sequence[str]) -> None:
         """Free the slots of picked deliveries whose tasks were never sent, and forget them."""

@@ -246,3 +246,71 @@ def test_a_finish_whose_answer_is_lost_strands_no_kept_delivery(
     assert get_scheduler().totals()["in_flight"] == r.llen(QUEUE) - 1 == 1
     message = r.lindex(QUEUE, 0)
     assert ids[1] in message.decode()
+
+
+def _fifo_lane(client, tenant, receiver, path, n=3):
+    sub = subscribe(
+        client, tenant, receiver.url(path), ["order.updated"], ordering="fifo", max_in_flight=1
+    )
+    for i in range(n):
+        event = {"event_type": "order.updated", "payload": {"n": i}, "ordering_key": "k"}
+        assert client.post("/v1/events", json=event, headers=tenant["headers"]).status_code == 202
+    return sub, _ids(sub["id"])
+
+
+def _break_first_finish(monkeypatch, ran: bool) -> list[bool]:
+    """The first pipeline that carries the finish script fails: after it ran (its answer
+    lost) if `ran`, else before anything was sent (a reset connection)."""
+    import redis.client
+
+    r = get_scheduler().client
+    finish_sha = r.script_load(get_scheduler()._finish.script)
+    r.script_load(get_breaker()._success.script)
+    real = redis.client.Pipeline._execute_pipeline
+    hit: list[bool] = []
+
+    def broken(self, connection, commands, raise_on_error):
+        ours = not hit and any(finish_sha in [str(a) for a in args] for args, _ in commands)
+        if ours and not ran:
+            hit.append(True)
+            raise redis.exceptions.ConnectionError("Connection reset by peer")
+        answers = real(self, connection, commands, raise_on_error)
+        if ours:
+            hit.append(True)
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return answers
+
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_pipeline", broken)
+    return hit
+
+
+@pytest.mark.parametrize("ran", [False, True])
+def test_a_lost_finish_neither_stalls_an_ordered_lane_nor_counts_its_next_as_lost(
+    client, tenant, receiver, monkeypatch, ran
+):
+    """The lane's next holder, promoted in the attempt's transaction, travels with the
+    attempt's finish. If the finish never reached Redis, it was in no ready list and had no
+    task, and the watchdog left it for lost_after (its dispatched_at fresh): the lane stalled
+    a minute. If the finish ran but its answer was lost, the next was queued and sent all the
+    same, yet counted as an enqueue failure. (From an outside review.)"""
+    import tasks.delivery as task_module
+    from config.celery import QUEUE
+    from webhooks import metrics
+
+    monkeypatch.setattr(task_module, "CONTINUE_SECONDS", 30.0)
+    get_scheduler().announce("one-slot", 1)
+    _, ids = _fifo_lane(client, tenant, receiver, "/lane")
+    r = get_scheduler().client
+    r.delete(QUEUE)  # the first one's task: run here
+    failures = metrics.ENQUEUE_FAILURES._value.get()
+    hit = _break_first_finish(monkeypatch, ran=ran)
+
+    assert task_module.deliver.run(ids[0]) == ids[:1]
+
+    assert hit
+    (row,) = sql("SELECT status FROM deliveries WHERE id = :i", i=ids[1])
+    assert row.status == "pending"  # the lane's holder now
+    assert get_scheduler().known([ids[1]]) == [True]
+    if ran:  # it was kept by the lost finish: its task is sent after all, once
+        assert [ids[1] in m.decode() for m in r.lrange(QUEUE, 0, -1)] == [True]
+    assert metrics.ENQUEUE_FAILURES._value.get() == failures

@@ -298,7 +298,7 @@ def test_a_finish_may_keep_its_first_pick_for_itself_instead_of_sending_it(clien
     s.enqueue(items("B", "b", 3), now=NOW)  # the window (2) is full: B's wait
     client.delete(template.queue)
     s.announce("w", 3, now=NOW)  # a third slot: the next finish picks two
-    picked = finish(s, "a-0", "a", "A", "ok", now=NOW + 0.1, keep=True)
+    picked = finish(s, "a-0", "a", "A", "ok", now=NOW + 0.1, keep="t1")
     # B's turn first (fairness holds for kept picks); its circuit had a failure: not "closed"
     assert (picked.kept, picked.kept_closed) == ("b-0", False)
     assert picked.ids == ["a-2"] and picked.sent
@@ -311,10 +311,69 @@ def test_a_finish_may_keep_its_first_pick_for_itself_instead_of_sending_it(clien
     assert (picked.kept, picked.ids) == (None, ["b-1"])
     assert s.known(["b-0"]) == [False]
     client.hset(KEY_PREFIX + "b", mapping={"state": "closed", "failures": "0"})
-    picked = finish(s, "a-1", "a", "A", "ok", now=NOW + 0.3, keep=True)
+    picked = finish(s, "a-1", "a", "A", "ok", now=NOW + 0.3, keep="t2")
     assert (picked.kept, picked.kept_closed, picked.ids) == ("b-2", True, [])
     # with nothing left to pick, nothing is kept
     for done in ("a-2", "b-1", "b-2"):
         tenant = done[0].upper()
-        assert finish(s, done, done[0], tenant, "ok", now=NOW + 0.4, keep=True).kept is None
+        assert finish(s, done, done[0], tenant, "ok", now=NOW + 0.4, keep="t3").kept is None
     assert s.totals() == {"ready": 0, "delayed": 0, "in_flight": 0}
+
+
+def test_a_finish_adds_the_ready_deliveries_it_carries_and_may_keep_one(client):
+    """An ordered lane's next travels with the finish of the attempt that freed it."""
+    s = make(client, default_slots=1)
+    assert s.enqueue(items("A", "a", 1), now=NOW).ids == ["a-0"]
+    nxt = Item("a-1", "a", "A", max_in_flight=3, rate_limit=7)
+    picked = finish(s, "a-0", "a", "A", "ok", now=NOW + 0.1, keep="t", ready=[nxt])
+    assert (picked.kept, picked.ids) == ("a-1", [])
+    assert s.known(["a-1"]) == [True]
+    assert client.hmget("wh:q:s:a", "limit", "rate") == [b"3", b"7"]
+
+
+def test_unkeep_sends_what_that_finish_kept_and_adds_what_it_did_not(client):
+    """After a finish whose answer was lost: its kept pick gets its task (matched by the
+    finish's own token, never by an older finish's), and ready deliveries it carried that the
+    scheduler does not hold are added (the finish did not run), those it holds are not."""
+    import json
+
+    from webhooks import dispatch
+
+    template = dispatch.template(dispatch.DELIVER_TASK)
+    s = make(client, tasks=template, default_slots=2)
+    s.enqueue(items("A", "x", 1) + items("B", "k", 2), now=NOW)  # x-0, k-0 in flight
+    client.delete(template.queue)
+
+    def sent() -> list[str]:
+        queued = client.lrange(template.queue, 0, -1)
+        client.delete(template.queue)
+        return sorted(json.loads(m)["headers"]["argsrepr"] for m in queued)
+
+    # An older finish kept k-1 and its process is attempting it (it got its answer).
+    assert finish(s, "k-0", "k", "B", "ok", now=NOW + 0.1, keep="old").kept == "k-1"
+    # x-0's finish ran and kept x-1 (the lane's next it carried), but its answer was lost; its
+    # process then asks: x-1's task is sent, not k-1's (the older finish's), and x-1, which the
+    # scheduler holds (the finish ran), is not added again.
+    lane_next = Item("x-1", "x", "A")
+    kept = finish(s, "x-0", "x", "A", "ok", now=NOW + 0.2, keep="new", ready=[lane_next]).kept
+    assert kept == "x-1"
+    assert s.unkeep("new", [lane_next], now=NOW + 0.2).ids == ["x-1"]
+    assert sent() == ["['x-1']"]
+    assert client.llen("wh:q:r:x") == 0
+    assert s.totals() == {"ready": 0, "delayed": 0, "in_flight": 2}  # k-1 and x-1
+
+    # A finish that kept x-1 with token "lost" and whose answer was lost: x-1 is sent.
+    s2 = make(fakeredis.FakeRedis(), tasks=template, default_slots=1)
+    s2.enqueue(items("A", "a", 1), now=NOW)
+    s2.client.delete(template.queue)
+    lane = Item("a-1", "a", "A")
+    assert finish(s2, "a-0", "a", "A", "ok", now=NOW + 0.1, keep="lost", ready=[lane]).kept
+    assert s2.unkeep("lost", [lane], now=NOW + 0.1).ids == ["a-1"]
+    assert [
+        json.loads(m)["headers"]["argsrepr"] for m in s2.client.lrange(template.queue, 0, -1)
+    ] == ["['a-1']"]
+
+    # A finish that never ran: its lane's next is added (and picked at once, the slot free).
+    s3 = make(fakeredis.FakeRedis(), tasks=template, default_slots=1)
+    assert s3.unkeep("never", [Item("z-1", "z", "Z")], now=NOW).ids == ["z-1"]
+    assert s3.known(["z-1"]) == [True]

@@ -84,13 +84,14 @@ def finish(
     `ready`: deliveries to queue first (an ordered lane's next, see delivery._in_lane).
     """
     scheduler = get_scheduler()
+    token = uuid.uuid4().hex if keep else ""
     call = scheduler.finish_call(
         delivery_id,
         subscription_id,
         tenant_id,
         outcome,
         retry_at=retry_at,
-        keep=keep,
+        keep=token,
         ready=ready,
     )
     answer: T | None = None
@@ -105,26 +106,29 @@ def finish(
                 log.warning("circuit state unavailable: %s", answer)
                 answer = None
     except redis.RedisError as exc:
-        # Its slot comes back when its lease in Redis ends; a retry, and `ready`, are found by
-        # the watchdog. (The breaker misses this outcome, as it does when Redis is down.)
+        # Its slot comes back when its lease in Redis ends; a retry is found by the watchdog.
+        # (The breaker misses this outcome, as it does when Redis is down.) What it kept, or
+        # its `ready` deliveries, are handed out now if Redis answers that.
         log.warning("scheduler unavailable after an attempt: %s", exc)
-        if ready:
+        if (token or ready) and not _unkeep(token, ready) and ready:
             metrics.ENQUEUE_FAILURES.inc(len(ready))
-        if keep:
-            _unkeep(delivery_id)
         return None, None
     start(picked)
     return answer, picked
 
 
-def _unkeep(delivery_id: str) -> None:
-    """The script may have run and kept a pick whose answer was lost: if so, its task goes out
-    now (else it would hold its slot until its lease in Redis ends). Best effort: if Redis
-    does not answer this either, the lease it is."""
+def _unkeep(token: str, ready: Sequence[Item]) -> bool:
+    """A finish whose answer was lost may have kept a pick (its task goes out now, else it
+    would hold its slot until its lease in Redis ends), or not have run at all (its `ready`
+    deliveries, an ordered lane's next, are added now, else they would wait for the watchdog).
+    Best effort: False if Redis does not answer this either (then the lease, and the watchdog
+    once lost_after has passed)."""
     try:
-        start(get_scheduler().unkeep(delivery_id))
+        start(get_scheduler().unkeep(token, ready))
     except redis.RedisError as exc:
         log.warning("scheduler unavailable: %s", exc)
+        return False
+    return True
 
 
 def pump() -> float | None:
