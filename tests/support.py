@@ -314,6 +314,22 @@ def delivery_ids(subscription_id: str) -> list[str]:
     return [str(r.id) for r in rows]
 
 
+def one_slot_backlog(client: Any, tenant: dict[str, Any], url: str, count: int) -> list[str]:
+    """A subscription with `count` deliveries behind a scheduler window of one slot (so a
+    tenant cap of one): ingest sent the first one's task, the others wait in the scheduler.
+    Returns their IDs, in order."""
+    from config.celery import QUEUE
+    from tests.integration.conftest import publish, subscribe
+    from webhooks.runtime import get_scheduler
+
+    get_scheduler().announce("one-slot", 1)
+    sub = subscribe(client, tenant, url)
+    for n in range(count):
+        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
+    assert get_scheduler().client.llen(QUEUE) == 1
+    return delivery_ids(sub["id"])
+
+
 @contextlib.contextmanager
 def scratch_database(servers: Any, name: str) -> Iterator[Any]:
     """An empty database of the embedded PostgreSQL (skipped without it), as an engine without

@@ -15,7 +15,7 @@ import redis
 from scripts.harness import Reply
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import delivery_ids, run_attempt, sql
+from tests.support import delivery_ids, one_slot_backlog, run_attempt, sql
 from webhooks import scheduler as scheduler_module
 from webhooks.runtime import get_breaker, get_redis, get_scheduler
 from webhooks.services import delivery, watchdog
@@ -208,35 +208,13 @@ def test_a_finish_whose_answer_is_lost_strands_no_kept_delivery(
     slower than the socket timeout, a reset), the kept delivery had no process and no message,
     and held its slot, its max_in_flight and its tenant's cap until its lease in Redis ended
     (40 s by default). Its task is now sent after all. (From an outside review.)"""
-    import redis.client
-
     import tasks.delivery as task_module
     from config.celery import QUEUE
 
     monkeypatch.setattr(task_module, "CONTINUE_SECONDS", 30.0)
-    get_scheduler().announce("one-slot", 1)  # a window of 1, a tenant cap of 1
-    sub = subscribe(client, tenant, receiver.url("/lost-answer"))
-    for n in range(3):
-        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
-    ids = _ids(sub["id"])
+    ids = one_slot_backlog(client, tenant, receiver.url("/lost-answer"), 3)
     r = get_scheduler().client
-    assert r.llen(QUEUE) == 1  # the first one's task; two wait in the scheduler
-
-    # Loaded, so that the first pipeline runs them (else it only finds them missing).
-    finish_sha = r.script_load(get_scheduler()._finish.script)
-    r.script_load(get_breaker()._success.script)
-    real = redis.client.Pipeline._execute_pipeline
-    lost: list[object] = []
-
-    def answer_lost_once(self, connection, commands, raise_on_error):
-        answers = real(self, connection, commands, raise_on_error)
-        if not lost and any(finish_sha in [str(a) for a in args] for args, _ in commands):
-            assert not any(isinstance(a, Exception) for a in answers), answers
-            lost.append(answers)  # the script ran; its answer never reaches the caller
-            raise redis.exceptions.TimeoutError("Timeout reading from socket")
-        return answers
-
-    monkeypatch.setattr(redis.client.Pipeline, "_execute_pipeline", answer_lost_once)
+    lost = _break_first_finish(monkeypatch, ran=True)
 
     attempted = task_module.deliver.run(ids[0])
 
@@ -276,6 +254,7 @@ def _break_first_finish(monkeypatch, ran: bool) -> list[bool]:
             raise redis.exceptions.ConnectionError("Connection reset by peer")
         answers = real(self, connection, commands, raise_on_error)
         if ours:
+            assert not any(isinstance(a, Exception) for a in answers), answers  # it ran
             hit.append(True)
             raise redis.exceptions.TimeoutError("Timeout reading from socket")
         return answers

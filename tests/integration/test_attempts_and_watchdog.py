@@ -18,7 +18,7 @@ from config import get_settings
 from scripts.harness import Reply
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import delivery_ids, run_attempt, sql
+from tests.support import delivery_ids, one_slot_backlog, run_attempt, sql
 from webhooks import scheduler
 from webhooks.db import state_engine
 from webhooks.runtime import get_breaker, get_scheduler
@@ -485,13 +485,8 @@ def test_a_task_goes_on_with_the_deliveries_its_slot_is_given_while_its_time_las
     from config.celery import QUEUE
 
     monkeypatch.setattr(task_module, "CONTINUE_SECONDS", continue_seconds)
-    get_scheduler().announce("one-slot", 1)  # a window of 1, a tenant cap of 1
-    sub = subscribe(client, tenant, receiver.url("/run"))
-    for n in range(6):
-        assert publish(client, tenant, "order.created", {"n": n}).status_code == 202
-    ids = _ids(sub["id"])
+    ids = one_slot_backlog(client, tenant, receiver.url("/run"), 6)
     r = get_scheduler().client
-    assert r.llen(QUEUE) == 1  # ingest sent the first one's task; five wait in the scheduler
 
     attempted = task_module.deliver.run(ids[0])
 
