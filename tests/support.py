@@ -104,11 +104,12 @@ def counts(*tables: str) -> tuple[int, ...]:
         )
 
 
-def sql(query: str, **params: Any) -> list[Any]:
-    """Run one statement in its own transaction; return its rows, if any."""
+def sql(query: str, *, engine: Any = None, **params: Any) -> list[Any]:
+    """Run one statement in its own transaction (on the service's database, or `engine`'s);
+    return its rows, if any."""
     from webhooks.db import get_engine
 
-    with get_engine().begin() as conn:
+    with (engine or get_engine()).begin() as conn:
         result = conn.execute(text(query), params)
         return list(result) if result.returns_rows else []
 

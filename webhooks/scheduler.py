@@ -187,8 +187,9 @@ local function circuit(sub)
   return ''
 end
 -- Hand out up to `max` deliveries, fairly, within every limit. Returns {ids, blocked counts,
--- each one's circuit (see `circuit`)}.
-local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, spacing)
+-- each one's circuit (see `circuit`)}. `keep` (a token, or nil): the first one's in-flight
+-- entry carries it (see pick_and_answer).
+local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, spacing, keep)
   housekeeping(now)
   local s = slots(now, default_slots)
   local window = math.ceil(s * factor)
@@ -238,7 +239,9 @@ local function pick(now, max, lease, cap_abs, cap_share, default_slots, factor, 
           redis.call('HINCRBY', sk, 'inflight', 1)
           redis.call('HINCRBY', P .. 't:' .. t, 'inflight', 1)
           touch(sub, t)
-          redis.call('HSET', P .. 'if', id, sub .. ' ' .. t)
+          local entry = sub .. ' ' .. t
+          if keep and #picked == 0 then entry = entry .. ' ' .. keep end
+          redis.call('HSET', P .. 'if', id, entry)
           redis.call('ZADD', P .. 'ifexp', now + lease, id)
           inflight = inflight + 1
           picked[#picked + 1] = id
@@ -333,16 +336,15 @@ end
 local function pick_and_answer(keep)
   local now = tonumber(ARGV[2])
   local r = pick(now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-                 tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+                 tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
+                 keep)
   local ids, circuits = r[1], r[3]
   local kept, kept_circuit = '', ''
   if keep and #ids > 0 then
+    -- Its in-flight entry carries the keep's token (one per finish, written by the pick):
+    -- should this answer be lost, the process that asked sends its task after all (_UNKEEP).
     kept = table.remove(ids, 1)
     kept_circuit = table.remove(circuits, 1)
-    -- Its in-flight entry carries the keep's token (one per finish): should this answer be
-    -- lost, the process that asked sends its task after all (see _UNKEEP).
-    local entry = split(redis.call('HGET', P .. 'if', kept))
-    redis.call('HSET', P .. 'if', kept, entry[1] .. ' ' .. entry[2] .. ' ' .. keep)
   end
   return {ids, r[2], next_wake(), push_tasks(ids, circuits, now), kept, kept_circuit}
 end

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from scripts.harness import wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
+from tests.support import sql
 from webhooks.db import get_engine
 
 
@@ -336,13 +337,11 @@ def test_migration_encrypts_existing_plain_headers_and_downgrade_restores_them(
         assert not any("old-plain" in s for s in shown)
         with engine.begin() as conn:
             command.downgrade(alembic_config(conn), "0001")
-        with engine.connect() as conn:
-            restored = conn.execute(
-                text(
-                    "SELECT headers->>'Authorization' FROM subscriptions"
-                    " WHERE id = '01900000-0000-7000-8000-0000000000a1'"
-                )
-            ).scalar()
+        (restored,) = sql(
+            "SELECT headers->>'Authorization' FROM subscriptions"
+            " WHERE id = '01900000-0000-7000-8000-0000000000a1'",
+            engine=engine,
+        )[0]
         assert restored == "Bearer old-plain"
     finally:
         engine.dispose()

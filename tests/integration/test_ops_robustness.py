@@ -16,7 +16,7 @@ from sqlalchemy import select, text, update
 from config import ConfigError, get_settings
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
-from tests.support import counts
+from tests.support import counts, sql
 from webhooks.db import get_engine, session_scope
 from webhooks.models import Delivery, Event
 from webhooks.services import recovery, retention
@@ -146,13 +146,11 @@ def test_retention_never_deletes_a_delivery_a_concurrent_replay_requeued(client,
         purge.start()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                waiting = conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%DELETE FROM%'"
-                    )
-                ).scalar()
+            (waiting,) = sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%DELETE FROM%'",
+                engine=engine,
+            )[0]
             if waiting:
                 break
             time.sleep(0.05)
@@ -213,11 +211,9 @@ def test_downgrade_below_ordering_does_not_strand_fifo_deliveries(servers):
                 command.downgrade(alembic_config(conn), "20261130_0007")
         except Exception:
             return
-        with engine.connect() as conn:
-            stranded = conn.execute(
-                text(
-                    "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'retrying')"
-                    " AND NOT parked AND next_attempt_at IS NULL"
-                )
-            ).scalar()
+        (stranded,) = sql(
+            "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'retrying')"
+            " AND NOT parked AND next_attempt_at IS NULL",
+            engine=engine,
+        )[0]
         assert stranded == 0, f"{stranded} deliveries can never become due after the downgrade"
