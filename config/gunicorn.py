@@ -12,7 +12,10 @@ _read = Reader()
 _host = _read.text("HOST", "0.0.0.0")  # noqa: S104 - a container's port is published on purpose
 _port = _read.whole("PORT", 8000, minimum=1, maximum=65535)
 workers = _read.whole("WEB_CONCURRENCY", 2, minimum=1)
-threads = _read.whole("WEB_THREADS", 4, minimum=1)
+# 8 threads: single events of one process are committed in groups (services/group_commit.py),
+# and the more requests a process holds at once, the more each COMMIT serves. Measured with
+# `benchmarks.run --only ingest`: 4 threads 534 req/s, 8 threads 666 req/s (docs/performance.md).
+threads = _read.whole("WEB_THREADS", 8, minimum=1)
 _read.check()
 bind = f"{_host}:{_port}"
 worker_class = "gthread"

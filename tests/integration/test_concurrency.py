@@ -4,6 +4,7 @@ clear answer (real PostgreSQL, requests in threads through Flask's test client).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -139,3 +140,108 @@ def test_a_change_under_way_does_not_hold_up_ingest(app: Any, client: Any, tenan
         )
         answer = publishing.result(timeout=10)  # while the lock is held
     assert answer.status_code == 202 and answer.get_json()["deliveries"] == 1
+
+
+def test_single_events_that_arrive_together_share_one_commit_and_each_is_stored(
+    app: Any, client: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit against PostgreSQL: the first event's flush is held until five more wait;
+    those five are then stored by one statement and one COMMIT, and every answer is its own
+    event, counted and stored with its delivery."""
+    from webhooks.services import ingest
+
+    subscribe(client, tenant, NOWHERE, ["a"])
+    group = ingest._GROUP
+    real_store = group._store
+    sizes: list[int] = []
+
+    def store(session: Any, jobs: list[Any], now: Any) -> Any:
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            deadline = time.monotonic() + 10
+            while len(group._pending) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return real_store(session, jobs, now)
+
+    monkeypatch.setattr(group, "_store", store)
+    answers = _at_once(
+        app,
+        [
+            lambda c, i=i: c.post(
+                "/v1/events",
+                json={"event_type": "a", "payload": {"n": i}},
+                headers=tenant["headers"],
+            )
+            for i in range(6)
+        ],
+    )
+    assert sizes == [1, 5]
+    assert [a.status_code for a in answers] == [202] * 6
+    bodies = [a.get_json() for a in answers]
+    assert sorted(b["payload"]["n"] for b in bodies) == list(range(6))
+    assert all(b["deliveries"] == 1 for b in bodies)
+    stored = dict(
+        sql(
+            "SELECT e.payload->>'n', count(d.id) FROM events e"
+            " JOIN deliveries d ON d.event_id = e.id WHERE e.id = ANY(CAST(:ids AS uuid[]))"
+            " GROUP BY e.id, e.payload",
+            ids=[b["id"] for b in bodies],
+        )
+    )
+    assert stored == {str(i): 1 for i in range(6)}
+
+
+def test_an_event_that_fails_in_a_group_fails_alone(
+    app: Any, client: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event PostgreSQL refuses (here its tenant is gone: a foreign key) fails its group's
+    transaction; the group is stored again one event at a time, so the others are stored and
+    only the refused one answers an error."""
+    from sqlalchemy.exc import IntegrityError
+
+    from webhooks.db import new_session
+    from webhooks.services import ingest
+    from webhooks.services.group_commit import Job
+
+    subscribe(client, tenant, NOWHERE, ["a"])
+    group = ingest._GROUP
+    real_store = group._store
+    calls: list[int] = []
+
+    def store(session: Any, jobs: list[Any], now: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            deadline = time.monotonic() + 10
+            while len(group._pending) < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return real_store(session, jobs, now)
+
+    monkeypatch.setattr(group, "_store", store)
+
+    def publish(tenant_id: uuid.UUID, n: int) -> Any:
+        event = ingest.NewEvent("a", {"n": n})
+        row = ingest._rows([event], [0], [uuid.uuid4()], {})[0]
+        session = new_session()
+        try:
+            return group.publish(session, Job(tenant_id, row))
+        except IntegrityError as exc:
+            return exc
+        finally:
+            session.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(publish, tenant["id"], 0)
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rest = [
+            pool.submit(publish, tenant["id"], 1),
+            pool.submit(publish, uuid.uuid4(), 2),  # no such tenant
+            pool.submit(publish, tenant["id"], 3),
+        ]
+        answers = [first.result(20)] + [f.result(20) for f in rest]
+    assert calls == [1, 3, 1, 1, 1]
+    assert isinstance(answers[2], IntegrityError)
+    assert all(isinstance(answers[i], Job) and answers[i].deliveries == 1 for i in (0, 1, 3))
+    assert sorted(n for (n,) in sql("SELECT payload->>'n' FROM events")) == ["0", "1", "3"]
+    assert sql("SELECT count(*) FROM deliveries") == [(3,)]

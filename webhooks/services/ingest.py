@@ -23,6 +23,7 @@ from webhooks.canonical import canonical_json
 from webhooks.db import uuid7
 from webhooks.scheduler import Item
 from webhooks.services import Conflict, Invalid, consumers, event_types, lanes, scheduling
+from webhooks.services.group_commit import GroupCommit, Job
 
 # The events, and one delivery per new event and matching active subscription, in one
 # statement: one round trip whatever the batch size. The rows come as one JSON document (one
@@ -227,8 +228,10 @@ def _publish(
     event_types.check_events(
         session, tenant_id, [(i, items[i].event_type, items[i].payload) for i in new], batch
     )
-    now = datetime.now(UTC)
     consumer_ids = _consumers(session, tenant_id, items, new, batch)
+    if not batch and not keyed:
+        return [_publish_grouped(session, tenant_id, items[0], consumer_ids)]
+    now = datetime.now(UTC)
     ready = (
         _insert(session, tenant_id, items, new, consumer_ids, now, results, batch) if new else []
     )
@@ -238,6 +241,53 @@ def _publish(
         metrics.EVENTS_INGESTED.inc(created)
     scheduling.submit(ready)
     return [result for result in results if result is not None]
+
+
+def _publish_grouped(
+    session: Session, tenant_id: uuid.UUID, item: NewEvent, consumer_ids: dict[str, uuid.UUID]
+) -> Accepted:
+    """Store one event without an idempotency key through this process's group commit."""
+    event_id = uuid7()
+    job = _GROUP.publish(session, Job(tenant_id, _rows([item], [0], [event_id], consumer_ids)[0]))
+    assert job.created_at is not None
+    event = EventRecord(
+        event_id,
+        tenant_id,
+        item.event_type,
+        item.payload,
+        None,
+        job.created_at,
+        item.consumer,
+        sorted(set(item.channels)),
+        item.ordering_key,
+    )
+    return Accepted(event, job.deliveries, created=True)
+
+
+def _store_group(session: Session, jobs: list[Job], now: datetime) -> list[Item]:
+    """Store a group's events, one statement per tenant; count each job's deliveries."""
+    by_tenant: dict[uuid.UUID, list[Job]] = {}
+    for job in jobs:
+        by_tenant.setdefault(job.tenant_id, []).append(job)
+    ready: list[Item] = []
+    for tenant_id, group in by_tenant.items():
+        stored = store(session, tenant_id, [job.row for job in group], now)
+        counts: dict[str, int] = {}
+        for row in stored.rows:
+            key = str(row.event_id)
+            counts[key] = counts.get(key, 0) + (row.delivery_id is not None)
+        for job in group:
+            job.deliveries = counts[job.row["id"]]
+        ready += stored.ready
+    return ready
+
+
+def _committed(jobs: list[Job], ready: list[Item]) -> None:
+    metrics.EVENTS_INGESTED.inc(len(jobs))
+    scheduling.submit(ready)
+
+
+_GROUP = GroupCommit(_store_group, _committed)
 
 
 def _consumers(
