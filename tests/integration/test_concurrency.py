@@ -159,7 +159,7 @@ def test_single_events_that_arrive_together_share_one_commit_and_each_is_stored(
         sizes.append(len(jobs))
         if len(sizes) == 1:
             deadline = time.monotonic() + 10
-            while len(group._pending) < 5 and time.monotonic() < deadline:
+            while group._waiting() < 5 and time.monotonic() < deadline:
                 time.sleep(0.005)
         return real_store(session, jobs, now)
 
@@ -194,10 +194,10 @@ def test_single_events_that_arrive_together_share_one_commit_and_each_is_stored(
 def test_an_event_that_fails_in_a_group_fails_alone(
     app: Any, client: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event PostgreSQL refuses (here its tenant is gone: a foreign key) fails its group's
-    transaction; the group is stored again one event at a time, so the others are stored and
-    only the refused one answers an error."""
-    from sqlalchemy.exc import IntegrityError
+    """An event PostgreSQL refuses (here a type longer than its column, which the API would
+    have refused first) fails its group's statement; the group is stored again one event at a
+    time, so the others are stored and only the refused one answers an error."""
+    from sqlalchemy.exc import DataError
 
     from webhooks.db import new_session
     from webhooks.services import ingest
@@ -211,37 +211,160 @@ def test_an_event_that_fails_in_a_group_fails_alone(
     def store(session: Any, jobs: list[Any], now: Any) -> Any:
         calls.append(len(jobs))
         if len(calls) == 1:
-            deadline = time.monotonic() + 10
-            while len(group._pending) < 3 and time.monotonic() < deadline:
-                time.sleep(0.005)
+            _until(lambda: group._waiting() == 3)
         return real_store(session, jobs, now)
 
     monkeypatch.setattr(group, "_store", store)
 
-    def publish(tenant_id: uuid.UUID, n: int) -> Any:
-        event = ingest.NewEvent("a", {"n": n})
+    def publish(event_type: str, n: int) -> Any:
+        event = ingest.NewEvent(event_type, {"n": n})
         row = ingest._rows([event], [0], [uuid.uuid4()], {})[0]
         session = new_session()
         try:
-            return group.publish(session, Job(tenant_id, row))
-        except IntegrityError as exc:
+            return group.publish(session, Job(tenant["id"], row))
+        except DataError as exc:
             return exc
         finally:
             session.close()
 
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(publish, tenant["id"], 0)
-        deadline = time.monotonic() + 10
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.005)
-        rest = [
-            pool.submit(publish, tenant["id"], 1),
-            pool.submit(publish, uuid.uuid4(), 2),  # no such tenant
-            pool.submit(publish, tenant["id"], 3),
-        ]
+        first = pool.submit(publish, "a", 0)
+        _until(lambda: calls == [1])
+        rest = [pool.submit(publish, "a", 1), pool.submit(publish, "a" * 300, 2)]
+        _until(lambda: group._waiting() == 2)
+        rest.append(pool.submit(publish, "a", 3))
         answers = [first.result(20)] + [f.result(20) for f in rest]
     assert calls == [1, 3, 1, 1, 1]
-    assert isinstance(answers[2], IntegrityError)
+    assert isinstance(answers[2], DataError)
     assert all(isinstance(answers[i], Job) and answers[i].deliveries == 1 for i in (0, 1, 3))
     assert sorted(n for (n,) in sql("SELECT payload->>'n' FROM events")) == ["0", "1", "3"]
     assert sql("SELECT count(*) FROM deliveries") == [(3,)]
+
+
+def _until(check: Callable[[], Any], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _lock_waiters(relation: str, mode: str) -> int:
+    return int(
+        sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = :rel AND NOT l.granted AND l.mode = :mode",
+            rel=relation,
+            mode=mode,
+        )[0][0]
+    )
+
+
+def test_a_request_waiting_in_a_group_holds_no_lock_a_migration_would_queue_behind(
+    app: Any, client: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that read a table (its consumer) and then waited for its group's leader in
+    that open transaction would hold the table's lock: a DDL would queue behind it, the
+    leader's INSERT (whose foreign key needs the table) behind the DDL, and PostgreSQL could not
+    see the wait in Python to break it. The request ends its transaction before it waits."""
+    from sqlalchemy import text
+
+    from webhooks.db import get_engine
+    from webhooks.services import ingest
+
+    made = client.post(
+        "/v1/consumers", json={"uid": "cus_1", "name": "x"}, headers=tenant["headers"]
+    )
+    assert made.status_code == 201
+    subscribe(client, tenant, NOWHERE, ["a"])
+    subscribe(client, tenant, NOWHERE, ["a"], consumer="cus_1")
+    group = ingest._GROUP
+    real_store = group._store
+    calls: list[int] = []
+    ddl_result: list[str] = []
+
+    def store(session: Any, jobs: list[Any], now: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 1:  # the first flush waits until the DDL is done or queued
+            _until(lambda: group._waiting() == 2)
+            _until(lambda: ddl_result or _lock_waiters("consumers", "AccessExclusiveLock") == 1)
+        return real_store(session, jobs, now)
+
+    monkeypatch.setattr(group, "_store", store)
+
+    def ddl() -> None:
+        with get_engine().connect() as conn:
+            try:
+                conn.execute(text("SET lock_timeout = '8s'"))
+                conn.execute(text("ALTER TABLE consumers ADD COLUMN probe int"))
+                ddl_result.append("done")
+            except Exception as exc:  # the answer under test
+                ddl_result.append(type(exc).__name__)
+            finally:
+                conn.rollback()
+
+    def post(body: dict[str, Any]) -> Any:
+        return app.test_client().post("/v1/events", json=body, headers=tenant["headers"])
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(post, {"event_type": "a", "payload": {"n": 0}})
+        _until(lambda: calls == [1])
+        second = pool.submit(post, {"event_type": "a", "payload": {"n": 1}})
+        _until(lambda: group._waiting() == 1)
+        third = pool.submit(post, {"event_type": "a", "payload": {"n": 2}, "consumer": "cus_1"})
+        _until(lambda: group._waiting() == 2)
+        migration = threading.Thread(target=ddl)
+        migration.start()
+        answers = [f.result(30) for f in (first, second, third)]
+        migration.join(30)
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert ddl_result == ["done"]
+    assert time.monotonic() - started < 6, "the requests waited until the DDL gave up"
+
+
+def test_one_tenants_lock_wait_does_not_hold_up_another_tenants_ingest(
+    app: Any, client: Any, tenant: Any, other_tenant: Any
+) -> None:
+    """Tenant A's event waits for its fifo lane, locked by an ingest not yet committed (of
+    another process, say). Groups are per tenant: tenant B's event is stored meanwhile."""
+    from datetime import UTC, datetime
+
+    from webhooks.db import new_session, uuid7
+    from webhooks.services import ingest
+
+    subscribe(client, tenant, NOWHERE, ["a"], ordering="fifo")
+    subscribe(client, other_tenant, NOWHERE, ["a"])
+    holder = new_session()
+    row = {"id": str(uuid7()), "event_type": "a", "payload": {}, "ordering_key": "k"}
+    ingest.store(holder, tenant["id"], [row], datetime.now(UTC))  # lane k locked until commit
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                a = pool.submit(
+                    lambda: app.test_client().post(
+                        "/v1/events",
+                        json={"event_type": "a", "payload": {}, "ordering_key": "k"},
+                        headers=tenant["headers"],
+                    )
+                )
+                _until(
+                    lambda: (
+                        sql(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()"
+                        )[0][0]
+                        >= 1
+                    )
+                )  # A's ingest waits for the lane
+                b = app.test_client().post(
+                    "/v1/events",
+                    json={"event_type": "a", "payload": {}},
+                    headers=other_tenant["headers"],
+                )
+                assert b.status_code == 202
+                assert not a.done()
+            finally:
+                holder.commit()
+            assert a.result(10).status_code == 202
+    finally:
+        holder.close()

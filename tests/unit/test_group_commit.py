@@ -20,6 +20,9 @@ class FakeSession:
         self.commits = 0
         self.rollbacks = 0
 
+    def in_transaction(self) -> bool:
+        return False
+
     def commit(self) -> None:
         self.commits += 1
 
@@ -27,8 +30,11 @@ class FakeSession:
         self.rollbacks += 1
 
 
-def _job(name: str) -> Job:
-    return Job(uuid.uuid4(), {"id": name})
+TENANT = uuid.uuid4()
+
+
+def _job(name: str, tenant: uuid.UUID = TENANT) -> Job:
+    return Job(tenant, {"id": name})
 
 
 def _wait_until(check: Any, seconds: float = 10) -> None:
@@ -78,7 +84,7 @@ def test_events_arriving_during_a_flush_share_the_next_one_led_by_the_first() ->
         first = pool.submit(publish, "a")
         _wait_until(lambda: groups == [["a"]])
         rest = [pool.submit(publish, name) for name in "bcd"]
-        _wait_until(lambda: len(group_commit._pending) == 3)
+        _wait_until(lambda: group_commit._waiting() == 3)
         release.set()
         jobs = [first.result(10)] + [future.result(10) for future in rest]
     assert groups == [["a"], ["b", "c", "d"]]
@@ -86,7 +92,7 @@ def test_events_arriving_during_a_flush_share_the_next_one_led_by_the_first() ->
     assert sessions["a"].commits == 1 and sessions["b"].commits == 1
     assert sessions["c"].commits == sessions["d"].commits == 0
     assert all(job.created_at is not None and job.error is None for job in jobs)
-    assert group_commit._busy is False and group_commit._pending == []
+    assert group_commit._queues == {}  # an idle tenant's queue is forgotten
 
 
 def test_a_failing_group_is_stored_again_one_by_one_and_only_the_bad_event_fails() -> None:
@@ -113,7 +119,7 @@ def test_a_failing_group_is_stored_again_one_by_one_and_only_the_bad_event_fails
             name: pool.submit(group_commit.publish, session, _job(name))
             for name in ["b", "bad", "c"]
         }
-        _wait_until(lambda: len(group_commit._pending) == 3)
+        _wait_until(lambda: group_commit._waiting() == 3)
         release.set()
         assert first.result(10).error is None
         with pytest.raises(ValueError, match="refused"):
@@ -152,11 +158,78 @@ def test_a_flush_cut_short_answers_its_group_with_an_error_and_hands_over() -> N
         first = pool.submit(publish, "a")
         _wait_until(lambda: len(calls) == 1)
         second = [pool.submit(publish, name) for name in "bc"]
-        _wait_until(lambda: len(group_commit._pending) == 2)
+        _wait_until(lambda: group_commit._waiting() == 2)
         release.set()
         assert isinstance(first.result(10), Job)
         answers = [future.result(10) for future in second]
     assert isinstance(answers[0], KeyboardInterrupt)  # the leader's own
     assert isinstance(answers[1], RuntimeError)
-    assert group_commit._busy is False
+    assert group_commit._queues == {}
     assert isinstance(group_commit.publish(session, _job("d")), Job)  # type: ignore[arg-type]
+
+
+def test_tenants_are_grouped_apart_and_one_tenants_flush_does_not_hold_up_another() -> None:
+    groups: list[list[str]] = []
+    release = threading.Event()
+
+    def store(session: Any, jobs: list[Job], now: Any) -> None:
+        groups.append([job.row["id"] for job in jobs])
+        if jobs[0].row["id"] == "a1":
+            release.wait(10)  # tenant A's flush waits (for its lane's lock, say)
+
+    group_commit = GroupCommit(store, lambda jobs, ready: None)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(group_commit.publish, FakeSession(), _job("a1", a))
+        _wait_until(lambda: groups == [["a1"]])
+        a2 = pool.submit(group_commit.publish, FakeSession(), _job("a2", a))
+        _wait_until(lambda: group_commit._waiting() == 1)
+        b1 = pool.submit(group_commit.publish, FakeSession(), _job("b1", b))
+        assert b1.result(10).created_at is not None  # while A's flush still waits
+        assert not first.done() and not a2.done()
+        release.set()
+        assert first.result(10).error is None and a2.result(10).error is None
+    assert groups == [["a1"], ["b1"], ["a2"]]
+    assert group_commit._queues == {}
+
+
+def test_a_failed_commit_is_not_stored_again_and_each_request_gets_its_own_error() -> None:
+    """A COMMIT whose connection failed may have taken effect: storing the events again could
+    store them twice. Every request of the group answers the error, each with its own copy."""
+    from sqlalchemy.exc import OperationalError
+
+    stored: list[list[str]] = []
+    release = threading.Event()
+
+    def store(session: Any, jobs: list[Job], now: Any) -> None:
+        stored.append([job.row["id"] for job in jobs])
+        if len(stored) == 1:
+            release.wait(10)
+
+    class LosesItsConnection(FakeSession):
+        def commit(self) -> None:
+            super().commit()
+            if self.commits == 2:
+                raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    group_commit = GroupCommit(store, lambda jobs, ready: None)
+    session = LosesItsConnection()
+
+    def publish(name: str) -> Any:
+        try:
+            return group_commit.publish(session, _job(name))  # type: ignore[arg-type]
+        except OperationalError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(publish, "a")
+        _wait_until(lambda: len(stored) == 1)
+        rest = [pool.submit(publish, name) for name in "bcd"]
+        _wait_until(lambda: group_commit._waiting() == 3)
+        release.set()
+        assert isinstance(first.result(10), Job)
+        errors = [future.result(10) for future in rest]
+    assert stored == [["a"], ["b", "c", "d"]]  # not stored again
+    assert all(isinstance(error, OperationalError) for error in errors)
+    assert len({id(error) for error in errors}) == 3
+    assert group_commit._queues == {}

@@ -265,21 +265,15 @@ def _publish_grouped(
 
 
 def _store_group(session: Session, jobs: list[Job], now: datetime) -> list[Item]:
-    """Store a group's events, one statement per tenant; count each job's deliveries."""
-    by_tenant: dict[uuid.UUID, list[Job]] = {}
+    """Store a group's events (all of one tenant) in one statement; count each one's deliveries."""
+    stored = store(session, jobs[0].tenant_id, [job.row for job in jobs], now)
+    counts: dict[str, int] = {}
+    for row in stored.rows:
+        key = str(row.event_id)
+        counts[key] = counts.get(key, 0) + (row.delivery_id is not None)
     for job in jobs:
-        by_tenant.setdefault(job.tenant_id, []).append(job)
-    ready: list[Item] = []
-    for tenant_id, group in by_tenant.items():
-        stored = store(session, tenant_id, [job.row for job in group], now)
-        counts: dict[str, int] = {}
-        for row in stored.rows:
-            key = str(row.event_id)
-            counts[key] = counts.get(key, 0) + (row.delivery_id is not None)
-        for job in group:
-            job.deliveries = counts[job.row["id"]]
-        ready += stored.ready
-    return ready
+        job.deliveries = counts[job.row["id"]]
+    return stored.ready
 
 
 def _committed(jobs: list[Job], ready: list[Item]) -> None:
