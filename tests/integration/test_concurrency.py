@@ -31,6 +31,25 @@ def _at_once(app: Any, calls: list[Callable[[Any], Any]]) -> list[Any]:
         return list(pool.map(run, calls))
 
 
+def _hold_first_flush(monkeypatch: pytest.MonkeyPatch, group: Any, until_waiting: int) -> list[int]:
+    """Make the group commit's first flush wait (10 s at most) until `until_waiting` more events
+    wait behind it, so they form the next group; every flush then stores as it would. Returns
+    the size of each flush, as they happen."""
+    real_store = group._store
+    sizes: list[int] = []
+
+    def store(session: Any, jobs: list[Any], now: Any) -> Any:
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            deadline = time.monotonic() + 10
+            while len(group._pending) < until_waiting and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return real_store(session, jobs, now)
+
+    monkeypatch.setattr(group, "_store", store)
+    return sizes
+
+
 def _secrets(subscription_id: str) -> set[str]:
     from webhooks.crypto import decrypt_secret
 
@@ -151,19 +170,7 @@ def test_single_events_that_arrive_together_share_one_commit_and_each_is_stored(
     from webhooks.services import ingest
 
     subscribe(client, tenant, NOWHERE, ["a"])
-    group = ingest._GROUP
-    real_store = group._store
-    sizes: list[int] = []
-
-    def store(session: Any, jobs: list[Any], now: Any) -> Any:
-        sizes.append(len(jobs))
-        if len(sizes) == 1:
-            deadline = time.monotonic() + 10
-            while len(group._pending) < 5 and time.monotonic() < deadline:
-                time.sleep(0.005)
-        return real_store(session, jobs, now)
-
-    monkeypatch.setattr(group, "_store", store)
+    sizes = _hold_first_flush(monkeypatch, ingest._GROUP, until_waiting=5)
     answers = _at_once(
         app,
         [
@@ -205,18 +212,7 @@ def test_an_event_that_fails_in_a_group_fails_alone(
 
     subscribe(client, tenant, NOWHERE, ["a"])
     group = ingest._GROUP
-    real_store = group._store
-    calls: list[int] = []
-
-    def store(session: Any, jobs: list[Any], now: Any) -> Any:
-        calls.append(len(jobs))
-        if len(calls) == 1:
-            deadline = time.monotonic() + 10
-            while len(group._pending) < 3 and time.monotonic() < deadline:
-                time.sleep(0.005)
-        return real_store(session, jobs, now)
-
-    monkeypatch.setattr(group, "_store", store)
+    calls = _hold_first_flush(monkeypatch, group, until_waiting=3)
 
     def publish(tenant_id: uuid.UUID, n: int) -> Any:
         event = ingest.NewEvent("a", {"n": n})
