@@ -493,22 +493,27 @@ def test_the_catalogue_shows_each_type_with_its_schema_and_an_example(
 def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> None:
     """A database at the routing revision with an attempt upgrades: the attempt gets its
     subscription; downgrading removes the column and its trigger, and upgrading works again."""
-    if servers.pg is None:
-        pytest.skip("needs the embedded PostgreSQL to create a scratch database")
-    import psycopg
     from alembic import command
-    from sqlalchemy import create_engine, pool
 
-    from config import normalize_database_url
-    from tests.support import alembic_config
+    from tests.support import alembic_config, scratch_database
 
-    name = "webhooks_console_upgrade"
-    url = servers.pg.create_database(name)
-    engine = create_engine(normalize_database_url(url), poolclass=pool.NullPool)
     ids = {k: uuid.uuid4() for k in ("tenant", "sub", "event", "delivery")}
-    try:
+    with scratch_database(servers, "webhooks_console_upgrade") as engine:
+
+        def attempt_then_upgrade(number: int) -> None:
+            """Record an attempt as the routing revision's workers did (it has no subscription
+            to fill in), then upgrade to head."""
+            sql(
+                "INSERT INTO attempts (delivery_id, number, result)"
+                " VALUES (:delivery, :number, 'success')",
+                engine=engine,
+                delivery=ids["delivery"],
+                number=number,
+            )
+            with engine.begin() as conn:
+                command.upgrade(alembic_config(conn), "head")
+
         with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
             command.upgrade(alembic_config(conn), "20261130_0004")
             conn.execute(text("INSERT INTO tenants (id, name) VALUES (:tenant, 'old')"), ids)
             conn.execute(
@@ -533,43 +538,22 @@ def test_upgrading_fills_the_subscription_of_existing_attempts(servers: Any) -> 
                 ),
                 ids,
             )
-            conn.execute(
-                text(
-                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 1,"
-                    " 'success')"
-                ),
-                ids,
-            )
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "head")
-            filled = conn.execute(text("SELECT subscription_id FROM attempts")).scalar_one()
-            assert filled == ids["sub"]
+        attempt_then_upgrade(1)
+        assert sql("SELECT subscription_id FROM attempts", engine=engine) == [(ids["sub"],)]
         with engine.begin() as conn:
             command.downgrade(alembic_config(conn), "20261130_0004")
-            columns = conn.execute(
-                text(
-                    "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_name = 'attempts'"
-                )
-            ).scalars()
-            assert "subscription_id" not in set(columns)
-            conn.execute(
-                text(
-                    "INSERT INTO attempts (delivery_id, number, result) VALUES (:delivery, 2,"
-                    " 'success')"
-                ),
-                ids,
-            )
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "head")
-            rows = conn.execute(
-                text("SELECT count(*) FROM attempts WHERE subscription_id = :sub"), ids
-            )
-            assert rows.scalar_one() == 2
-    finally:
-        engine.dispose()
-        with psycopg.connect(servers.pg.url("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        columns = sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'attempts'",
+            engine=engine,
+        )
+        assert "subscription_id" not in {name for (name,) in columns}
+        attempt_then_upgrade(2)
+        filled = sql(
+            "SELECT count(*) FROM attempts WHERE subscription_id = :sub",
+            engine=engine,
+            sub=ids["sub"],
+        )
+        assert filled == [(2,)]
 
 
 def test_the_filter_channels_and_consumer_are_edited_and_checked(

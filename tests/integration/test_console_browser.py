@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import requests
@@ -68,6 +68,7 @@ def live(app: Any) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
+    SHOTS.mkdir(parents=True, exist_ok=True)  # where each test saves its screenshots
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -153,6 +154,24 @@ class Console:
             _ = self.driver.switch_to.alert  # a script that ran would have opened one
 
 
+class Acme(NamedTuple):
+    """The tenant a walk through the pages starts from, and a session of the API with its key:
+    what the tenant's own app does meanwhile."""
+
+    tenant: dict[str, Any]
+    api: requests.Session
+
+
+@pytest.fixture
+def acme(start_worker: Callable[..., Any]) -> Acme:
+    """The tenant "acme" and its API session, with a worker that delivers its events."""
+    start_worker()
+    tenant = make_tenant("acme")
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {tenant['key']}"
+    return Acme(tenant, api)
+
+
 def wait_for_text(console: Console, path: str, needle: str, timeout: float = 30) -> None:
     def shown() -> bool:
         console.open(path)
@@ -162,16 +181,9 @@ def wait_for_text(console: Console, path: str, needle: str, timeout: float = 30)
 
 
 def test_an_operator_works_through_the_console_in_a_browser(
-    browser: Any,
-    live: LiveServer,
-    receiver: Receiver,
-    start_worker: Callable[..., Any],
+    browser: Any, live: LiveServer, receiver: Receiver, acme: Acme
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    start_worker()
-    tenant = make_tenant("acme")
-    api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {tenant['key']}"
+    tenant, api = acme
     console = Console(browser, live.url)
 
     # Sign in: a page of the console leads to the sign-in form, and back after it.
@@ -274,16 +286,9 @@ def test_an_operator_works_through_the_console_in_a_browser(
 
 
 def test_a_consumer_adds_an_endpoint_through_a_portal_link_in_a_browser(
-    browser: Any,
-    live: LiveServer,
-    receiver: Receiver,
-    start_worker: Callable[..., Any],
+    browser: Any, live: LiveServer, receiver: Receiver, acme: Acme
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    start_worker()
-    tenant = make_tenant("acme")
-    api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {tenant['key']}"
+    tenant, api = acme
     api.post(live.url + "/v1/consumers", json={"uid": "cust-42", "name": "Customer 42"})
     sql(
         "INSERT INTO event_types (id, tenant_id, name, description)"
@@ -357,5 +362,4 @@ def test_the_api_docs_page_renders_every_operation_with_the_apps_own_files(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert loaded and all(url.startswith(live.url) for url in loaded), loaded
-    SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "api-docs.png"))

@@ -354,13 +354,10 @@ KEY_B = base64.urlsafe_b64encode(b"B" * 32).decode()
 
 
 def _blobs() -> list[bytes]:
-    with get_engine().begin() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT secret_ciphertext, previous_secret_ciphertext, headers_ciphertext"
-                " FROM subscriptions"
-            )
-        ).all()
+    rows = sql(
+        "SELECT secret_ciphertext, previous_secret_ciphertext, headers_ciphertext"
+        " FROM subscriptions"
+    )
     return [blob for row in rows for blob in row if blob is not None]
 
 

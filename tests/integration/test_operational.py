@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
 from scripts.harness import Reply, wait_until
 from tests.conftest import reset_settings
 from tests.integration.conftest import publish, subscribe
 from tests.support import sql
-from webhooks.db import get_engine
 from webhooks.runtime import get_scheduler
 
 OPS = [
@@ -23,13 +20,9 @@ OPS = [
 
 
 def _operational_events() -> list[tuple[str, dict[str, Any]]]:
-    with get_engine().connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT event_type, payload FROM events"
-                " WHERE event_type LIKE 'webhook.%' ORDER BY id"
-            )
-        ).all()
+    rows = sql(
+        "SELECT event_type, payload FROM events WHERE event_type LIKE 'webhook.%' ORDER BY id"
+    )
     return [(r.event_type, r.payload) for r in rows]
 
 

@@ -60,6 +60,16 @@ def _drop_queued(servers: Any) -> None:
     redis.Redis.from_url(servers.redis_url).flushdb()
 
 
+def _finished(client: Any, tenant: dict[str, Any], servers: Any, n: int, status: str) -> Any:
+    """A subscription with `n` deliveries made just now that ended as `status`, none of them
+    queued any more: what a replay of the last hour finds to send again. Returns it."""
+    sub = subscribe(client, tenant, "http://127.0.0.1:9/x")
+    for delivery_id in _deliveries_of(client, tenant, "order.created", n):
+        _set(delivery_id, status=status)
+    _drop_queued(servers)
+    return sub
+
+
 def _replay(client: Any, tenant: dict[str, Any], sub_id: str, **body: Any) -> Any:
     body = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in body.items()}
     return client.post(f"/v1/subscriptions/{sub_id}/replay", json=body, headers=tenant["headers"])
@@ -148,11 +158,7 @@ def test_replay_requeues_finished_deliveries_in_the_window_with_the_status(clien
 
 
 def test_replay_is_idempotent_while_the_requeued_deliveries_are_pending(client, tenant, servers):
-    sub = subscribe(client, tenant, "http://127.0.0.1:9/x")
-    d = _deliveries_of(client, tenant, "order.created", 3)
-    for delivery_id in d:
-        _set(delivery_id, status="delivered")
-    _drop_queued(servers)
+    sub = _finished(client, tenant, servers, 3, "delivered")
     since = NOW - timedelta(hours=1)
 
     assert _replay(client, tenant, sub["id"], since=since).get_json()["requeued"] == 3
@@ -162,11 +168,7 @@ def test_replay_is_idempotent_while_the_requeued_deliveries_are_pending(client, 
 
 def test_replay_is_bounded_per_call_and_says_when_more_remain(client, tenant, servers, monkeypatch):
     monkeypatch.setattr(recovery, "REPLAY_LIMIT", 2)
-    sub = subscribe(client, tenant, "http://127.0.0.1:9/x")
-    d = _deliveries_of(client, tenant, "order.created", 5)
-    for delivery_id in d:
-        _set(delivery_id, status="failed")
-    _drop_queued(servers)
+    sub = _finished(client, tenant, servers, 5, "failed")
     since = NOW - timedelta(hours=1)
 
     answers = [_replay(client, tenant, sub["id"], since=since).get_json() for _ in range(4)]

@@ -24,7 +24,8 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from webhooks.db import new_session
-from webhooks.schemas import encode_cursor
+from webhooks.schemas import PageQuery, encode_cursor
+from webhooks.schemas.common import page_schema
 from webhooks.services import ServiceError
 from webhooks.services.paging import Page
 from webhooks.services.tenants import authenticate
@@ -230,6 +231,57 @@ def page(found: Page[Any], key: Any = None) -> dict[str, Any]:
         "data": found.items,
         "next_cursor": encode_cursor(next_key) if next_key is not None else None,
     }
+
+
+def named_views(
+    bp: Blueprint,
+    service: Any,
+    key: str,
+    schemas: tuple[type[Schema], type[Schema], type[Schema]],
+    docs: dict[str, str],
+) -> None:
+    """Add the views of a tenant's records that a name in the path finds (a consumer's uid, an
+    event type's name): create (409 if the name is taken), list, get and change.
+
+    Each view hands its arguments to the `service` module's function of the same name, which
+    holds all that differs between such records. `schemas` are the create, answer and update
+    schemas; `docs` gives each view (by name) its docstring, its summary and description in
+    /openapi.json.
+    """
+    create_schema, schema, update_schema = schemas
+
+    def documented(view: Any) -> Any:
+        view.__doc__ = docs[view.__name__]
+        return view
+
+    @bp.post("")
+    @bp.arguments(create_schema())
+    @bp.response(201, schema)
+    @bp.alt_response(409, response="CONFLICT")
+    @documented
+    def create(data: dict[str, Any]) -> Any:
+        return service.create(db(), tenant(), data)
+
+    @bp.get("")
+    @bp.arguments(PageQuery(), location="query")
+    @bp.response(200, page_schema(schema))
+    @documented
+    def list_(args: dict[str, Any]) -> Any:
+        return page(service.list_(db(), tenant(), args["limit"], args["cursor"]))
+
+    # The name comes as the keyword argument `key` (Flask passes path values by name).
+    @bp.get(f"/<{key}>")
+    @bp.response(200, schema)
+    @documented
+    def get(**path: str) -> Any:
+        return service.get(db(), tenant(), path[key])
+
+    @bp.patch(f"/<{key}>")
+    @bp.arguments(update_schema(partial=True))
+    @bp.response(200, schema)
+    @documented
+    def patch(data: dict[str, Any], **path: str) -> Any:
+        return service.update(db(), tenant(), path[key], data)
 
 
 def register_error_handlers(app: Any) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import DateTime, ForeignKey, Index, String, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from webhooks.db import Base, Timestamped, uuid7
+from webhooks.db import Base, Timestamped, partial_index, uuid7
 
 
 class Consumer(Timestamped, Base):
@@ -17,12 +17,12 @@ class Consumer(Timestamped, Base):
     __tablename__ = "consumers"
     __table_args__ = (
         # A deleted consumer keeps its row (its deliveries stay listable); its uid is free again.
-        Index(
+        partial_index(
             "uq_consumers_tenant_id_uid",
             "tenant_id",
             "uid",
             unique=True,
-            postgresql_where=text("deleted_at IS NULL"),
+            where="deleted_at IS NULL",
         ),
         Index("ix_consumers_tenant_id_id", "tenant_id", "id"),
     )

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
-from webhooks.db import Base, Timestamped, uuid7, value_enum
+from webhooks.db import Base, Timestamped, partial_index, uuid7, value_enum
 from webhooks.models.event import Event
 
 
@@ -55,40 +55,27 @@ class Delivery(Timestamped, Base):
         Index("ix_deliveries_subscription_id_id", "subscription_id", "id"),
         Index("ix_deliveries_event_id", "event_id"),
         # The watchdog's scans: due work, expired leases, parked work per subscription.
-        Index(
+        partial_index(
             "ix_deliveries_due",
             "next_attempt_at",
-            postgresql_where=text("status IN ('pending', 'retrying') AND NOT parked"),
+            where="status IN ('pending', 'retrying') AND NOT parked",
         ),
-        Index(
-            "ix_deliveries_in_flight",
-            "lease_expires_at",
-            postgresql_where=text("status = 'in_flight'"),
-        ),
-        Index(
-            "ix_deliveries_parked",
-            "subscription_id",
-            "id",
-            postgresql_where=text("parked"),
-        ),
+        partial_index("ix_deliveries_in_flight", "lease_expires_at", where="status = 'in_flight'"),
+        partial_index("ix_deliveries_parked", "subscription_id", "id", where="parked"),
         # Ordered lanes (webhooks.services.lanes): the unfinished deliveries of a lane in order,
         # and each lane's holder, the one unfinished delivery that has a due time.
-        Index(
+        partial_index(
             "ix_deliveries_lane_open",
             "lane_id",
             "lane_seq",
-            postgresql_where=text(
-                "lane_id IS NOT NULL AND status IN ('pending', 'retrying', 'in_flight')"
-            ),
+            where="lane_id IS NOT NULL AND status IN ('pending', 'retrying', 'in_flight')",
         ),
-        Index(
+        partial_index(
             "ix_deliveries_lane_holder",
             "subscription_id",
             "lane_id",
-            postgresql_where=text(
-                "lane_id IS NOT NULL AND next_attempt_at IS NOT NULL"
-                " AND status IN ('pending', 'retrying', 'in_flight')"
-            ),
+            where="lane_id IS NOT NULL AND next_attempt_at IS NOT NULL"
+            " AND status IN ('pending', 'retrying', 'in_flight')",
         ),
     )
 

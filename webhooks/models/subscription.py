@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, base
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import UserDefinedType
 
-from webhooks.db import Base, Timestamped, uuid7, value_enum
+from webhooks.db import Base, Timestamped, partial_index, uuid7, value_enum
 from webhooks.models.consumer import Consumer
 
 
@@ -56,11 +56,11 @@ class Subscription(Timestamped, Base):
         Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
         # Ingest looks up the live subscriptions of one tenant and one consumer (or none) on
         # every event: a tenant's other consumers' subscriptions are never read.
-        Index(
+        partial_index(
             "ix_subscriptions_live",
             "tenant_id",
             "consumer_id",
-            postgresql_where=text("status = 'active' AND deleted_at IS NULL"),
+            where="status = 'active' AND deleted_at IS NULL",
         ),
         Index("ix_subscriptions_consumer_id_id", "consumer_id", "id"),
     )
