@@ -148,22 +148,8 @@ def test_single_events_that_arrive_together_share_one_commit_and_each_is_stored(
     """Group commit against PostgreSQL: the first event's flush is held until five more wait;
     those five are then stored by one statement and one COMMIT, and every answer is its own
     event, counted and stored with its delivery."""
-    from webhooks.services import ingest
-
     subscribe(client, tenant, NOWHERE, ["a"])
-    group = ingest._GROUP
-    real_store = group._store
-    sizes: list[int] = []
-
-    def store(session: Any, jobs: list[Any], now: Any) -> Any:
-        sizes.append(len(jobs))
-        if len(sizes) == 1:
-            deadline = time.monotonic() + 10
-            while group._waiting() < 5 and time.monotonic() < deadline:
-                time.sleep(0.005)
-        return real_store(session, jobs, now)
-
-    monkeypatch.setattr(group, "_store", store)
+    sizes = _hold_first_flush(monkeypatch, lambda: _waiting() == 5)
     answers = _at_once(
         app,
         [
@@ -204,24 +190,14 @@ def test_an_event_that_fails_in_a_group_fails_alone(
     from webhooks.services.group_commit import Job
 
     subscribe(client, tenant, NOWHERE, ["a"])
-    group = ingest._GROUP
-    real_store = group._store
-    calls: list[int] = []
-
-    def store(session: Any, jobs: list[Any], now: Any) -> Any:
-        calls.append(len(jobs))
-        if len(calls) == 1:
-            _until(lambda: group._waiting() == 3)
-        return real_store(session, jobs, now)
-
-    monkeypatch.setattr(group, "_store", store)
+    calls = _hold_first_flush(monkeypatch, lambda: _waiting() == 3)
 
     def publish(event_type: str, n: int) -> Any:
         event = ingest.NewEvent(event_type, {"n": n})
         row = ingest._rows([event], [0], [uuid.uuid4()], {})[0]
         session = new_session()
         try:
-            return group.publish(session, Job(tenant["id"], row))
+            return ingest._GROUP.publish(session, Job(tenant["id"], row))
         except DataError as exc:
             return exc
         finally:
@@ -231,7 +207,7 @@ def test_an_event_that_fails_in_a_group_fails_alone(
         first = pool.submit(publish, "a", 0)
         _until(lambda: calls == [1])
         rest = [pool.submit(publish, "a", 1), pool.submit(publish, "a" * 300, 2)]
-        _until(lambda: group._waiting() == 2)
+        _until(lambda: _waiting() == 2)
         rest.append(pool.submit(publish, "a", 3))
         answers = [first.result(20)] + [f.result(20) for f in rest]
     assert calls == [1, 3, 1, 1, 1]
@@ -239,6 +215,31 @@ def test_an_event_that_fails_in_a_group_fails_alone(
     assert all(isinstance(answers[i], Job) and answers[i].deliveries == 1 for i in (0, 1, 3))
     assert sorted(n for (n,) in sql("SELECT payload->>'n' FROM events")) == ["0", "1", "3"]
     assert sql("SELECT count(*) FROM deliveries") == [(3,)]
+
+
+def _hold_first_flush(monkeypatch: pytest.MonkeyPatch, until: Callable[[], Any]) -> list[int]:
+    """Make this process's group commit hold its first flush until `until()` is true; return
+    the list of each flush's size, filled in as they come."""
+    from webhooks.services import ingest
+
+    group = ingest._GROUP
+    real_store = group._store
+    sizes: list[int] = []
+
+    def store(session: Any, jobs: list[Any], now: Any) -> Any:
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            _until(until)
+        return real_store(session, jobs, now)
+
+    monkeypatch.setattr(group, "_store", store)
+    return sizes
+
+
+def _waiting() -> int:
+    from webhooks.services import ingest
+
+    return ingest._GROUP._waiting()
 
 
 def _until(check: Callable[[], Any], seconds: float = 10) -> None:
@@ -269,7 +270,6 @@ def test_a_request_waiting_in_a_group_holds_no_lock_a_migration_would_queue_behi
     from sqlalchemy import text
 
     from webhooks.db import get_engine
-    from webhooks.services import ingest
 
     made = client.post(
         "/v1/consumers", json={"uid": "cus_1", "name": "x"}, headers=tenant["headers"]
@@ -277,19 +277,15 @@ def test_a_request_waiting_in_a_group_holds_no_lock_a_migration_would_queue_behi
     assert made.status_code == 201
     subscribe(client, tenant, NOWHERE, ["a"])
     subscribe(client, tenant, NOWHERE, ["a"], consumer="cus_1")
-    group = ingest._GROUP
-    real_store = group._store
-    calls: list[int] = []
     ddl_result: list[str] = []
-
-    def store(session: Any, jobs: list[Any], now: Any) -> Any:
-        calls.append(len(jobs))
-        if len(calls) == 1:  # the first flush waits until the DDL is done or queued
-            _until(lambda: group._waiting() == 2)
-            _until(lambda: ddl_result or _lock_waiters("consumers", "AccessExclusiveLock") == 1)
-        return real_store(session, jobs, now)
-
-    monkeypatch.setattr(group, "_store", store)
+    # The first flush waits until the two others wait, and the DDL is done or queued.
+    calls = _hold_first_flush(
+        monkeypatch,
+        lambda: (
+            _waiting() == 2
+            and (ddl_result or _lock_waiters("consumers", "AccessExclusiveLock") == 1)
+        ),
+    )
 
     def ddl() -> None:
         with get_engine().connect() as conn:
@@ -310,9 +306,9 @@ def test_a_request_waiting_in_a_group_holds_no_lock_a_migration_would_queue_behi
         first = pool.submit(post, {"event_type": "a", "payload": {"n": 0}})
         _until(lambda: calls == [1])
         second = pool.submit(post, {"event_type": "a", "payload": {"n": 1}})
-        _until(lambda: group._waiting() == 1)
+        _until(lambda: _waiting() == 1)
         third = pool.submit(post, {"event_type": "a", "payload": {"n": 2}, "consumer": "cus_1"})
-        _until(lambda: group._waiting() == 2)
+        _until(lambda: _waiting() == 2)
         migration = threading.Thread(target=ddl)
         migration.start()
         answers = [f.result(30) for f in (first, second, third)]
