@@ -376,10 +376,10 @@ def publish_paced(stack: Stack, events: int, rate: float, threads: int = 6) -> I
 
 @dataclass
 class Chaos:
-    worker_kills: int = 0
-    child_kills: int = 0
-    redis_restarts: int = 0
-    pg_restarts: int = 0
+    """What the chaos thread did: its kill -9s by target ("worker", "pool child", "Redis",
+    "PostgreSQL"; the servers are started again) and how long /outage was down."""
+
+    kills: Counter[str] = field(default_factory=Counter)
     outage_seconds: float = 0.0
 
 
@@ -417,26 +417,26 @@ def _chaos_loop(
         if redis_at and now >= redis_at:
             log("Redis: kill -9, 3 s down, started again empty")
             stack.restart(stack.redis, down=3)
-            chaos.redis_restarts += 1
+            chaos.kills["Redis"] += 1
             redis_at = 0.0
         if pg_at and now >= pg_at:
             log("PostgreSQL: kill -9, 7 s down, started again (crash recovery)")
             stack.restart(stack.pg, down=7)
-            chaos.pg_restarts += 1
+            chaos.kills["PostgreSQL"] += 1
             pg_at = 0.0
         if now >= next_kill and now < started + duration:
             # Take turns, so every worker is hit; what is killed is left to chance.
-            index = (chaos.worker_kills + chaos.child_kills) % len(stack.workers)
+            index = (chaos.kills["worker"] + chaos.kills["pool child"]) % len(stack.workers)
             worker = stack.workers[index]
             if rng.random() < 0.5:
                 children = worker.children()
                 if children:
                     os.kill(rng.choice(children), signal.SIGKILL)
-                    chaos.child_kills += 1
+                    chaos.kills["pool child"] += 1
                     log(f"kill -9 of a pool child of worker{index}")
             else:
                 worker.kill()
-                chaos.worker_kills += 1
+                chaos.kills["worker"] += 1
                 log(f"kill -9 of worker{index} (its whole process group); restarting it")
                 time.sleep(rng.uniform(0.5, 2))
                 stack.workers[index] = stack.worker(index, args.concurrency)
@@ -736,9 +736,9 @@ def main(argv: list[str] | None = None) -> int:
                 f" ({result['expected_deliveries']} deliveries)"
             )
             print(
-                f"  chaos                 {chaos.worker_kills} worker kills, {chaos.child_kills}"
-                f" pool-child kills, {chaos.redis_restarts} Redis restart,"
-                f" {chaos.pg_restarts} PostgreSQL restart,"
+                f"  chaos                 {chaos.kills['worker']} worker kills,"
+                f" {chaos.kills['pool child']} pool-child kills, {chaos.kills['Redis']} Redis"
+                f" restart, {chaos.kills['PostgreSQL']} PostgreSQL restart,"
                 f" /outage down {chaos.outage_seconds:.0f} s"
             )
             print(f"  lost                  {result['lost']}")

@@ -12,14 +12,7 @@ from webhooks.services import retention, watchdog
 @shared_task(name="tasks.watchdog", ignore_result=True)
 def run_watchdog() -> dict[str, int]:
     """Take back expired leases, hand lost and due deliveries over again, release parked ones."""
-    report = watchdog.run()
-    return {
-        "expired": report.expired,
-        "due": report.due,
-        "lost": report.lost,
-        "released": report.released,
-        "probes": report.probes,
-    }
+    return watchdog.run().counts()
 
 
 @shared_task(name=dispatch.RELEASE_TASK, ignore_result=True)

@@ -9,14 +9,32 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import psycopg
 import uuid_utils.compat
 from psycopg.rows import namedtuple_row
-from sqlalchemy import DateTime, Enum, Index, MetaData, create_engine, event, exc, func, text
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    MetaData,
+    create_engine,
+    event,
+    exc,
+    func,
+    text,
+)
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    declared_attr,
+    mapped_column,
+    sessionmaker,
+)
 
 from config import get_settings
 
@@ -37,6 +55,23 @@ class Timestamped:
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class TenantListed:
+    """A tenant's resource, which the API lists a page at a time in ID order: its tenant, and
+    the (tenant_id, id) index those keyset pages read (services/queries.py). The model names
+    its other indexes and constraints in `table_args`."""
+
+    table_args: ClassVar[tuple[Any, ...]] = ()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+
+    @declared_attr.directive
+    @classmethod
+    def __table_args__(cls) -> tuple[Any, ...]:
+        name = cast(str, cls.__tablename__)  # type: ignore[attr-defined]
+        return (Index(f"ix_{name}_tenant_id_id", "tenant_id", "id"), *cls.table_args)
 
 
 def value_enum(cls: type[enum.Enum], length: int = 16) -> Enum:

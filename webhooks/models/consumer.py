@@ -4,18 +4,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, String, Uuid, func, text
+from sqlalchemy import DateTime, String, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from webhooks.db import Base, Timestamped, partial_index, uuid7
+from webhooks.db import Base, TenantListed, Timestamped, partial_index, uuid7
 
 
-class Consumer(Timestamped, Base):
+class Consumer(Timestamped, TenantListed, Base):
     """One of a tenant's own customers; events naming it go only to its subscriptions."""
 
     __tablename__ = "consumers"
-    __table_args__ = (
+    table_args = (
         # A deleted consumer keeps its row (its deliveries stay listable); its uid is free again.
         partial_index(
             "uq_consumers_tenant_id_uid",
@@ -24,13 +24,9 @@ class Consumer(Timestamped, Base):
             unique=True,
             where="deleted_at IS NULL",
         ),
-        Index("ix_consumers_tenant_id_id", "tenant_id", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-    )
     # The tenant's own identifier for its customer.
     uid: Mapped[str] = mapped_column(String(200), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
-from webhooks.db import Base, Timestamped, partial_index, uuid7, value_enum
+from webhooks.db import Base, TenantListed, Timestamped, partial_index, uuid7, value_enum
 from webhooks.models.event import Event
 
 
@@ -45,12 +45,11 @@ class AttemptResult(enum.StrEnum):
     ERROR = "error"
 
 
-class Delivery(Timestamped, Base):
+class Delivery(Timestamped, TenantListed, Base):
     """One event on its way to one subscription; its ID is the stable `webhook-id`."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (
-        Index("ix_deliveries_tenant_id_id", "tenant_id", "id"),
+    table_args = (
         Index("ix_deliveries_tenant_id_status_id", "tenant_id", "status", "id"),
         Index("ix_deliveries_subscription_id_id", "subscription_id", "id"),
         Index("ix_deliveries_event_id", "event_id"),
@@ -80,9 +79,6 @@ class Delivery(Timestamped, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-    )
     event_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("events.id", ondelete="CASCADE"), nullable=False
     )

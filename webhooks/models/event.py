@@ -7,7 +7,7 @@ from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint,
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from webhooks.db import Base, Timestamped, uuid7
+from webhooks.db import Base, TenantListed, Timestamped, uuid7
 from webhooks.models.consumer import Consumer
 
 # The event types the service emits itself (services/operational.py). Tenants subscribe to
@@ -21,18 +21,14 @@ CIRCUIT_CLOSED = "webhook.circuit.closed"
 OPERATIONAL_TYPES = (SUBSCRIPTION_DISABLED, DELIVERY_FAILED, CIRCUIT_OPENED, CIRCUIT_CLOSED)
 
 
-class Event(Timestamped, Base):
+class Event(Timestamped, TenantListed, Base):
     __tablename__ = "events"
-    __table_args__ = (
+    table_args = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_events_tenant_idempotency_key"),
-        Index("ix_events_tenant_id_id", "tenant_id", "id"),
         Index("ix_events_created_at", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-    )
     event_type: Mapped[str] = mapped_column(String(200), nullable=False)
     payload: Mapped[Any] = mapped_column(JSONB, nullable=False)
     consumer_id: Mapped[uuid.UUID | None] = mapped_column(

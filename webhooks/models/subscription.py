@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, base
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import UserDefinedType
 
-from webhooks.db import Base, Timestamped, partial_index, uuid7, value_enum
+from webhooks.db import Base, TenantListed, Timestamped, partial_index, uuid7, value_enum
 from webhooks.models.consumer import Consumer
 
 
@@ -50,10 +50,9 @@ class SubscriptionStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
-class Subscription(Timestamped, Base):
+class Subscription(Timestamped, TenantListed, Base):
     __tablename__ = "subscriptions"
-    __table_args__ = (
-        Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
+    table_args = (
         # Ingest looks up the live subscriptions of one tenant and one consumer (or none) on
         # every event: a tenant's other consumers' subscriptions are never read.
         partial_index(
@@ -66,9 +65,6 @@ class Subscription(Timestamped, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-    )
     url: Mapped[str] = mapped_column(Text, nullable=False)
     # The consumer it belongs to, or None: the tenant's own.
     consumer_id: Mapped[uuid.UUID | None] = mapped_column(

@@ -129,13 +129,30 @@ _STILL_PARKED = text(
 
 @dataclass
 class Report:
+    """What one pass did."""
+
+    # Attempts whose lease ended (their worker died or hung), of which this many had no
+    # attempt left and failed.
     expired: int = 0
     failed_after_expiry: int = 0
+    # Deliveries handed to the scheduler again: due ones it did not know of, and those past
+    # `lost_after` (a message or a pick lost).
     due: int = 0
     lost: int = 0
+    # Parked deliveries of closed circuits released, and half-open probes let through.
     released: int = 0
     probes: int = 0
-    sent: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)  # the delivery IDs handed over
+
+    def counts(self) -> dict[str, int]:
+        """The pass's counts, as its log line and the beat task's result give them."""
+        return {
+            "expired": self.expired,
+            "due": self.due,
+            "lost": self.lost,
+            "released": self.released,
+            "probes": self.probes,
+        }
 
 
 def unpark(subscription_id: str | uuid.UUID, batch: int = BATCH) -> tuple[list[str], bool]:
@@ -162,17 +179,9 @@ def run() -> Report:
     _hand_over_lost(report)
     _release_probes(report)
     _forget_dead_circuits()
-    if report.expired or report.due or report.lost or report.released or report.probes:
-        log.info(
-            "watchdog pass",
-            extra={
-                "expired": report.expired,
-                "due": report.due,
-                "lost": report.lost,
-                "released": report.released,
-                "probes": report.probes,
-            },
-        )
+    counts = report.counts()
+    if any(counts.values()):
+        log.info("watchdog pass", extra=counts)
     return report
 
 
