@@ -94,8 +94,10 @@ def _first_then_group(
     with ThreadPoolExecutor(len(later) + 1) as pool:
         first = pool.submit(_publish, group_commit, session_of("a", shared), "a")
         _wait_until(lambda: len(store.groups) == 1)
-        rest = [pool.submit(_publish, group_commit, session_of(n, shared), n) for n in later]
-        _wait_until(lambda: group_commit._waiting() == len(later))
+        rest = []
+        for count, name in enumerate(later, 1):  # one by one: the order they wait in is known
+            rest.append(pool.submit(_publish, group_commit, session_of(name, shared), name))
+            _wait_until(lambda count=count: group_commit._waiting() == count)
         store.release.set()
         answers = [first.result(10)] + [future.result(10) for future in rest]
     assert group_commit._queues == {}  # every queue is forgotten once idle
