@@ -103,6 +103,7 @@ def test_flower_without_credentials_in_development_listens_on_loopback_only(proc
         proc.stop()
 
 
+@pytest.mark.long
 def test_flower_turns_task_events_on_and_shows_deliveries(
     flower, start_worker, client, tenant, receiver
 ):

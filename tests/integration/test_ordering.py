@@ -121,6 +121,7 @@ def fifo(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> dict[st
 KEYS, PER_KEY = 10, 20
 
 
+@pytest.mark.long
 def test_each_keys_successes_arrive_in_ingest_order_through_random_failures(
     app, client, tenant, receiver: Receiver, start_worker
 ):
@@ -140,6 +141,7 @@ def test_each_keys_successes_arrive_in_ingest_order_through_random_failures(
     assert_in_order(got, keys, PER_KEY)
 
 
+@pytest.mark.long
 def test_order_holds_through_killed_workers_and_redis_restarted_empty(
     app, client, tenant, receiver: Receiver, start_worker, start_beat, restartable_redis
 ):
@@ -269,6 +271,7 @@ def test_a_key_blocked_by_failures_holds_up_only_its_own_lane(
     assert_in_order(stuck, ["stuck"], 3)
 
 
+@pytest.mark.long
 def test_lanes_wait_behind_an_open_circuit_and_resume_in_order(
     app, client, tenant, receiver: Receiver, start_worker, start_beat
 ):

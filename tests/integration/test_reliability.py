@@ -81,6 +81,7 @@ def _event_delivery_ids(
 # 1 ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_killed_pool_child_delivery_is_resent_after_its_lease_with_same_webhook_id(
     client, tenant, receiver, start_worker, start_beat
 ):
@@ -162,6 +163,7 @@ def test_whole_worker_killed_during_retry_countdowns_new_worker_delivers_all(
 # 3 ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_redis_crash_restarted_empty_loses_nothing_and_ingest_stays_accepted(
     client, tenant, receiver, start_worker, start_beat, restartable_redis
 ):
@@ -325,6 +327,7 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
     print(f"sick receipts during the outage: {len(sick_during)}, drained in {drained_in:.1f} s")
 
 
+@pytest.mark.long
 def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
     client, tenant, receiver, start_worker, start_beat, circuit_settings
 ):
@@ -569,6 +572,7 @@ def durable_postgres(servers, tmp_path):
         reset_settings()
 
 
+@pytest.mark.long
 def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncommitted(
     durable_postgres, receiver, start_worker, start_beat
 ):

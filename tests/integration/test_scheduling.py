@@ -129,6 +129,7 @@ def test_slow_subscriptions_of_one_tenant_leave_another_tenant_flowing(
     assert max(slow_active) == 3, slow_active
 
 
+@pytest.mark.long
 def test_flaky_subscriber_drains_and_dead_one_parks(client, tenant, receiver, start_worker):
     rng = random.Random(7)
     lock = threading.Lock()
