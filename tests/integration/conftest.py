@@ -292,6 +292,16 @@ def start_beat(
         proc.kill()
 
 
+def deliver_here() -> None:
+    """Attempt every due delivery once, in this process, as the worker's task does
+    (tests.support.run_attempt) against the real receivers: for tests of who gets an event,
+    which ingest settles. The way through Celery is test_pipeline.py's."""
+    from tests.support import run_attempt, sql
+
+    for row in sql("SELECT id FROM deliveries ORDER BY created_at, id"):
+        run_attempt(row.id)
+
+
 def publish(
     client: Any, tenant: dict[str, Any], event_type: str, payload: Any, **headers: str
 ) -> Any:
