@@ -77,8 +77,10 @@ def test_events_arriving_during_a_flush_share_the_next_one_led_by_the_first() ->
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(publish, "a")
         _wait_until(lambda: groups == [["a"]])
-        rest = [pool.submit(publish, name) for name in "bcd"]
-        _wait_until(lambda: len(group_commit._pending) == 3)
+        rest: list[Any] = []
+        for n, name in enumerate("bcd", 1):  # one by one: their order is known
+            rest.append(pool.submit(publish, name))
+            _wait_until(lambda n=n: len(group_commit._pending) == n)
         release.set()
         jobs = [first.result(10)] + [future.result(10) for future in rest]
     assert groups == [["a"], ["b", "c", "d"]]
@@ -109,11 +111,10 @@ def test_a_failing_group_is_stored_again_one_by_one_and_only_the_bad_event_fails
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(group_commit.publish, session, _job("a"))
         _wait_until(lambda: len(groups) == 1)
-        rest = {
-            name: pool.submit(group_commit.publish, session, _job(name))
-            for name in ["b", "bad", "c"]
-        }
-        _wait_until(lambda: len(group_commit._pending) == 3)
+        rest: dict[str, Any] = {}
+        for n, name in enumerate(["b", "bad", "c"], 1):  # one by one: their order is known
+            rest[name] = pool.submit(group_commit.publish, session, _job(name))
+            _wait_until(lambda n=n: len(group_commit._pending) == n)
         release.set()
         assert first.result(10).error is None
         with pytest.raises(ValueError, match="refused"):
@@ -151,8 +152,10 @@ def test_a_flush_cut_short_answers_its_group_with_an_error_and_hands_over() -> N
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(publish, "a")
         _wait_until(lambda: len(calls) == 1)
-        second = [pool.submit(publish, name) for name in "bc"]
-        _wait_until(lambda: len(group_commit._pending) == 2)
+        second: list[Any] = []
+        for n, name in enumerate("bc", 1):  # one by one: the first to wait leads
+            second.append(pool.submit(publish, name))
+            _wait_until(lambda n=n: len(group_commit._pending) == n)
         release.set()
         assert isinstance(first.result(10), Job)
         answers = [future.result(10) for future in second]
