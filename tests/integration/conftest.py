@@ -43,19 +43,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: every one sorts alike
-        items[:] = _timing_beside_in_process(items)
+        items[:] = _schedule(items)
 
 
-def _timing_beside_in_process(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The `timing` tests first, each beside an in-process test, then the in-process tests,
-    then those with processes of their own. xdist's `load` hands the first tests out in turn,
-    so one process runs the timing tests (alone with the cores) while the other runs in-process
-    tests, which need no lock, instead of waiting for it behind a test with workers."""
-    timing = [i for i in items if i.get_closest_marker("timing") or i.get_closest_marker("alone")]
-    heavy = [i for i in items if i not in timing and _HEAVY & set(i.fixturenames)]
-    light = [i for i in items if i not in timing and i not in heavy]
+def _schedule(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The order of the tests in every pytest-xdist process.
+
+    xdist's `load` gives each process a first run of consecutive tests (an eighth of them,
+    over a hundred), then hands out the rest in this order as they finish. The first process
+    starts with the `alone` tests, while the other still starts its servers; then
+    test_metrics.py's tests: its one mixed run is made there, and no other process waits for
+    it to read it. Then the `timing` tests, each beside an in-process test; the other process
+    runs in-process tests meanwhile, which need no lock, instead of waiting for the timing
+    tests behind a test with processes of its own. Then the rest of the in-process tests; last
+    those with processes, the `long` ones first, so that the last tests handed out are short
+    ones and neither process is left alone long at the end.
+    """
+    alone = [i for i in items if i.get_closest_marker("alone")]
+    timing = [i for i in items if i.get_closest_marker("timing") and i not in alone]
+    shared = [i for i in items if "mixed_run" in i.fixturenames]
+    first = {*alone, *timing, *shared}
+    heavy = [i for i in items if i not in first and _HEAVY & set(i.fixturenames)]
+    light = [i for i in items if i not in first and i not in heavy]
+    heavy.sort(key=lambda i: i.get_closest_marker("long") is None)  # stable: long ones first
     paired = [i for pair in zip(timing, light, strict=False) for i in pair]
-    return paired + light[len(timing) :] + heavy
+    ordered = alone + shared + paired + light[len(timing) :] + heavy
+    assert sorted(map(id, ordered)) == sorted(map(id, items)), "a test lost or doubled"
+    return ordered
 
 
 def reset_state(servers: Servers) -> None:
@@ -106,8 +120,16 @@ def clean(servers: Servers) -> Iterator[None]:
     yield
 
 
-# Fixtures that run processes of their own beside the test process.
-_HEAVY = {"start_worker", "start_beat", "browser"}
+# Fixtures that run processes of their own beside the test process (test_metrics.py's mixed
+# run holds the cores itself, once for the run).
+_HEAVY = {"start_worker", "start_beat", "browser", "process_env", "own_processes", "mixed_run"}
+
+
+@pytest.fixture
+def own_processes() -> None:
+    """Asked for by a test that starts processes of its own (gunicorn, say) without the
+    fixtures that do: `_cores` shares the cores with it as with them, and it is sorted with
+    them."""
 
 
 @pytest.fixture(autouse=True)
@@ -268,6 +290,16 @@ def start_beat(
     yield start
     for proc in started:
         proc.kill()
+
+
+def deliver_here() -> None:
+    """Attempt every due delivery once, in this process, as the worker's task does
+    (tests.support.run_attempt) against the real receivers: for tests of who gets an event,
+    which ingest settles. The way through Celery is test_pipeline.py's."""
+    from tests.support import run_attempt, sql
+
+    for row in sql("SELECT id FROM deliveries ORDER BY created_at, id"):
+        run_attempt(row.id)
 
 
 def publish(

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from scripts.harness import wait_until
-from tests.integration.conftest import subscribe
+from tests.integration.conftest import deliver_here, subscribe
 from webhooks.db import get_engine
 from webhooks.services.filters import OPERATORS, compile_filter
 
@@ -223,13 +222,10 @@ EVENTS = [
 ]
 
 
-def test_each_operator_routes_events_to_exactly_the_matching_receivers(
-    client, tenant, receiver, start_worker
-):
+def test_each_operator_routes_events_to_exactly_the_matching_receivers(client, tenant, receiver):
     for path, (document, _) in ROUTES.items():
         sub = subscribe(client, tenant, receiver.url(path), ["order.paid"], filter=document)
         assert sub["filter"] == (document or None)
-    start_worker(concurrency=4)
     for payload in EVENTS:
         resp = client.post(
             "/v1/events",
@@ -240,25 +236,20 @@ def test_each_operator_routes_events_to_exactly_the_matching_receivers(
         expected = sum(1 for _, wanted in ROUTES.values() if payload["n"] in wanted)
         assert resp.get_json()["deliveries"] == expected
 
+    deliver_here()
     for path, (_, wanted) in ROUTES.items():
-        got = receiver.wait_for(path, len(wanted))
+        got = receiver.at(path)
         assert {r.json["data"]["n"] for r in got} == wanted, path
-
-    def settled() -> bool:
-        data = client.get("/v1/deliveries?limit=100", headers=tenant["headers"]).get_json()["data"]
-        return all(d["status"] == "delivered" for d in data)
-
-    wait_until(settled, message="every delivery delivered")
-    for path, (_, wanted) in ROUTES.items():
-        assert len(receiver.at(path)) == len(wanted), path
+        assert len(got) == len(wanted), path
+    data = client.get("/v1/deliveries?limit=100", headers=tenant["headers"]).get_json()["data"]
+    assert {d["status"] for d in data} == {"delivered"}
 
 
-def test_channels_narrow_what_a_subscription_gets(client, tenant, receiver, start_worker):
+def test_channels_narrow_what_a_subscription_gets(client, tenant, receiver):
     subscribe(client, tenant, receiver.url("/all"), ["*"])
     billing = subscribe(client, tenant, receiver.url("/billing"), ["*"], channels=["billing"])
     assert billing["channels"] == ["billing"]
     subscribe(client, tenant, receiver.url("/both"), ["*"], channels=["shipping", "billing"])
-    start_worker()
     sent = {
         1: [],
         2: ["billing"],
@@ -272,15 +263,12 @@ def test_channels_narrow_what_a_subscription_gets(client, tenant, receiver, star
             headers=tenant["headers"],
         )
         assert resp.status_code == 202 and resp.get_json()["channels"] == sorted(channels)
-    assert {r.json["data"]["n"] for r in receiver.wait_for("/all", 4)} == {1, 2, 3, 4}
-    assert {r.json["data"]["n"] for r in receiver.wait_for("/billing", 1)} == {2}
-    assert {r.json["data"]["n"] for r in receiver.wait_for("/both", 2)} == {2, 3}
-
-    def settled() -> bool:
-        data = client.get("/v1/deliveries", headers=tenant["headers"]).get_json()["data"]
-        return len(data) == 7 and all(d["status"] == "delivered" for d in data)
-
-    wait_until(settled, message="every delivery delivered")
+    deliver_here()
+    assert {r.json["data"]["n"] for r in receiver.at("/all")} == {1, 2, 3, 4}
+    assert {r.json["data"]["n"] for r in receiver.at("/billing")} == {2}
+    assert {r.json["data"]["n"] for r in receiver.at("/both")} == {2, 3}
+    data = client.get("/v1/deliveries", headers=tenant["headers"]).get_json()["data"]
+    assert len(data) == 7 and {d["status"] for d in data} == {"delivered"}
     assert [len(receiver.at(p)) for p in ("/all", "/billing", "/both")] == [4, 1, 2]
 
 

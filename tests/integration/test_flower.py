@@ -56,7 +56,7 @@ def test_flower_shows_the_running_worker_through_its_api(flower, start_worker):
         assert resp.status_code == 200, resp.text
         return resp.json().get(name)
 
-    info = wait_until(listed, 40, interval=1, message=f"{name} in Flower's /api/workers")
+    info = wait_until(listed, 40, interval=0.25, message=f"{name} in Flower's /api/workers")
     queues = {q["name"] for q in info["active_queues"]}
     assert queues == {"webhooks", "control"}
     registered = set(info["registered"])
@@ -103,6 +103,7 @@ def test_flower_without_credentials_in_development_listens_on_loopback_only(proc
         proc.stop()
 
 
+@pytest.mark.long
 def test_flower_turns_task_events_on_and_shows_deliveries(
     flower, start_worker, client, tenant, receiver
 ):
@@ -119,7 +120,7 @@ def test_flower_turns_task_events_on_and_shows_deliveries(
         assert resp.status_code == 200, resp.text
         return resp.json() or None
 
-    tasks = wait_until(delivery_shown, 60, interval=2, message="a delivery task in Flower")
+    tasks = wait_until(delivery_shown, 60, interval=0.5, message="a delivery task in Flower")
     assert {t["name"] for t in tasks.values()} == {"tasks.deliver"}
 
     # A backlog: with two slots the tenant has one attempt in flight (its cap, 75 %), so each

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from scripts.harness import Received, Receiver, Reply, wait_until
+from scripts.harness import WORKER_READY, Received, Receiver, Reply, wait_until
 from tests.integration.conftest import subscribe
 
 # Enough attempts that a 30 % failure rate never exhausts one (0.3 ** 15 per delivery).
@@ -27,11 +27,15 @@ MANY_RETRIES = {
 }
 
 
-def two_workers(start_worker: Any, **env: Any) -> list[Any]:
-    return [
-        start_worker(concurrency=2, name="host-a", **env),
-        start_worker(concurrency=2, name="host-b", **env),
-    ]
+def two_workers(start_worker: Any, start_beat: Any = None, **env: Any) -> list[Any]:
+    """Start two workers, and beat if given `start_beat`, side by side (each takes over a
+    second); return the workers once all of them run."""
+    hosts = [start_worker(concurrency=2, name=n, wait=False, **env) for n in ("host-a", "host-b")]
+    if start_beat is not None:
+        start_beat(**env)
+    for host in hosts:
+        host.wait_for_log(WORKER_READY)
+    return hosts
 
 
 def flaky(receiver: Receiver, path: str, failure_rate: float, seed: int = 7) -> None:
@@ -121,6 +125,7 @@ def fifo(client: Any, tenant: dict[str, Any], url: str, **extra: Any) -> dict[st
 KEYS, PER_KEY = 10, 20
 
 
+@pytest.mark.long
 def test_each_keys_successes_arrive_in_ingest_order_through_random_failures(
     app, client, tenant, receiver: Receiver, start_worker
 ):
@@ -140,6 +145,7 @@ def test_each_keys_successes_arrive_in_ingest_order_through_random_failures(
     assert_in_order(got, keys, PER_KEY)
 
 
+@pytest.mark.long
 def test_order_holds_through_killed_workers_and_redis_restarted_empty(
     app, client, tenant, receiver: Receiver, start_worker, start_beat, restartable_redis
 ):
@@ -161,8 +167,7 @@ def test_order_holds_through_killed_workers_and_redis_restarted_empty(
 
     receiver.plan("/o", then=reply)
     fifo(client, tenant, receiver.url("/o"))
-    a, b = two_workers(start_worker, **env)
-    start_beat(**env)
+    a, b = two_workers(start_worker, start_beat, **env)
     feeder = threading.Thread(target=ingest, args=(app, tenant, keys, PER_KEY))
     feeder.start()
 
@@ -269,6 +274,7 @@ def test_a_key_blocked_by_failures_holds_up_only_its_own_lane(
     assert_in_order(stuck, ["stuck"], 3)
 
 
+@pytest.mark.long
 def test_lanes_wait_behind_an_open_circuit_and_resume_in_order(
     app, client, tenant, receiver: Receiver, start_worker, start_beat
 ):
@@ -281,8 +287,7 @@ def test_lanes_wait_behind_an_open_circuit_and_resume_in_order(
         "WEBHOOKS_CIRCUIT_FAILURE_THRESHOLD": "3",
         "WEBHOOKS_RETRY_DELAYS": ",".join(["0.5"] * 30),
     }
-    two_workers(start_worker, **env)
-    start_beat(**env)
+    two_workers(start_worker, start_beat, **env)
     keys = [f"k{i}" for i in range(5)]
     ingest(app, tenant, keys, 10)
 

@@ -55,10 +55,10 @@ def _settled(client, tenant, event_id, status):
 def test_receiver_failing_twice_gets_the_delivery_on_attempt_3_after_the_scheduled_waits(
     client, tenant, receiver, start_worker
 ):
-    delays = (1.0, 2.0)
+    delays = (0.5, 1.0)
     sub = subscribe(client, tenant, receiver.url("/flaky"), ["order.created"])
     receiver.plan("/flaky", Reply(500), Reply(500), then=Reply(204))
-    start_worker(WEBHOOKS_RETRY_DELAYS="1,2", WEBHOOKS_RETRY_JITTER="0")
+    start_worker(WEBHOOKS_RETRY_DELAYS="0.5,1", WEBHOOKS_RETRY_JITTER="0")
     event = publish(client, tenant, "order.created", {"order": 7}).get_json()
 
     got = receiver.wait_for("/flaky", 3, timeout=40)

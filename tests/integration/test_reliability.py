@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from scripts.harness import Received, Receiver, Reply, wait_until
+from scripts.harness import WORKER_READY, Received, Receiver, Reply, wait_until
 from tests.integration.conftest import publish, subscribe
 from tests.support import get
 
@@ -81,6 +81,7 @@ def _event_delivery_ids(
 # 1 ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_killed_pool_child_delivery_is_resent_after_its_lease_with_same_webhook_id(
     client, tenant, receiver, start_worker, start_beat
 ):
@@ -92,8 +93,10 @@ def test_killed_pool_child_delivery_is_resent_after_its_lease_with_same_webhook_
 
     receiver.plan("/slow", then=first_hangs)
     sub = subscribe(client, tenant, receiver.url("/slow"))
-    worker = start_worker(concurrency=1, WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN)
+    # Beat starts while the worker does (over a second each); the test goes on once both run.
+    worker = start_worker(concurrency=1, wait=False, WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN)
     start_beat(WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN)
+    worker.wait_for_log(WORKER_READY)
     (child,) = worker.children()
 
     event = publish(client, tenant, "order.created", {"n": 1}).get_json()
@@ -152,8 +155,9 @@ def test_whole_worker_killed_during_retry_countdowns_new_worker_delivers_all(
     killed_at = time.time()
     assert _ok_ids(receiver.at("/r")) == set()
 
-    start_worker(concurrency=2, name="replacement", **env)
+    replacement = start_worker(concurrency=2, name="replacement", wait=False, **env)
     start_beat(**env)
+    replacement.wait_for_log(WORKER_READY)
     _all_delivered(client, tenant, receiver, "/r", ids, timeout=60)
     assert all(r.at > killed_at for r in receiver.at("/r") if r.status == 204)
     assert [d for d in _deliveries(client, tenant) if d["status"] == "failed"] == []
@@ -162,6 +166,7 @@ def test_whole_worker_killed_during_retry_countdowns_new_worker_delivers_all(
 # 3 ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_redis_crash_restarted_empty_loses_nothing_and_ingest_stays_accepted(
     client, tenant, receiver, start_worker, start_beat, restartable_redis
 ):
@@ -178,8 +183,9 @@ def test_redis_crash_restarted_empty_loses_nothing_and_ingest_stays_accepted(
     _fail_first_receipt(receiver, "/b")
     sub_a = subscribe(client, tenant, receiver.url("/a"))
     sub_b = subscribe(client, tenant, receiver.url("/b"))
-    worker = start_worker(concurrency=4, **env)
+    worker = start_worker(concurrency=4, wait=False, **env)
     start_beat(**env)
+    worker.wait_for_log(WORKER_READY)
 
     answers: list[int] = []
     event_ids: list[str] = []
@@ -267,6 +273,8 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
     receiver.plan("/healthy", then=Reply(204))
     healthy = subscribe(client, tenant, receiver.url("/healthy"))
     sick = subscribe(client, tenant, receiver.url("/sick"))
+    # One after the other: the drain bound below has a few tenths of a second to spare, and
+    # where the watchdog's ticks fall after the recovery depends on when beat started.
     start_worker(concurrency=2, **CIRCUIT_ENV)
     start_beat(**CIRCUIT_ENV)
 
@@ -325,6 +333,7 @@ def test_long_outage_opens_circuit_parks_without_failing_and_drains_after_recove
     print(f"sick receipts during the outage: {len(sick_during)}, drained in {drained_in:.1f} s")
 
 
+@pytest.mark.long
 def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
     client, tenant, receiver, start_worker, start_beat, circuit_settings
 ):
@@ -351,8 +360,9 @@ def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
         get_breaker().record_failure(sub["id"])
     assert get_breaker().state(sub["id"])["state"] == "open"
 
-    worker = start_worker(concurrency=4, **CIRCUIT_ENV)
+    worker = start_worker(concurrency=4, wait=False, **CIRCUIT_ENV)
     beat = start_beat(**CIRCUIT_ENV)
+    worker.wait_for_log(WORKER_READY)
     # The probe succeeds, the circuit closes and releasing starts; three failures reopen it.
     wait_until(lambda: len(receiver.at("/relapse")) >= 4, timeout=30, message="the relapse")
     wait_until(lambda: get_breaker().state(sub["id"])["state"] == "open", timeout=30)
@@ -384,8 +394,9 @@ def test_circuit_reopening_during_release_leaves_the_rest_parked_untouched(
 
     # It recovers for good: the next probe closes the circuit and every batch is released.
     receiver.plan("/relapse", then=Reply(204))
-    start_worker(concurrency=4, name="again", **CIRCUIT_ENV)
+    again = start_worker(concurrency=4, name="again", wait=False, **CIRCUIT_ENV)
     start_beat(**CIRCUIT_ENV)
+    again.wait_for_log(WORKER_READY)
     ids = {d["id"] for d in _deliveries(client, tenant)}
     assert len(ids) == total
     _all_delivered(client, tenant, receiver, "/relapse", ids, timeout=90)
@@ -569,6 +580,7 @@ def durable_postgres(servers, tmp_path):
         reset_settings()
 
 
+@pytest.mark.long
 def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncommitted(
     durable_postgres, receiver, start_worker, start_beat
 ):
@@ -581,9 +593,14 @@ def test_postgres_killed_and_restarted_loses_nothing_and_never_answers_202_uncom
     sub = subscribe(client, tenant, receiver.url("/pg"))
     # A claim whose outcome was lost with PostgreSQL is taken back after its lease: keep it short.
     worker = start_worker(
-        concurrency=2, name="pg-a", DATABASE_URL=url, WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN
+        concurrency=2,
+        name="pg-a",
+        wait=False,
+        DATABASE_URL=url,
+        WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN,
     )
     beat = start_beat(DATABASE_URL=url, WEBHOOKS_LEASE_MARGIN_SECONDS=LEASE_MARGIN)
+    worker.wait_for_log(WORKER_READY)
     answers: list[int] = []
     accepted: list[str] = []
     retry_after: set[str] = set()

@@ -129,6 +129,7 @@ def test_slow_subscriptions_of_one_tenant_leave_another_tenant_flowing(
     assert max(slow_active) == 3, slow_active
 
 
+@pytest.mark.long
 def test_flaky_subscriber_drains_and_dead_one_parks(client, tenant, receiver, start_worker):
     rng = random.Random(7)
     lock = threading.Lock()
@@ -141,19 +142,22 @@ def test_flaky_subscriber_drains_and_dead_one_parks(client, tenant, receiver, st
     receiver.plan("/dead", then=Reply(500))
     flaky_sub = subscribe(client, tenant, receiver.url("/flaky"), ["f"], max_in_flight=20)
     dead_sub = subscribe(client, tenant, receiver.url("/dead"), ["d"])
+    # A run of 30 events a second with retries of 1 s to 8 s, at half the time scale: ten
+    # retries of 0.5 s to 4 s (doubling every second one) among 450 events, 30 every half
+    # second. The cooldown is far longer than the test.
     two_workers(
         start_worker,
-        WEBHOOKS_RETRY_DELAYS="1,1,2,2,4,4,8,8,8,8",
+        WEBHOOKS_RETRY_DELAYS="0.5,0.5,1,1,2,2,4,4,4,4",
         WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS="60",
     )
     batch(client, tenant, "d", 20)
-    for second in range(15):  # 450 events at 30 a second
+    for tick in range(15):
         started = time.time()
         n = 30
-        events = [{"event_type": "f", "payload": {"s": second, "i": i}} for i in range(n)]
+        events = [{"event_type": "f", "payload": {"s": tick, "i": i}} for i in range(n)]
         resp = client.post("/v1/events/batch", json={"events": events}, headers=tenant["headers"])
         assert resp.status_code == 202
-        time.sleep(max(0.0, 1 - (time.time() - started)))
+        time.sleep(max(0.0, 0.5 - (time.time() - started)))
     last_send = time.time()
 
     def delivered() -> int:

@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts.embedded import free_port
 from scripts.harness import Process, gunicorn, wait_until
 from tests.conftest import BASE_ENV, Servers
-from tests.support import cores
 
 
 def _raw(port: int, method: str, path: str, timeout: float = 10) -> int:
@@ -52,16 +51,15 @@ def _start_web(tmp: Path, **env: str) -> tuple[Process, int]:
 
 
 @pytest.fixture
-def web(servers: Servers, tmp_path: Path) -> Iterator[tuple[Process, int]]:
-    with cores(exclusive=False):
-        proc, port = _start_web(
-            tmp_path, DATABASE_URL=servers.database_url, REDIS_URL=servers.redis_url
-        )
-        try:
-            wait_until(lambda: _ok(f"http://127.0.0.1:{port}/healthz"), 60, message="gunicorn")
-            yield proc, port
-        finally:
-            proc.stop()
+def web(servers: Servers, tmp_path: Path, own_processes: None) -> Iterator[tuple[Process, int]]:
+    proc, port = _start_web(
+        tmp_path, DATABASE_URL=servers.database_url, REDIS_URL=servers.redis_url
+    )
+    try:
+        wait_until(lambda: _ok(f"http://127.0.0.1:{port}/healthz"), 60, message="gunicorn")
+        yield proc, port
+    finally:
+        proc.kill()  # a graceful stop takes a second or two; the test that needs one stops it
 
 
 def test_request_metric_labels_stay_bounded_whatever_method_a_client_sends(web) -> None:
@@ -114,47 +112,46 @@ class _SilentPostgres:
 
 
 def test_readyz_answers_not_ready_promptly_and_healthz_stays_up_when_postgres_hangs(
-    servers: Servers, tmp_path: Path
+    servers: Servers, tmp_path: Path, own_processes: None
 ) -> None:
     silent = _SilentPostgres()
-    with cores(exclusive=False):
-        proc, port = _start_web(
-            tmp_path,
-            DATABASE_URL=f"postgresql://u@127.0.0.1:{silent.port}/db",
-            REDIS_URL=servers.redis_url,
-        )
-        base = f"http://127.0.0.1:{port}"
+    proc, port = _start_web(
+        tmp_path,
+        DATABASE_URL=f"postgresql://u@127.0.0.1:{silent.port}/db",
+        REDIS_URL=servers.redis_url,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ok(f"{base}/healthz"), 60, message="gunicorn")
+        # 1. One readiness probe: must say 503 within a probe's usual timeout.
+        started = time.monotonic()
         try:
-            wait_until(lambda: _ok(f"{base}/healthz"), 60, message="gunicorn")
-            # 1. One readiness probe: must say 503 within a probe's usual timeout.
-            started = time.monotonic()
-            try:
-                status: Any = requests.get(f"{base}/readyz", timeout=15).status_code
-            except requests.Timeout:
-                status = "no answer in 15 s"
-            readyz_took = time.monotonic() - started
-            # 2. A few probes/scrapes in a row (a kubelet every 10 s, Prometheus every 15 s):
-            # the liveness probe must still answer.
-            pool = ThreadPoolExecutor(8)
-            for path in ["/readyz"] * 4 + ["/metrics"] * 4:
-                pool.submit(lambda p=path: requests.get(f"{base}{p}", timeout=120))
-            time.sleep(3)
-            try:
-                live: Any = requests.get(f"{base}/healthz", timeout=5).status_code
-            except requests.RequestException as exc:
-                live = type(exc).__name__
-            assert (status, live) == (503, 200), (
-                f"/readyz -> {status} after {readyz_took:.1f} s; /healthz with 4 readiness "
-                f"probes and 4 scrapes waiting -> {live}"
-            )
-        finally:
-            proc.stop()
-            silent.close()
-            pool.shutdown(wait=False, cancel_futures=True)
+            status: Any = requests.get(f"{base}/readyz", timeout=15).status_code
+        except requests.Timeout:
+            status = "no answer in 15 s"
+        readyz_took = time.monotonic() - started
+        # 2. A few probes/scrapes in a row (a kubelet every 10 s, Prometheus every 15 s):
+        # the liveness probe must still answer.
+        pool = ThreadPoolExecutor(8)
+        for path in ["/readyz"] * 4 + ["/metrics"] * 4:
+            pool.submit(lambda p=path: requests.get(f"{base}{p}", timeout=120))
+        time.sleep(3)
+        try:
+            live: Any = requests.get(f"{base}/healthz", timeout=5).status_code
+        except requests.RequestException as exc:
+            live = type(exc).__name__
+        assert (status, live) == (503, 200), (
+            f"/readyz -> {status} after {readyz_took:.1f} s; /healthz with 4 readiness "
+            f"probes and 4 scrapes waiting -> {live}"
+        )
+    finally:
+        proc.kill()  # no graceful stop: the probes it would wait for hang on the silent server
+        silent.close()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_web_restarts_when_the_operator_sets_prometheus_multiproc_dir(
-    servers: Servers, tmp_path: Path
+    servers: Servers, tmp_path: Path, own_processes: None
 ) -> None:
     """A container image commonly sets PROMETHEUS_MULTIPROC_DIR itself (prometheus_client's
     documented way). config/gunicorn.py's on_exit then deletes that folder, and nothing makes it
@@ -166,21 +163,20 @@ def test_web_restarts_when_the_operator_sets_prometheus_multiproc_dir(
         REDIS_URL=servers.redis_url,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    with cores(exclusive=False):
-        for run in (1, 2):
-            proc, port = _start_web(tmp_path, **env)
-            try:
-                wait_until(
-                    lambda p=proc, n=port: _ok(f"http://127.0.0.1:{n}/healthz") or not p.alive(),
-                    60,
-                    message="gunicorn",
-                )
-                assert _ok(f"http://127.0.0.1:{port}/metrics"), (
-                    f"run {run}: the API does not serve; folder exists: {metrics_dir.exists()}\n"
-                    + proc.output()[-1500:]
-                )
-            finally:
-                proc.stop()
+    for run in (1, 2):
+        proc, port = _start_web(tmp_path, **env)
+        try:
+            wait_until(
+                lambda p=proc, n=port: _ok(f"http://127.0.0.1:{n}/healthz") or not p.alive(),
+                60,
+                message="gunicorn",
+            )
+            assert _ok(f"http://127.0.0.1:{port}/metrics"), (
+                f"run {run}: the API does not serve; folder exists: {metrics_dir.exists()}\n"
+                + proc.output()[-1500:]
+            )
+        finally:
+            proc.stop()
 
 
 def test_gunicorn_worker_log_lines_are_not_lost_to_logging_errors(web) -> None:
