@@ -38,8 +38,17 @@ PASS_SHARE = 0.8
 LOST_BATCH = 5000
 LOST = "the worker was lost or hung past its lease"
 
+# Each claim's `LIMIT ... FOR UPDATE SKIP LOCKED` is a MATERIALIZED CTE, run exactly once. As a
+# subquery in FROM or IN, a plan may run it again per outer row, each run skipping the rows the
+# statement already took: the half-open circuit's one probe (`_UNPARK`, batch 1) let 1,199
+# parked deliveries go in one loaded test run.
 _EXPIRED_LEASES = text(
     f"""
+WITH stale AS MATERIALIZED (
+  SELECT id FROM deliveries
+   WHERE status = '{S.IN_FLIGHT}' AND lease_expires_at < now()
+   ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED
+)
 UPDATE deliveries d
    SET status = CASE WHEN d.failures + 1 > :max_failures THEN '{S.FAILED}'
                      ELSE '{S.RETRYING}' END,
@@ -49,9 +58,7 @@ UPDATE deliveries d
        lease_expires_at = NULL,
        last_error = :lost,
        updated_at = now()
-  FROM (SELECT id FROM deliveries
-         WHERE status = '{S.IN_FLIGHT}' AND lease_expires_at < now()
-         ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED) stale
+  FROM stale
  WHERE d.id = stale.id
 RETURNING d.id, d.status, d.attempt_count, d.subscription_id, d.tenant_id, d.lane_id,
           (SELECT e.event_type FROM events e WHERE e.id = d.event_id) AS event_type
@@ -69,15 +76,18 @@ SELECT unnest(CAST(:ids AS uuid[])), unnest(CAST(:numbers AS integer[])), 'lease
 # Due rows handed to the scheduler long ago (or never): the candidates for being lost.
 _CANDIDATES = text(
     f"""
+WITH picked AS MATERIALIZED (
+  SELECT id FROM deliveries
+   WHERE status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
+     AND next_attempt_at <= now()
+     AND (dispatched_at IS NULL
+          OR dispatched_at < now() - make_interval(secs => :lost_after))
+   ORDER BY next_attempt_at LIMIT :batch FOR UPDATE SKIP LOCKED
+)
 SELECT d.id, d.subscription_id, d.tenant_id, s.max_in_flight, s.rate_limit,
        d.next_attempt_at < now() - make_interval(secs => :lost_after) AS overdue
-  FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
- WHERE d.id IN (SELECT id FROM deliveries
-                 WHERE status IN ('{S.PENDING}', '{S.RETRYING}') AND NOT parked
-                   AND next_attempt_at <= now()
-                   AND (dispatched_at IS NULL
-                        OR dispatched_at < now() - make_interval(secs => :lost_after))
-                 ORDER BY next_attempt_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+  FROM picked JOIN deliveries d ON d.id = picked.id
+  JOIN subscriptions s ON s.id = d.subscription_id
  ORDER BY d.id
 """  # noqa: S608 (status names from the enums, no input)
 )
@@ -107,11 +117,14 @@ _PARKED_SUBSCRIPTIONS = text(
 
 _UNPARK = text(
     """
+WITH p AS MATERIALIZED (
+  SELECT id FROM deliveries
+   WHERE subscription_id = :subscription_id AND parked
+   ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
+)
 UPDATE deliveries d
    SET parked = false, next_attempt_at = now(), dispatched_at = now(), updated_at = now()
-  FROM (SELECT id FROM deliveries
-         WHERE subscription_id = :subscription_id AND parked
-         ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED) p
+  FROM p
  WHERE d.id = p.id
 RETURNING d.id
 """
