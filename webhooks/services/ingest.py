@@ -250,27 +250,31 @@ def _publish_grouped(
     event_id = uuid7()
     job = _GROUP.publish(session, Job(tenant_id, _rows([item], [0], [event_id], consumer_ids)[0]))
     assert job.created_at is not None
+    return _accepted(item, event_id, tenant_id, job.created_at, job.deliveries)
+
+
+def _accepted(
+    item: NewEvent, event_id: uuid.UUID, tenant_id: uuid.UUID, now: datetime, deliveries: int
+) -> Accepted:
+    """The answer for a new event just stored."""
     event = EventRecord(
         event_id,
         tenant_id,
         item.event_type,
         item.payload,
-        None,
-        job.created_at,
+        item.idempotency_key,
+        now,
         item.consumer,
         sorted(set(item.channels)),
         item.ordering_key,
     )
-    return Accepted(event, job.deliveries, created=True)
+    return Accepted(event, deliveries, created=True)
 
 
 def _store_group(session: Session, jobs: list[Job], now: datetime) -> list[Item]:
     """Store a group's events (all of one tenant) in one statement; count each one's deliveries."""
     stored = store(session, jobs[0].tenant_id, [job.row for job in jobs], now)
-    counts: dict[str, int] = {}
-    for row in stored.rows:
-        key = str(row.event_id)
-        counts[key] = counts.get(key, 0) + (row.delivery_id is not None)
+    counts = stored.deliveries()
     for job in jobs:
         job.deliveries = counts[job.row["id"]]
     return stored.ready
@@ -315,6 +319,14 @@ class Stored:
 
     rows: list[Any]
     ready: list[Item]
+
+    def deliveries(self) -> dict[str, int]:
+        """The number of deliveries of each event stored (by its ID as text)."""
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            key = str(row.event_id)
+            counts[key] = counts.get(key, 0) + (row.delivery_id is not None)
+        return counts
 
 
 def store(
@@ -378,28 +390,16 @@ def _insert(
     deliveries for the scheduler in the events' order."""
     event_ids = [uuid7() for _ in new]
     stored = store(session, tenant_id, _rows(items, new, event_ids, consumer_ids), now)
-    deliveries: dict[uuid.UUID, int] = {}
-    for row in stored.rows:
-        deliveries[row.event_id] = deliveries.get(row.event_id, 0) + (row.delivery_id is not None)
+    deliveries = stored.deliveries()
     lost: dict[str | None, int] = {}
     for i, event_id in zip(new, event_ids, strict=True):
         item = items[i]
-        if event_id not in deliveries:
+        count = deliveries.get(str(event_id))
+        if count is None:
             # A concurrent request with the same key committed first: answer as it did.
             lost[item.idempotency_key] = i
             continue
-        event = EventRecord(
-            event_id,
-            tenant_id,
-            item.event_type,
-            item.payload,
-            item.idempotency_key,
-            now,
-            item.consumer,
-            sorted(set(item.channels)),
-            item.ordering_key,
-        )
-        results[i] = Accepted(event, deliveries[event_id], created=True)
+        results[i] = _accepted(item, event_id, tenant_id, now, count)
     if lost:
         _answer_taken_keys(session, tenant_id, items, lost, results, batch)
     return stored.ready
