@@ -86,10 +86,13 @@ def test_an_answer_to_one_attempt_never_becomes_the_next_attempts_answer() -> No
         conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 12\r\n\r\nfor-attempt2")
         time.sleep(1)
 
-    client = _client(2.0)
+    # 5 s: under load a first attempt past its deadline closed its connection, and the second,
+    # on a new one, was rightly answered "for-attempt1" by the script starting over.
+    client = _client(5.0)
     with Scripted(script) as server:
         url = f"http://127.0.0.1:{server.port}/"
-        client.post(url, b'{"n": 1}', {})
+        first = client.post(url, b'{"n": 1}', {})
+        assert first.body == "for-attempt1", first  # so its connection is kept for the second
         second = client.post(url, b'{"n": 2}', {})  # reuses the kept-alive connection
     assert second.body != "for-attempt1", second
     assert second.result is not AttemptResult.SUCCESS, second
